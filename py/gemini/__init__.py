@@ -1,0 +1,1 @@
+"""Gemini-family JAX framework: configs, model, data, training, serving, export."""
