@@ -1,0 +1,126 @@
+"""Attention: the mask, the one `attention(..., impl=)` switch, and the attention block.
+
+Mask (shared with the Pallas kernels and the C++ runtime):
+  allowed(q, k) = seg[q] == seg[k] and seg[q] != 0
+                  and (pos[k] <= pos[q] or (bidir[q] != 0 and bidir[q] == bidir[k]))
+GQA/MQA: query head h uses kv head h // (H/K); the reference never materialises repeated
+kv heads (q is viewed as [B,S,K,H/K,Dh]). Softmax is f32.
+"""
+
+import inspect
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from gemini.config import ModelConfig
+from gemini.model import rope
+
+IMPLS = ("xla", "flash", "ring")
+
+
+def make_mask(q_segment_ids: jax.Array, k_segment_ids: jax.Array,
+              q_positions: jax.Array, k_positions: jax.Array,
+              q_bidir_ids: Optional[jax.Array] = None, k_bidir_ids: Optional[jax.Array] = None,
+              *, causal: bool = True) -> jax.Array:
+  """Segment/causal/bidirectional mask. ids int [B,Sq] and [B,Sk] -> bool [B,Sq,Sk]."""
+  qs, ks = q_segment_ids[:, :, None], k_segment_ids[:, None, :]
+  allowed = (qs == ks) & (qs != 0)
+  if causal:
+    visible = k_positions[:, None, :] <= q_positions[:, :, None]
+    if q_bidir_ids is not None:
+      qb, kb = q_bidir_ids[:, :, None], k_bidir_ids[:, None, :]
+      visible = visible | ((qb != 0) & (qb == kb))
+    allowed = allowed & visible
+  return allowed
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """Reference GQA attention. q [B,Sq,H,Dh], k/v [B,Sk,K,Dh], mask bool [B,Sq,Sk]
+  -> [B,Sq,H,Dh] in q.dtype. Fully masked query rows (padding) give finite outputs."""
+  b, sq, h, dh = q.shape
+  kh = k.shape[2]
+  if h % kh:
+    raise ValueError(f"attention: {h} query heads not a multiple of {kh} kv heads")
+  qg = q.reshape(b, sq, kh, h // kh, dh)
+  s = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32)
+  s = s * (dh ** -0.5)
+  s = jnp.where(mask[:, None, None, :, :], s, jnp.finfo(jnp.float32).min)
+  p = jax.nn.softmax(s, axis=-1)
+  o = jnp.einsum("bkgqs,bskd->bqkgd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  return o.reshape(b, sq, h, dh).astype(q.dtype)
+
+
+def _kernel_call(fn, q, k, v, segment_ids, bidir_ids, name, **kw):
+  params = inspect.signature(fn).parameters
+  if bidir_ids is not None:
+    if "bidir_ids" not in params:
+      raise ValueError(
+          f"attention impl={name!r}: pallas.ring_attention.ops.{fn.__name__} cannot express "
+          "bidir_ids (bidirectional media items); use impl='xla' for multimodal batches")
+    kw["bidir_ids"] = bidir_ids
+  return fn(q, k, v, segment_ids=segment_ids, **kw)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
+              positions: Optional[jax.Array] = None, bidir_ids: Optional[jax.Array] = None,
+              *, causal: bool = True, impl: str = "xla", mesh=None) -> jax.Array:
+  """Self-attention over one packed sequence batch.
+
+  q [B,S,H,Dh], k/v [B,S,K,Dh], segment_ids int32 [B,S] (0 = padding), positions int32 [B,S]
+  (default arange; causality is by position), bidir_ids int32 [B,S] or None -> [B,S,H,Dh].
+  impl: "xla" (reference), "flash" (Pallas flash kernel) or "ring" (context-parallel ring over
+  the mesh axis "context"). The kernels are causal by index, which equals the position rule
+  when positions increase by one inside each segment (how batches are packed).
+  """
+  if impl == "xla":
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(q.shape[1], dtype=jnp.int32), segment_ids.shape)
+    mask = make_mask(segment_ids, segment_ids, positions, positions, bidir_ids, bidir_ids,
+                     causal=causal)
+    return dot_product_attention(q, k, v, mask)
+  if impl == "flash":
+    from pallas.ring_attention import ops  # Lazy: the model must import without the kernels.
+    return _kernel_call(ops.flash_attention, q, k, v, segment_ids, bidir_ids, impl, causal=causal)
+  if impl == "ring":
+    if mesh is None:
+      raise ValueError("attention impl='ring' needs a mesh with a 'context' axis")
+    from pallas.ring_attention import ops
+    return _kernel_call(ops.ring_attention, q, k, v, segment_ids, bidir_ids, impl,
+                        mesh=mesh, axis_name="context", causal=causal)
+  raise ValueError(f"attention impl={impl!r}: expected one of {IMPLS}")
+
+
+def init_attention(key: jax.Array, cfg: ModelConfig, dtype=jnp.float32) -> dict:
+  """{'wq' [D,H,Dh], 'wk' [D,K,Dh], 'wv' [D,K,Dh], 'wo' [H,Dh,D]}, fan-in scaled normal."""
+  d, h, kh, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+  k1, k2, k3, k4 = jax.random.split(key, 4)
+  return {
+      "wq": jax.random.normal(k1, (d, h, dh), dtype) * d ** -0.5,
+      "wk": jax.random.normal(k2, (d, kh, dh), dtype) * d ** -0.5,
+      "wv": jax.random.normal(k3, (d, kh, dh), dtype) * d ** -0.5,
+      "wo": jax.random.normal(k4, (h, dh, d), dtype) * (h * dh) ** -0.5,
+  }
+
+
+def project_qkv(params: dict, x: jax.Array, positions: jax.Array, cfg: ModelConfig):
+  """x [B,S,D] -> q [B,S,H,Dh], k [B,S,K,Dh] (both rotated), v [B,S,K,Dh], in x.dtype."""
+  dt = x.dtype
+  q = jnp.einsum("bsd,dhk->bshk", x, params["wq"].astype(dt))
+  k = jnp.einsum("bsd,dhk->bshk", x, params["wk"].astype(dt))
+  v = jnp.einsum("bsd,dhk->bshk", x, params["wv"].astype(dt))
+  return rope.apply_rope(q, positions, cfg.rope_base), rope.apply_rope(k, positions, cfg.rope_base), v
+
+
+def output_projection(params: dict, o: jax.Array) -> jax.Array:
+  """o [B,S,H,Dh] -> [B,S,D] in o.dtype."""
+  return jnp.einsum("bshk,hkd->bsd", o, params["wo"].astype(o.dtype))
+
+
+def attention_block(params: dict, x: jax.Array, segment_ids: jax.Array, positions: jax.Array,
+                    bidir_ids: Optional[jax.Array], cfg: ModelConfig, *, impl: str = "xla",
+                    mesh=None) -> jax.Array:
+  """Projections + RoPE + attention + output projection. x [B,S,D] -> [B,S,D]."""
+  q, k, v = project_qkv(params, x, positions, cfg)
+  o = attention(q, k, v, segment_ids, positions, bidir_ids, causal=True, impl=impl, mesh=mesh)
+  return output_projection(params, o)

@@ -1,0 +1,156 @@
+"""Autoregressive decoding: KV cache, prefill, decode step, sampling, generate.
+
+The cache holds, per layer, rotated keys and values [B,T,K,Dh] (K = n_kv_heads, so MQA
+caches one head) plus per-slot segment ids, positions and bidir ids [B,T]. Every call
+(`prefill` with a chunk, `decode_step` with one token) writes its new keys at slots
+[index, index+S) and attends over the whole cache with the shared mask; unwritten slots have
+segment 0 and are never attended, so cached logits equal the full forward's.
+
+Ragged prompts are left-padded with segment id 0 on the padding (positions then start at 0 at
+each row's first real token), so every row's last prompt token sits in the last column.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from gemini.config import ModelConfig
+from gemini.model import attention, embed, norm, transformer
+
+
+def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None) -> dict:
+  """Empty cache for `max_len` tokens: layers[i] = {'k','v': zeros [B,T,K,Dh] (cfg.dtype)},
+  segment_ids/positions/bidir_ids int32 [B,T], index int32 [], next_position/segment int32 [B]."""
+  if max_len > cfg.max_seq_len:
+    raise ValueError(f"init_cache: max_len={max_len} > cfg.max_seq_len={cfg.max_seq_len}")
+  dt = jnp.dtype(dtype or cfg.dtype)
+  shape = (batch_size, max_len, cfg.n_kv_heads, cfg.head_dim)
+  zeros_bt = jnp.zeros((batch_size, max_len), jnp.int32)
+  return {
+      "layers": [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)}
+                 for _ in range(cfg.n_layers)],
+      "segment_ids": zeros_bt, "positions": zeros_bt, "bidir_ids": zeros_bt,
+      "index": jnp.zeros((), jnp.int32),
+      "next_position": jnp.zeros((batch_size,), jnp.int32),
+      "segment": jnp.ones((batch_size,), jnp.int32),
+  }
+
+
+def _extend(params, x, segment_ids, positions, bidir_ids, cache, cfg, moe_impl):
+  """Writes a chunk x [B,S,D] into the cache and runs the decoder on it -> logits [B,S,V]."""
+  idx = cache["index"]
+  if bidir_ids is None:
+    bidir_ids = jnp.zeros_like(segment_ids)
+  put = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), idx, 1)
+  c_seg = put(cache["segment_ids"], segment_ids)
+  c_pos = put(cache["positions"], positions)
+  c_bid = put(cache["bidir_ids"], bidir_ids)
+  mask = attention.make_mask(segment_ids, c_seg, positions, c_pos, bidir_ids, c_bid)
+  new_layers = []
+  for i, layer in enumerate(params["layers"]):
+    lc = cache["layers"][i]
+
+    def attn_fn(p, h, lc=lc):
+      q, k, v = attention.project_qkv(p, h, positions, cfg)
+      ck, cv = put(lc["k"], k), put(lc["v"], v)
+      new_layers.append({"k": ck, "v": cv})
+      o = attention.dot_product_attention(q, ck.astype(q.dtype), cv.astype(q.dtype), mask)
+      return attention.output_projection(p, o)
+
+    x, _ = transformer.decoder_layer(layer, x, attn_fn, cfg, i, moe_impl=moe_impl)
+  x = norm.rms_norm(params["final_norm"], x, cfg.norm_eps)
+  logits = embed.logits(params, x, cfg)
+  s = segment_ids.shape[1]
+  cache = {"layers": new_layers, "segment_ids": c_seg, "positions": c_pos, "bidir_ids": c_bid,
+           "index": idx + s, "next_position": positions[:, -1] + 1, "segment": segment_ids[:, -1]}
+  return logits, cache
+
+
+def prefill(params: dict, batch: dict, cache: dict, cfg: ModelConfig, *, moe_impl: str = "xla"):
+  """Runs a prompt chunk (batch as for transformer.forward, media allowed) through the model,
+  filling the cache. -> (logits f32 [B,S,V], cache). May be called repeatedly for chunks."""
+  x, segment_ids, positions, bidir_ids = transformer.embed_inputs(params, batch, cfg)
+  return _extend(params, x, segment_ids, positions, bidir_ids, cache, cfg, moe_impl)
+
+
+def decode_step(params: dict, tokens: jax.Array, cache: dict, cfg: ModelConfig, *,
+                moe_impl: str = "xla"):
+  """One token per row: tokens int32 [B] -> (logits f32 [B,V], cache). The token continues
+  each row's last segment at its next position."""
+  x = embed.embed_tokens(params, tokens[:, None], cfg)
+  logits, cache = _extend(params, x, cache["segment"][:, None], cache["next_position"][:, None],
+                          None, cache, cfg, moe_impl)
+  return logits[:, 0], cache
+
+
+def sample(logits: jax.Array, key: Optional[jax.Array], temperature: float = 0.0,
+           top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+  """logits f32 [B,V] -> token ids int32 [B]. temperature 0 = greedy (key unused);
+  top_k > 0 keeps the k largest; top_p < 1 keeps the smallest set whose mass reaches top_p."""
+  if temperature <= 0.0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  neg = jnp.finfo(jnp.float32).min
+  lg = logits.astype(jnp.float32) / temperature
+  if top_k > 0:
+    kth = jax.lax.top_k(lg, top_k)[0][:, -1:]
+    lg = jnp.where(lg < kth, neg, lg)
+  if top_p < 1.0:
+    srt = jnp.sort(lg, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(srt, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep = mass_before < top_p                    # always keeps the top token
+    thresh = jnp.min(jnp.where(keep, srt, jnp.inf), axis=-1, keepdims=True)
+    lg = jnp.where(lg < thresh, neg, lg)
+  return jax.random.categorical(key, lg, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _prefill_jit(params, batch, cache, cfg):
+  return prefill(params, batch, cache, cfg)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "temperature", "top_k", "top_p"))
+def _step_jit(params, logits, key, cache, cfg, temperature, top_k, top_p):
+  tok = sample(logits, key, temperature, top_k, top_p)
+  logits, cache = decode_step(params, tok, cache, cfg)
+  return tok, logits, cache
+
+
+def generate(params: dict, prompt: jax.Array, cfg: ModelConfig, max_new_tokens: int, *,
+             key: Optional[jax.Array] = None, temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, prompt_segment_ids: Optional[jax.Array] = None,
+             eos_id: Optional[int] = None, max_len: Optional[int] = None) -> jax.Array:
+  """prompt int32 [B,P] (left-padded, padding has prompt_segment_ids 0) -> new tokens int32
+  [B,max_new_tokens]. Rows that emitted eos_id are padded with eos_id; stops early when all
+  rows are done."""
+  b, p = prompt.shape
+  max_len = max_len or p + max_new_tokens
+  if p + max_new_tokens > max_len:
+    raise ValueError(f"generate: prompt {p} + max_new_tokens {max_new_tokens} > max_len {max_len}")
+  if temperature > 0 and key is None:
+    raise ValueError("generate: sampling with temperature > 0 needs a PRNG key")
+  key = jax.random.key(0) if key is None else key
+  seg = (jnp.ones((b, p), jnp.int32) if prompt_segment_ids is None
+         else jnp.asarray(prompt_segment_ids, jnp.int32))
+  positions = jnp.maximum(jnp.cumsum(seg != 0, axis=1) - 1, 0).astype(jnp.int32)
+  cache = init_cache(cfg, b, max_len)
+  logits, cache = _prefill_jit(params, {"tokens": prompt, "segment_ids": seg,
+                                        "positions": positions}, cache, cfg)
+  logits = logits[:, -1]
+  out, done = [], jnp.zeros((b,), bool)
+  for step in range(max_new_tokens):
+    tok, new_logits, new_cache = _step_jit(params, logits, jax.random.fold_in(key, step), cache,
+                                           cfg, temperature, top_k, top_p)
+    if eos_id is not None:
+      tok = jnp.where(done, eos_id, tok)
+      done = done | (tok == eos_id)
+    out.append(tok)
+    if eos_id is not None and bool(jnp.all(done)):
+      out += [jnp.full((b,), eos_id, jnp.int32)] * (max_new_tokens - step - 1)
+      break
+    logits, cache = new_logits, new_cache
+  return jnp.stack(out, axis=1)
