@@ -1,0 +1,29 @@
+"""This machine's matmul peak, measured once at start-up, the denominator of MFU.
+
+We time `jnp.dot` of two n x n f32 matrices on one device (XLA's CPU matmul uses every
+core, and fake multi-device meshes share the same cores, so this is the whole machine's
+peak). bf16 is not faster than f32 on this CPU, so f32 is the honest reference.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+
+def measure_matmul_peak(n: int = 1024, reps: int = 5, dtype=jnp.float32) -> float:
+  """Best observed FLOP/s of an n x n @ n x n `jnp.dot` (2 n^3 FLOPs per call)."""
+  device = jax.local_devices()[0]
+  k1, k2 = jax.random.split(jax.random.key(0))
+  a = jax.device_put(jax.random.normal(k1, (n, n), dtype), device)
+  b = jax.device_put(jax.random.normal(k2, (n, n), dtype), device)
+  dot = jax.jit(jnp.dot)
+  dot(a, b).block_until_ready()  # Compile and warm up.
+  best = float("inf")
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    dot(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2.0 * n ** 3 / best

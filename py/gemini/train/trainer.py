@@ -1,0 +1,329 @@
+"""The training loop: state placement on a mesh, steps, logging, checkpoints, resilience.
+
+`Trainer` is what `main.py`, the demo, the benchmark and the end-to-end tests drive. It
+needs a `ModelFns` (how to init, which loss, how to shard) and a loader with the
+`gemini.data.loader.Loader` protocol: `next() -> {tokens, targets, segment_ids, positions}`
+numpy [B, S] int32, `state() -> JSON-able`, `restore(state)`.
+
+Every process reads the same global batch and contributes the rows its devices hold
+(`jax.make_array_from_callback`), so a multi-process run sees exactly the data of a
+single-process run with the same mesh shape. The in-memory replica and the SDC replay are
+single-controller features (one process addresses all devices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Callable, Dict, Iterable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from gemini.train import checkpoint as ckpt_lib
+from gemini.train import metrics as metrics_lib
+from gemini.train.optimizer import lr_schedule, make_optimizer
+from gemini.train.resilience import elastic
+from gemini.train.resilience.goodput import GoodputMeter
+from gemini.train.resilience.replicas import InMemoryReplica
+from gemini.train.resilience.sdc import SDCChecker, SDCResult
+from gemini.train.step import LossFn, apply_grads, init_state, make_train_step, step_rng
+from gemini.train.train_config import TrainConfig
+
+BATCH_KEYS = ("tokens", "targets", "segment_ids", "positions")
+
+
+@dataclasses.dataclass
+class ModelFns:
+  """What the trainer needs to know about a model."""
+  init: Callable[[jax.Array], Any]                      # PRNG key -> f32 params pytree
+  make_loss: Callable[[Optional[Mesh]], LossFn]         # mesh (None: no constraints) -> loss
+  param_shardings: Callable[[Any, Mesh], Any]           # abstract params, mesh -> shardings
+  batch_sharding: Callable[[Mesh, tuple], NamedSharding]  # mesh, [B, S] -> sharding
+  flops_per_token: float                                # training FLOPs per token
+
+
+def _names(path) -> tuple:
+  out = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        out.append(str(getattr(k, attr)))
+        break
+  return tuple(out)
+
+
+def state_shardings(abstract_state: Dict[str, Any], param_sh: Any, mesh: Mesh) -> Dict[str, Any]:
+  """Shardings for the whole train state: optimizer moments follow the parameter whose
+  path ends their path (same shape); everything else is replicated."""
+  replicated = NamedSharding(mesh, P())
+  by_path = {}
+  for (path, sh), leaf in zip(jax.tree_util.tree_flatten_with_path(param_sh)[0],
+                              jax.tree.leaves(abstract_state["params"])):
+    by_path[_names(path)] = (sh, leaf.shape)
+
+  def for_opt(path, leaf):
+    names = _names(path)
+    for i in range(len(names)):
+      hit = by_path.get(names[i:])
+      if hit is not None and hit[1] == leaf.shape:
+        return hit[0]
+    return replicated
+
+  return {
+      "step": replicated,
+      "params": param_sh,
+      "opt_state": jax.tree_util.tree_map_with_path(for_opt, abstract_state["opt_state"]),
+      "rng": replicated,
+  }
+
+
+def params_to_host(params: Any) -> Any:
+  """Full numpy copy of (possibly multi-process sharded) params."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    return multihost_utils.process_allgather(params, tiled=True)
+  return jax.device_get(params)
+
+
+def save_params_npz(params: Any, path: str) -> None:
+  """Writes host params to an .npz keyed by their tree paths."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  np.savez(path, **{jax.tree_util.keystr(p): np.asarray(v) for p, v in flat})
+
+
+class Trainer:
+  """Drives training of `model` with `tc` on `mesh`, reading `loader`, writing `workdir`."""
+
+  def __init__(self, model: ModelFns, tc: TrainConfig, mesh: Mesh, loader: Any,
+               workdir: Optional[str] = None, *, peak_flops: Optional[float] = None,
+               log: Callable[[str], None] = print, reference_loss: Optional[float] = None):
+    self.model, self.tc, self.loader, self.workdir = model, tc, loader, workdir
+    self.peak_flops = peak_flops
+    self.reference_loss = reference_loss
+    self.is_main = jax.process_index() == 0
+    self.log = log if self.is_main else (lambda _: None)
+    self.optimizer = make_optimizer(tc)
+    self.schedule = lr_schedule(tc)
+    self.metrics = metrics_lib.MetricsLog(
+        os.path.join(workdir or ".", "metrics.jsonl"), enabled=bool(workdir) and self.is_main)
+    self.ckpt = (ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), tc.keep_checkpoints)
+                 if workdir and tc.checkpoint_every else None)
+    single = jax.process_count() == 1
+    if (tc.replica_every or tc.sdc_every) and not single:
+      raise ValueError("replica_every / sdc_every need a single-controller run "
+                       f"(process_count={jax.process_count()})")
+    self.replica = InMemoryReplica() if tc.replica_every else None
+    self.goodput = GoodputMeter()
+    self.sdc_inject: Optional[Callable[[Any], Any]] = None   # Fault hook (tests).
+    self.sdc_results = []
+    self.state: Optional[Dict[str, Any]] = None
+    self.step = 0
+    self._mixture = None
+    self._recent = []
+    self._set_mesh(mesh)
+
+  # -- placement -------------------------------------------------------------------------
+
+  def _set_mesh(self, mesh: Mesh) -> None:
+    self.mesh = mesh
+    abstract_params = jax.eval_shape(self.model.init, jax.random.key(0))
+    param_sh = self.model.param_shardings(abstract_params, mesh)
+    abstract = jax.eval_shape(lambda p: init_state(p, self.optimizer, 0), abstract_params)
+    self.state_shardings = state_shardings(abstract, param_sh, mesh)
+    self.abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract, self.state_shardings)
+    shape = (self.tc.batch_size, self.tc.seq_len)
+    self.batch_shardings = {k: self.model.batch_sharding(mesh, shape) for k in BATCH_KEYS}
+    step = make_train_step(self.model.make_loss(mesh), self.optimizer, self.schedule,
+                           self.tc.grad_accum)
+    self._step = jax.jit(step, in_shardings=(self.state_shardings, self.batch_shardings),
+                         out_shardings=(self.state_shardings, None))
+    self._apply = jax.jit(lambda s, g: apply_grads(s, g, self.optimizer, self.schedule),
+                          out_shardings=(self.state_shardings, None))
+    self.sdc = (SDCChecker(self.model.make_loss(None), devices=list(mesh.devices.flat))
+                if self.tc.sdc_every else None)
+    self._fresh_compile = True
+
+  def _init_fn(self):
+    def init(key):
+      return init_state(self.model.init(jax.random.fold_in(key, 1)), self.optimizer, self.tc.seed)
+    return jax.jit(init, out_shardings=self.state_shardings)
+
+  def init_or_restore(self) -> int:
+    """Restores the newest complete checkpoint if there is one, else initialises. Returns
+    the step training continues from."""
+    latest = self.ckpt.latest_step() if self.ckpt else None
+    if latest is None:
+      self.state = self._init_fn()(jax.random.key(self.tc.seed))
+      self.step = 0
+    else:
+      self.state, extra = self.ckpt.restore(latest, self.abstract_state)
+      self.loader.restore(extra["loader"])
+      self.step = latest
+      self.log(f"resumed from checkpoint step {latest}")
+    return self.step
+
+  def global_batch(self, host: Dict[str, np.ndarray]) -> Dict[str, jax.Array]:
+    """Global jax arrays from the (identical in every process) host batch."""
+    out = {}
+    for k in BATCH_KEYS:
+      if k not in host:
+        raise ValueError(f"loader batch lacks {k!r} (has {sorted(host)})")
+      x = np.asarray(host[k])
+      want = (self.tc.batch_size, self.tc.seq_len)
+      if x.shape != want:
+        raise ValueError(f"loader batch[{k!r}] has shape {x.shape}, expected {want}")
+      out[k] = jax.make_array_from_callback(x.shape, self.batch_shardings[k],
+                                            lambda idx, x=x: x[idx])
+    return out
+
+  # -- the loop --------------------------------------------------------------------------
+
+  def run(self, until: Optional[int] = None,
+          on_step: Optional[Callable[["Trainer"], None]] = None) -> None:
+    """Trains until step `until` (default tc.steps); `on_step(trainer)` runs after each step."""
+    until = self.tc.steps if until is None else until
+    if self.state is None:
+      self.init_or_restore()
+    if self.goodput._t0 is None:  # pylint: disable=protected-access
+      self.goodput.start()
+    while self.step < until:
+      self.train_step()
+      if on_step is not None:
+        on_step(self)
+    if self.ckpt:
+      self.ckpt.wait()
+
+  def _mixture_event(self) -> None:
+    weights = self.tc.mixture_at(self.step)
+    if weights != self._mixture:
+      self._mixture = weights
+      self.metrics.write({"event": "mixture", "step": self.step, "weights": weights})
+      self.log(f"step {self.step}: data mixture -> {weights}")
+
+  def train_step(self) -> Dict[str, float]:
+    """Reads one batch and applies one update (or refuses it on an SDC mismatch)."""
+    self._mixture_event()
+    t0 = time.perf_counter()
+    batch = self.global_batch(self.loader.next())
+    tc = self.tc
+    if self.sdc is not None and (self.step + 1) % tc.sdc_every == 0:
+      result = self.sdc.check(self.step, self.state["params"], batch, step_rng(self.state),
+                              inject=self.sdc_inject)
+      self.sdc_results.append(result)
+      if not result.ok:
+        self._sdc_alarm(result)
+        return {}
+      self.state, upd = self._apply(self.state, result.grads)
+      metrics = dict(result.metrics, **upd)
+    else:
+      self.state, metrics = self._step(self.state, batch)
+    scalars = {k: float(v) for k, v in metrics.items() if jnp.ndim(v) == 0}
+    dt = time.perf_counter() - t0
+    self.step += 1
+    self.goodput.step_done(self.step, dt)
+    self._record(scalars, dt)
+    if self.replica is not None and self.step % tc.replica_every == 0:
+      self.replica.refresh(self.state, self.step, {"loader": self.loader.state()})
+    if self.ckpt and (self.step % tc.checkpoint_every == 0 or self.step == tc.steps):
+      self.save_checkpoint()
+    return scalars
+
+  def _record(self, scalars: Dict[str, float], dt: float) -> None:
+    tc = self.tc
+    tokens_per_s = tc.tokens_per_step / dt
+    mfu = (self.model.flops_per_token * tokens_per_s / self.peak_flops
+           if self.peak_flops else 0.0)
+    if not self._fresh_compile:
+      self._recent = (self._recent + [dt])[-20:]
+    self._fresh_compile = False
+    avg = sum(self._recent) / len(self._recent) if self._recent else dt
+    record = dict(scalars, step=self.step, step_time_s=dt, tokens_per_s=tokens_per_s, mfu=mfu)
+    if self._mixture is not None:
+      record["mixture"] = self._mixture
+    self.metrics.write(record)
+    if tc.log_every and (self.step % tc.log_every == 0 or self.step == 1
+                         or self.step == tc.steps):
+      self.log(metrics_lib.progress_line(self.step, tc.steps, scalars.get("loss", float("nan")),
+                                         tc.tokens_per_step / avg, mfu if self._recent else 0.0,
+                                         avg * (tc.steps - self.step)))
+
+  def save_checkpoint(self) -> None:
+    self.ckpt.save(self.step, self.state, {"loader": self.loader.state(), "step": self.step})
+    if self.is_main and self.workdir:
+      metrics_lib.plot_loss(self.metrics.path, os.path.join(self.workdir, "loss.png"),
+                            self.reference_loss)
+
+  # -- resilience ------------------------------------------------------------------------
+
+  def _sdc_alarm(self, result: SDCResult) -> None:
+    self.metrics.write({"event": "sdc", "step": self.step, "faulty_devices": result.faulty_devices,
+                        "mismatched_shards": result.mismatched_shards})
+    self.log(f"SDC at step {self.step + 1}: gradient checksums differ on shards "
+             f"{result.mismatched_shards}; faulty device(s) {result.faulty_devices}; "
+             "update not applied")
+
+  def _rewind(self, step: int, extra: Dict[str, Any]) -> None:
+    self.loader.restore(extra["loader"])
+    self.step = step
+    self._fresh_compile = True
+
+  def recover_from_memory(self, lost_devices: Iterable[int] = ()) -> int:
+    """Simulated failure: the live state is lost; recover it from the in-memory replica
+    (no disk). Returns the step training continues from."""
+    at, t0 = self.step, time.perf_counter()
+    self.state = None
+    self.state = self.replica.recover(self.state_shardings, lost_devices)
+    self._rewind(self.replica.step, self.replica.extra)
+    jax.block_until_ready(self.state)
+    self._failure(at, "memory", time.perf_counter() - t0)
+    return self.step
+
+  def recover_from_disk(self) -> int:
+    """Simulated failure: the live state is lost; restore the newest checkpoint."""
+    at, t0 = self.step, time.perf_counter()
+    self.state = None
+    self.ckpt.wait()
+    step = self.ckpt.latest_step()
+    if step is None:
+      self.state = self._init_fn()(jax.random.key(self.tc.seed))
+      self._rewind(0, {"loader": None})
+    else:
+      self.state, extra = self.ckpt.restore(step, self.abstract_state)
+      self._rewind(step, extra)
+    jax.block_until_ready(self.state)
+    self._failure(at, "disk", time.perf_counter() - t0)
+    return self.step
+
+  def lose_devices(self, lost_devices: Iterable[int]) -> int:
+    """Elasticity: devices are gone; continue on the surviving slices, resharding the
+    state from the in-memory replica. Returns the step training continues from."""
+    lost = sorted(set(lost_devices))
+    at, t0 = self.step, time.perf_counter()
+    primary = self.state if self.replica.step == self.step else None
+    self._set_mesh(elastic.surviving_mesh(self.mesh, lost))
+    self.state = self.replica.recover(self.state_shardings, lost, primary=primary)
+    self._rewind(self.replica.step, self.replica.extra)
+    jax.block_until_ready(self.state)
+    self.metrics.write({"event": "elastic", "step": self.step, "lost_devices": lost,
+                        "mesh": dict(self.mesh.shape)})
+    self.log(f"lost devices {lost}: continuing on mesh {dict(self.mesh.shape)} from step "
+             f"{self.step}")
+    self._failure(at, "memory+elastic", time.perf_counter() - t0)
+    return self.step
+
+  def _failure(self, at: int, source: str, seconds: float) -> None:
+    f = self.goodput.failure(at, self.step, source, seconds)
+    self.metrics.write({"event": "failure", "step": self.step, "at_step": at, "source": source,
+                        "recovery_s": seconds, "lost_s": f.lost_s})
+    self.log(f"failure at step {at}: recovered from {source} to step {self.step} in "
+             f"{seconds:.2f}s (lost {f.lost_s:.2f}s)")
+
+  def close(self) -> None:
+    if self.ckpt:
+      self.ckpt.close()
