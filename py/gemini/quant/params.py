@@ -1,0 +1,67 @@
+"""Turn a float params tree (the `gemini.family` tree) into an int4 params tree.
+
+The int4 tree has the same keys; every matrix leaf becomes an `Int4Weight` of its matrix
+view W[K, N] (K = the input features of the matmul it feeds):
+  attn/wq, wk, wv [D, H|K, Dh] -> [D, H*Dh | K*Dh];  attn/wo [H, Dh, D] -> [H*Dh, D]
+  mlp/w_gate, w_up [D, F];  mlp/w_down [F, D];  unembed [D, V]
+  embed/tokens [V, D] -> its transpose [D, V] (tied logits are x @ E^T; lookups read columns)
+Norm scales stay f32 vectors. Only dense text decoders are supported (what ships on device).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax.numpy as jnp
+
+from gemini.config import ModelConfig
+from gemini.quant import int4
+
+
+def matrix_view(name: str, w) -> jnp.ndarray:
+  """The [K, N] matrix the leaf `name` (e.g. 'wq', 'w_down', 'embed') multiplies from the left."""
+  if name in ("wq", "wk", "wv"):
+    return w.reshape(w.shape[0], -1)
+  if name == "wo":
+    return w.reshape(-1, w.shape[-1])
+  if name == "embed":
+    return w.T
+  return w
+
+
+def check_supported(params: dict, cfg: ModelConfig):
+  """Raises ValueError unless params is a dense text-only decoder tree for cfg."""
+  if cfg.moe.enabled:
+    raise ValueError(f"int4 export/runtime: config {cfg.name!r} is MoE; only dense decoders")
+  for key in ("vision", "audio"):
+    if key in params:
+      raise ValueError(f"int4 export/runtime: params have '{key}'; text-only decoders only")
+
+
+def quantize_params(params: dict, cfg: ModelConfig, *, group_size: int = 32,
+                    scale_dtype: str = "float16", awq_scales: Optional[dict] = None) -> dict:
+  """Float family tree -> int4 tree (see module doc).
+
+  awq_scales: optional output of `gemini.quant.awq.calibrate`; when given, the equivalent
+  activation-aware rescaling is folded into the float weights before rounding.
+  """
+  check_supported(params, cfg)
+  if awq_scales is not None:
+    from gemini.quant import awq  # Lazy: plain rounding needs no calibration code.
+    params = awq.apply_scales(params, cfg, awq_scales)
+  q = lambda name, w: int4.quantize(matrix_view(name, jnp.asarray(w, jnp.float32)), group_size,
+                                    scale_dtype)
+  layers = []
+  for lp in params["layers"]:
+    layers.append({
+        "attn_norm": {"scale": jnp.asarray(lp["attn_norm"]["scale"], jnp.float32)},
+        "attn": {n: q(n, lp["attn"][n]) for n in ("wq", "wk", "wv", "wo")},
+        "mlp_norm": {"scale": jnp.asarray(lp["mlp_norm"]["scale"], jnp.float32)},
+        "mlp": {n: q(n, lp["mlp"][n]) for n in ("w_gate", "w_up", "w_down")},
+    })
+  out = {"embed": {"tokens": q("embed", params["embed"]["tokens"])},
+         "layers": layers,
+         "final_norm": {"scale": jnp.asarray(params["final_norm"]["scale"], jnp.float32)}}
+  if not cfg.tie_embeddings:
+    out["unembed"] = q("unembed", params["unembed"])
+  return out
