@@ -1,0 +1,104 @@
+"""The bundled corpus for training: prepare it if absent, build its loader, measure it.
+
+Wraps engineer H3's `gemini.data` (prepare, Loader, Shard); see gemini/data/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from typing import Dict, List
+
+import numpy as np
+
+
+def manifest_path(root: str) -> str:
+  return os.path.join(root, "manifest.json")
+
+
+def ensure_corpus(root: str, log=print) -> str:
+  """Runs `gemini.data.prepare --out=root` unless root/manifest.json exists; returns root."""
+  if os.path.exists(manifest_path(root)):
+    return root
+  log(f"preparing the bundled corpus and tokenizer in {root} (first run only)")
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+  subprocess.run([sys.executable, "-m", "gemini.data.prepare", f"--out={root}"], env=env,
+                 check=True)
+  if not os.path.exists(manifest_path(root)):
+    raise FileNotFoundError(f"gemini.data.prepare finished but wrote no {manifest_path(root)}")
+  return root
+
+
+def read_manifest(root: str) -> dict:
+  with open(manifest_path(root)) as f:
+    return json.load(f)
+
+
+def train_shards(root: str) -> Dict[str, List[str]]:
+  """source name -> shard paths (absolute) of the training split."""
+  manifest = read_manifest(root)
+  sources = manifest.get("sources", {})
+  out = {}
+  for name, info in sources.items():
+    if name == "heldout":
+      continue
+    paths = info.get("shards", []) if isinstance(info, dict) else info
+    out[name] = [p if os.path.isabs(p) else os.path.join(root, p) for p in paths]
+  if not out:
+    raise ValueError(f"{manifest_path(root)}: no training sources under 'sources'")
+  return out
+
+
+def tokenizer_path(root: str) -> str:
+  manifest = read_manifest(root)
+  path = manifest.get("tokenizer", os.path.join("tokenizer", "spm.model"))
+  if isinstance(path, dict):
+    path = path.get("path", os.path.join("tokenizer", "spm.model"))
+  return path if os.path.isabs(path) else os.path.join(root, path)
+
+
+def make_corpus_loader(root: str, cfg, tc):
+  """A Loader over the corpus at `root` with tc's batch, seq_len, seed and staged mixture.
+  Every process reads the global batch (process_index=0, process_count=1)."""
+  from gemini.data.loader import Loader, Mixture, Stage  # pylint: disable=import-outside-toplevel
+  from gemini.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
+  vocab = Tokenizer(tokenizer_path(root)).vocab_size
+  if vocab > cfg.vocab_size:
+    raise ValueError(f"{tokenizer_path(root)}: tokenizer vocab {vocab} exceeds model "
+                     f"vocab_size {cfg.vocab_size} (--config.vocab_size)")
+  shards = train_shards(root)
+  mixture = None
+  if tc.mixture_stages:
+    stages = []
+    for i, (_, weights) in enumerate(tc.mixture_stages):
+      unknown = [k for k, _ in weights if k not in shards]
+      if unknown:
+        raise ValueError(f"--mixture_stages names sources {unknown}; {manifest_path(root)} "
+                         f"has {sorted(shards)}")
+      until = tc.mixture_stages[i + 1][0] if i + 1 < len(tc.mixture_stages) else None
+      stages.append(Stage(until_batch=until, weights=dict(weights)))
+    mixture = Mixture(stages)
+  return Loader(sources=shards, batch_size=tc.batch_size, seq_len=tc.seq_len, mixture=mixture,
+                seed=tc.seed, process_index=0, process_count=1)
+
+
+def unigram_entropy(root: str) -> float:
+  """Entropy (nats/token) of the training split's token unigram distribution."""
+  from gemini.data.loader import Shard  # pylint: disable=import-outside-toplevel
+  counts = None
+  for paths in train_shards(root).values():
+    for path in paths:
+      shard = Shard(path)
+      for i in range(len(shard)):
+        c = np.bincount(np.asarray(shard.tokens(i), np.int64))
+        if counts is None or len(c) > len(counts):
+          c, counts = (counts, c) if counts is not None else (None, c)
+        if c is not None:
+          counts[:len(c)] += c
+  if counts is None or counts.sum() == 0:
+    raise ValueError(f"{root}: the corpus has no tokens")
+  p = counts[counts > 0] / counts.sum()
+  return float(-(p * np.log(p)).sum())
