@@ -1,0 +1,62 @@
+"""Dense pure-JAX attention: the reference every kernel in this folder is tested against.
+
+Mask (the repo's shared convention, without bidirectional media items):
+  allowed(q, k) = seg[q] == seg[k] and seg[q] != 0 and (not causal or pos[k] <= pos[q]).
+Rows with no allowed key (padding queries) output zeros and have log-sum-exp NEG_INF.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+# Finite stand-in for -inf: keeps exp(x - lse) and log-sum-exp merges free of NaN.
+NEG_INF = -1e30
+
+
+def attention_mask(q_seg: jax.Array, k_seg: jax.Array, q_pos: jax.Array, k_pos: jax.Array,
+                   causal: bool) -> jax.Array:
+  """bool [B, Sq, Sk] from int32 segment ids and positions q_* [B, Sq], k_* [B, Sk]."""
+  mask = (q_seg[:, :, None] == k_seg[:, None, :]) & (q_seg[:, :, None] != 0)
+  if causal:
+    mask &= k_pos[:, None, :] <= q_pos[:, :, None]
+  return mask
+
+
+def attention_with_lse(q: jax.Array, k: jax.Array, v: jax.Array,
+                       segment_ids: Optional[jax.Array] = None, *, causal: bool = True,
+                       sm_scale: Optional[float] = None, positions: Optional[jax.Array] = None):
+  """Dense attention in f32.
+
+  q [B,S,H,Dh], k/v [B,S,K,Dh] (H % K == 0; query head h reads kv head h // (H/K)),
+  segment_ids int32 [B,S] (0 = padding; None = one segment), positions int32 [B,S] used by the
+  causal test (None = 0..S-1). Returns (out [B,S,H,Dh] in q.dtype, lse f32 [B,H,S]).
+  """
+  b, s, h, d = q.shape
+  kh = k.shape[2]
+  if h % kh:
+    raise ValueError(f"reference.attention: n_heads={h} is not a multiple of kv heads={kh}")
+  scale = d ** -0.5 if sm_scale is None else sm_scale
+  seg = jnp.ones((b, s), jnp.int32) if segment_ids is None else segment_ids
+  pos = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s)) if positions is None else positions
+  mask = attention_mask(seg, seg, pos, pos, causal)[:, None]           # [B,1,S,S]
+  rep = h // kh
+  kf = jnp.repeat(k.astype(jnp.float32), rep, axis=2)
+  vf = jnp.repeat(v.astype(jnp.float32), rep, axis=2)
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), kf,
+                      precision=jax.lax.Precision.HIGHEST) * scale
+  logits = jnp.where(mask, logits, NEG_INF)
+  m = jnp.max(logits, axis=-1, keepdims=True)
+  p = jnp.where(mask, jnp.exp(logits - m), 0.0)
+  l = jnp.sum(p, axis=-1, keepdims=True)
+  safe = jnp.where(l == 0, 1.0, l)
+  out = jnp.einsum("bhqk,bkhd->bqhd", p / safe, vf, precision=jax.lax.Precision.HIGHEST)
+  lse = jnp.where(l == 0, NEG_INF, m + jnp.log(safe))[..., 0]
+  return out.astype(q.dtype), lse
+
+
+def attention(q, k, v, segment_ids=None, *, causal=True, sm_scale=None):
+  """Dense attention, same contract as `ops.flash_attention`: [B,S,H,Dh] -> [B,S,H,Dh]."""
+  return attention_with_lse(q, k, v, segment_ids, causal=causal, sm_scale=sm_scale)[0]
