@@ -1,0 +1,283 @@
+#include "csrc/runtime/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+#include <string>
+
+namespace gemini::runtime {
+namespace {
+
+Int4Matrix MatrixOf(const TensorView& t) {
+  Int4Matrix m;
+  m.n = static_cast<int>(t.shape[0]);
+  m.k = static_cast<int>(t.shape[1]);
+  m.group = static_cast<int>(t.group_size);
+  m.kp = (m.k + m.group - 1) / m.group * m.group;
+  m.bf16_scales = t.dtype == kInt4BF16;
+  m.packed = t.data;
+  m.scales = reinterpret_cast<const uint16_t*>(t.data + static_cast<size_t>(m.n) * m.kp / 2);
+  return m;
+}
+
+uint64_t MatrixBytes(const Int4Matrix& m) {
+  return static_cast<uint64_t>(m.n) * m.kp / 2 + 2ULL * m.n * (m.kp / m.group);
+}
+
+int RoundUp(int x, int m) { return (x + m - 1) / m * m; }
+
+void RmsNorm(const float* x, const float* scale, int d, float eps, float* y) {
+  float ss = 0.f;
+  for (int i = 0; i < d; ++i) ss += x[i] * x[i];
+  float inv = 1.0f / std::sqrt(ss / static_cast<float>(d) + eps);
+  for (int i = 0; i < d; ++i) y[i] = x[i] * inv * scale[i];
+}
+
+float Gelu(float x) {
+  const float c = 0.7978845608028654f;  // sqrt(2/pi)
+  return 0.5f * x * (1.0f + std::tanh(c * (x + 0.044715f * x * x * x)));
+}
+
+float Silu(float x) { return x / (1.0f + std::exp(-x)); }
+
+}  // namespace
+
+std::unique_ptr<Model> Model::FromFile(std::shared_ptr<GnbFile> file, const Kernels& kernels) {
+  std::unique_ptr<Model> m(new Model());
+  m->config_ = file->config();
+  m->kernels_ = &kernels;
+  m->file_ = file;
+  m->embed_ = MatrixOf(file->Get("embed"));
+  if (!m->config_.tie_embeddings) m->unembed_ = MatrixOf(file->Get("unembed"));
+  m->final_norm_ = reinterpret_cast<const float*>(file->Get("final_norm").data);
+  for (int i = 0; i < m->config_.n_layers; ++i) {
+    std::string p = "layers." + std::to_string(i) + ".";
+    LayerWeights l;
+    l.attn_norm = reinterpret_cast<const float*>(file->Get(p + "attn_norm").data);
+    l.mlp_norm = reinterpret_cast<const float*>(file->Get(p + "mlp_norm").data);
+    l.wq = MatrixOf(file->Get(p + "wq"));
+    l.wk = MatrixOf(file->Get(p + "wk"));
+    l.wv = MatrixOf(file->Get(p + "wv"));
+    l.wo = MatrixOf(file->Get(p + "wo"));
+    l.w_gate = MatrixOf(file->Get(p + "w_gate"));
+    l.w_up = MatrixOf(file->Get(p + "w_up"));
+    l.w_down = MatrixOf(file->Get(p + "w_down"));
+    m->layers_.push_back(l);
+  }
+  return m;
+}
+
+std::unique_ptr<Model> Model::Random(const ModelConfig& c, uint64_t seed, const Kernels& kernels) {
+  std::unique_ptr<Model> m(new Model());
+  m->config_ = c;
+  m->kernels_ = &kernels;
+  const int D = c.d_model, H = c.n_heads, K = c.n_kv_heads, Dh = c.head_dim, F = c.d_ff,
+            V = c.vocab_size, g = c.group_size;
+  struct Shape { int n, k; };
+  std::vector<Shape> shapes = {{V, D}};
+  if (!c.tie_embeddings) shapes.push_back({V, D});
+  for (int i = 0; i < c.n_layers; ++i) {
+    std::vector<Shape> l = {{H * Dh, D}, {K * Dh, D}, {K * Dh, D}, {D, H * Dh}, {F, D}, {F, D}, {D, F}};
+    shapes.insert(shapes.end(), l.begin(), l.end());
+  }
+  std::vector<Int4Matrix> mats;
+  uint64_t total = 0;
+  for (const Shape& s : shapes) {
+    Int4Matrix w;
+    w.n = s.n; w.k = s.k; w.group = g; w.kp = RoundUp(s.k, g);
+    total += (MatrixBytes(w) + 63) / 64 * 64;
+    mats.push_back(w);
+  }
+  m->owned_.resize(total);
+  uint64_t state = seed * 0x9E3779B97F4A7C15ULL + 1;
+  uint64_t off = 0;
+  for (Int4Matrix& w : mats) {
+    uint8_t* p = m->owned_.data() + off;
+    uint64_t packed = static_cast<uint64_t>(w.n) * w.kp / 2;
+    for (uint64_t i = 0; i < packed; i += 8) {  // xorshift64*: fast, plenty random for timing
+      state ^= state >> 12; state ^= state << 25; state ^= state >> 27;
+      uint64_t r = state * 2685821657736338717ULL;
+      std::memcpy(p + i, &r, std::min<uint64_t>(8, packed - i));
+    }
+    // Scale ~ 1/(4 sqrt(K)) keeps activations O(1); f16 bits of that value.
+    float s = 0.25f / std::sqrt(static_cast<float>(w.k));
+    uint32_t bits;
+    std::memcpy(&bits, &s, 4);
+    uint16_t h = static_cast<uint16_t>(((bits >> 16) & 0x8000) | ((((bits >> 23) & 0xFF) - 112) << 10) | ((bits >> 13) & 0x3FF));
+    uint16_t* sc = reinterpret_cast<uint16_t*>(p + packed);
+    for (uint64_t i = 0; i < static_cast<uint64_t>(w.n) * (w.kp / g); ++i) sc[i] = h;
+    w.packed = p;
+    w.scales = sc;
+    off += (MatrixBytes(w) + 63) / 64 * 64;
+  }
+  m->owned_norms_.assign(static_cast<size_t>(D) * (2 * c.n_layers + 1), 1.0f);
+  size_t mi = 0;
+  m->embed_ = mats[mi++];
+  if (!c.tie_embeddings) m->unembed_ = mats[mi++];
+  for (int i = 0; i < c.n_layers; ++i) {
+    LayerWeights l;
+    l.attn_norm = m->owned_norms_.data() + static_cast<size_t>(2 * i) * D;
+    l.mlp_norm = m->owned_norms_.data() + static_cast<size_t>(2 * i + 1) * D;
+    l.wq = mats[mi++]; l.wk = mats[mi++]; l.wv = mats[mi++]; l.wo = mats[mi++];
+    l.w_gate = mats[mi++]; l.w_up = mats[mi++]; l.w_down = mats[mi++];
+    m->layers_.push_back(l);
+  }
+  m->final_norm_ = m->owned_norms_.data() + static_cast<size_t>(2 * c.n_layers) * D;
+  return m;
+}
+
+uint64_t Model::WeightBytesPerToken() const {
+  uint64_t b = MatrixBytes(unembed()) + embed_.kp / 2 + 2 * (embed_.kp / embed_.group);
+  for (const LayerWeights& l : layers_)
+    for (const Int4Matrix* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down})
+      b += MatrixBytes(*w);
+  return b + 4ULL * config_.d_model * (2 * config_.n_layers + 1);
+}
+
+Session::Session(const Model& model, int max_len, ThreadPool* pool)
+    : m_(model), c_(model.config()), pool_(pool), max_len_(max_len) {
+  if (max_len < 1) throw std::invalid_argument("session max_len must be >= 1");
+  int widest = std::max({c_.d_model, c_.n_heads * c_.head_dim, c_.d_ff});
+  ld_ = RoundUp(widest, 128);
+  size_t kv = static_cast<size_t>(c_.n_layers) * max_len * c_.n_kv_heads * c_.head_dim;
+  k_cache_.assign(kv, 0.f);
+  v_cache_.assign(kv, 0.f);
+  inv_freq_.resize(c_.head_dim / 2);
+  for (int i = 0; i < c_.head_dim / 2; ++i)
+    inv_freq_[i] = static_cast<float>(std::pow(c_.rope_base, -2.0 * i / c_.head_dim));
+}
+
+uint64_t Session::KvBytesPerToken() const {
+  return 2ULL * c_.n_layers * pos_ * c_.n_kv_heads * c_.head_dim * sizeof(float);
+}
+
+void Session::MatMul(const Int4Matrix& w, const float* x, int t, int ldx, float* y, int ldy) {
+  const Kernels& kern = m_.kernels();
+  if (t == 1) {
+    pool_->ParallelFor(w.n, [&](int r0, int r1) { kern.matvec(w, x, y, r0, r1); });
+  } else {
+    pool_->ParallelFor(w.n, [&](int r0, int r1) { kern.matmul(w, x, t, ldx, y, ldy, r0, r1); });
+  }
+}
+
+void Session::Attention(int layer, int t) {
+  const int H = c_.n_heads, K = c_.n_kv_heads, Dh = c_.head_dim, group = H / K;
+  const int kvw = K * Dh;
+  const float* kc = k_cache_.data() + static_cast<size_t>(layer) * max_len_ * kvw;
+  const float* vc = v_cache_.data() + static_cast<size_t>(layer) * max_len_ * kvw;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
+  pool_->ParallelFor(t * H, [&](int b, int e) {
+    std::vector<float> s(pos_ + t);
+    for (int job = b; job < e; ++job) {
+      int i = job / H, h = job % H, kvh = h / group;
+      int len = pos_ + i + 1;  // causal: this token sees positions 0..pos_+i
+      const float* q = q_.data() + static_cast<size_t>(i) * ld_ + h * Dh;
+      float mx = -INFINITY;
+      for (int j = 0; j < len; ++j) {
+        const float* kj = kc + static_cast<size_t>(j) * kvw + kvh * Dh;
+        float d = 0.f;
+        for (int x = 0; x < Dh; ++x) d += q[x] * kj[x];
+        s[j] = d * scale;
+        mx = std::max(mx, s[j]);
+      }
+      float sum = 0.f;
+      for (int j = 0; j < len; ++j) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
+      float* o = o_.data() + static_cast<size_t>(i) * ld_ + h * Dh;
+      std::fill(o, o + Dh, 0.f);
+      for (int j = 0; j < len; ++j) {
+        const float* vj = vc + static_cast<size_t>(j) * kvw + kvh * Dh;
+        float p = s[j] / sum;
+        for (int x = 0; x < Dh; ++x) o[x] += p * vj[x];
+      }
+    }
+  }, 1);
+}
+
+void Session::Forward(const int* tokens, int t, float* last_logits, std::vector<float>* all_logits) {
+  if (t < 1) throw std::invalid_argument("Forward needs at least one token");
+  if (pos_ + t > max_len_)
+    throw std::out_of_range("sequence of " + std::to_string(pos_ + t) + " tokens exceeds the session's max_len=" + std::to_string(max_len_));
+  const int D = c_.d_model, H = c_.n_heads, Dh = c_.head_dim, F = c_.d_ff, V = c_.vocab_size;
+  const int kvw = c_.n_kv_heads * Dh, half = Dh / 2;
+  const float eps = static_cast<float>(c_.norm_eps);
+  size_t rows = static_cast<size_t>(t) * ld_;
+  for (auto* b : {&x_, &h_, &q_, &k_, &v_, &o_, &g_, &u_})
+    if (b->size() < rows) b->assign(rows, 0.f);
+  // Embedding rows, dequantised from the int4 table.
+  const Int4Matrix& e = m_.embed();
+  for (int i = 0; i < t; ++i) {
+    int tok = tokens[i];
+    if (tok < 0 || tok >= V) throw std::out_of_range("token id " + std::to_string(tok) + " outside the vocabulary [0, " + std::to_string(V) + ")");
+    const uint8_t* p = e.packed + static_cast<size_t>(tok) * (e.kp / 2);
+    const uint16_t* s = e.scales + static_cast<size_t>(tok) * (e.kp / e.group);
+    float* x = x_.data() + static_cast<size_t>(i) * ld_;
+    for (int b = 0; b < e.kp / 32; ++b) {
+      float sc = e.bf16_scales ? BF16ToF32(s[b * 32 / e.group]) : F16ToF32(s[b * 32 / e.group]);
+      for (int j = 0; j < 16; ++j) {
+        if (b * 32 + j < D) x[b * 32 + j] = static_cast<float>((p[b * 16 + j] & 0xF) - 8) * sc;
+        if (b * 32 + 16 + j < D) x[b * 32 + 16 + j] = static_cast<float>((p[b * 16 + j] >> 4) - 8) * sc;
+      }
+    }
+  }
+  for (int l = 0; l < c_.n_layers; ++l) {
+    const LayerWeights& w = m_.layers()[l];
+    for (int i = 0; i < t; ++i) RmsNorm(&x_[i * ld_], w.attn_norm, D, eps, &h_[i * ld_]);
+    MatMul(w.wq, h_.data(), t, ld_, q_.data(), ld_);
+    MatMul(w.wk, h_.data(), t, ld_, k_.data(), ld_);
+    MatMul(w.wv, h_.data(), t, ld_, v_.data(), ld_);
+    float* kc = k_cache_.data() + static_cast<size_t>(l) * max_len_ * kvw;
+    float* vc = v_cache_.data() + static_cast<size_t>(l) * max_len_ * kvw;
+    for (int i = 0; i < t; ++i) {
+      float position = static_cast<float>(pos_ + i);
+      auto rope = [&](float* v, int heads) {
+        for (int hh = 0; hh < heads; ++hh) {
+          float* x = v + hh * Dh;
+          for (int j = 0; j < half; ++j) {
+            float a = position * inv_freq_[j], cs = std::cos(a), sn = std::sin(a);
+            float x1 = x[j], x2 = x[j + half];
+            x[j] = x1 * cs - x2 * sn;
+            x[j + half] = x2 * cs + x1 * sn;
+          }
+        }
+      };
+      rope(&q_[i * ld_], H);
+      rope(&k_[i * ld_], c_.n_kv_heads);
+      std::memcpy(kc + static_cast<size_t>(pos_ + i) * kvw, &k_[i * ld_], kvw * sizeof(float));
+      std::memcpy(vc + static_cast<size_t>(pos_ + i) * kvw, &v_[i * ld_], kvw * sizeof(float));
+    }
+    Attention(l, t);
+    MatMul(w.wo, o_.data(), t, ld_, h_.data(), ld_);
+    for (int i = 0; i < t; ++i)
+      for (int d = 0; d < D; ++d) x_[i * ld_ + d] += h_[i * ld_ + d];
+    for (int i = 0; i < t; ++i) RmsNorm(&x_[i * ld_], w.mlp_norm, D, eps, &h_[i * ld_]);
+    MatMul(w.w_gate, h_.data(), t, ld_, g_.data(), ld_);
+    MatMul(w.w_up, h_.data(), t, ld_, u_.data(), ld_);
+    const bool gelu = c_.activation == "gelu";
+    for (int i = 0; i < t; ++i)
+      for (int f = 0; f < F; ++f) {
+        float gv = g_[i * ld_ + f];
+        g_[i * ld_ + f] = (gelu ? Gelu(gv) : Silu(gv)) * u_[i * ld_ + f];
+      }
+    MatMul(w.w_down, g_.data(), t, ld_, h_.data(), ld_);
+    for (int i = 0; i < t; ++i)
+      for (int d = 0; d < D; ++d) x_[i * ld_ + d] += h_[i * ld_ + d];
+  }
+  pos_ += t;
+  // Logits: every row when asked for, else only the last token's.
+  int first = all_logits != nullptr ? 0 : t - 1;
+  int n = t - first;
+  for (int i = first; i < t; ++i) RmsNorm(&x_[i * ld_], m_.final_norm(), D, eps, &h_[(i - first) * ld_]);
+  logits_.resize(static_cast<size_t>(n) * V);
+  MatMul(m_.unembed(), h_.data(), n, ld_, logits_.data(), V);
+  if (c_.logit_softcap > 0) {
+    float cap = static_cast<float>(c_.logit_softcap);
+    for (float& z : logits_) z = cap * std::tanh(z / cap);
+  }
+  if (all_logits != nullptr) *all_logits = logits_;
+  if (last_logits != nullptr)
+    std::memcpy(last_logits, logits_.data() + static_cast<size_t>(n - 1) * V, V * sizeof(float));
+}
+
+}  // namespace gemini::runtime

@@ -1,0 +1,204 @@
+"""Write and read `.gnb` files (the int4 Nano format documented in FORMAT.md beside this)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from gemini import crc32c as crc_lib
+from gemini.config import ModelConfig
+from gemini.quant.int4 import Int4Weight, int4_values
+
+MAGIC = b"GEMINANO"
+VERSION = 1
+ALIGN = 64
+PREFIX = struct.Struct("<8sIIQIIQII")  # magic, version, header_bytes, file_bytes, config_bytes,
+                                       # tokenizer_kind, tokenizer_bytes, n_tensors, reserved
+F32, F16, BF16, INT4_F16, INT4_BF16 = 0, 1, 2, 3, 4
+DTYPE_NAMES = {F32: "f32", F16: "f16", BF16: "bf16", INT4_F16: "int4/f16", INT4_BF16: "int4/bf16"}
+TOK_NONE, TOK_SENTENCEPIECE, TOK_BPE = 0, 1, 2
+
+
+@dataclasses.dataclass
+class Tensor:
+  """One table entry: name, dtype code, shape ([N, K] for int4), group size, raw data bytes."""
+  name: str
+  dtype: int
+  shape: tuple
+  group_size: int
+  data: bytes
+
+
+@dataclasses.dataclass
+class GnbFile:
+  config: dict
+  tokenizer_kind: int
+  tokenizer: bytes
+  tensors: Dict[str, Tensor]
+
+
+def _align(n: int) -> int:
+  return -(-n // ALIGN) * ALIGN
+
+
+def f32_tensor(name: str, x) -> Tensor:
+  a = np.ascontiguousarray(np.asarray(x, np.float32))
+  return Tensor(name, F32, a.shape, 0, a.tobytes())
+
+
+def int4_rows(q: np.ndarray, group_size: int) -> np.ndarray:
+  """int values q[N, K] in [-8, 7] -> packed uint8 [N, Kp/2] in the file's 32-block layout."""
+  n, k = q.shape
+  kp = -(-k // group_size) * group_size
+  qp = np.zeros((n, kp), np.int16)
+  qp[:, :k] = q
+  blocks = (qp + 8).astype(np.uint8).reshape(n, kp // 32, 2, 16)
+  return (blocks[:, :, 0, :] | (blocks[:, :, 1, :] << 4)).reshape(n, kp // 2)
+
+
+def int4_tensor(name: str, w: Int4Weight) -> Tensor:
+  """An Int4Weight for x[K] @ W[K, N] -> the file's row-major [N, K] int4 tensor."""
+  q = int4_values(w).T                                      # [N, K]
+  g = w.group_size
+  groups = -(-w.k // g)
+  scales = np.asarray(w.scales)[:groups].T                 # [N, Kp/g]
+  code = INT4_F16 if scales.dtype == np.float16 else INT4_BF16
+  data = int4_rows(q, g).tobytes() + np.ascontiguousarray(scales).view(np.uint16).tobytes()
+  return Tensor(name, code, (w.n, w.k), g, data)
+
+
+def model_tensors(qparams: dict, cfg: ModelConfig) -> List[Tensor]:
+  """The tensors of an int4 params tree (`gemini.quant.params.quantize_params`), FORMAT.md order."""
+  out = [int4_tensor("embed", qparams["embed"]["tokens"])]
+  for i, lp in enumerate(qparams["layers"]):
+    out.append(f32_tensor(f"layers.{i}.attn_norm", lp["attn_norm"]["scale"]))
+    out += [int4_tensor(f"layers.{i}.{n}", lp["attn"][n]) for n in ("wq", "wk", "wv", "wo")]
+    out.append(f32_tensor(f"layers.{i}.mlp_norm", lp["mlp_norm"]["scale"]))
+    out += [int4_tensor(f"layers.{i}.{n}", lp["mlp"][n]) for n in ("w_gate", "w_up", "w_down")]
+  out.append(f32_tensor("final_norm", qparams["final_norm"]["scale"]))
+  if not cfg.tie_embeddings:
+    out.append(int4_tensor("unembed", qparams["unembed"]))
+  return out
+
+
+def config_dict(cfg: ModelConfig, group_size: int, *, bos_id: int = -1, eos_id: int = -1,
+                add_bos: bool = False, chat_template: str = "") -> dict:
+  """The config JSON object of FORMAT.md."""
+  return {"name": cfg.name, "vocab_size": cfg.vocab_size, "d_model": cfg.d_model,
+          "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads,
+          "head_dim": cfg.head_dim, "d_ff": cfg.d_ff, "max_seq_len": cfg.max_seq_len,
+          "rope_base": float(cfg.rope_base), "norm_eps": float(cfg.norm_eps),
+          "logit_softcap": float(cfg.logit_softcap), "tie_embeddings": bool(cfg.tie_embeddings),
+          "activation": cfg.activation, "group_size": group_size, "bos_id": bos_id,
+          "eos_id": eos_id, "add_bos": add_bos, "chat_template": chat_template}
+
+
+def _entry(t: Tensor, offset: int) -> bytes:
+  name = t.name.encode()
+  return (struct.pack("<H", len(name)) + name + struct.pack("<BBI", t.dtype, len(t.shape), t.group_size)
+          + struct.pack(f"<{len(t.shape)}Q", *t.shape)
+          + struct.pack("<QQI", offset, len(t.data), crc_lib.crc32c(t.data)))
+
+
+def encode(config: dict, tokenizer_kind: int, tokenizer: bytes, tensors: Sequence[Tensor]) -> bytes:
+  """The whole file as bytes."""
+  cfg_bytes = json.dumps(config, sort_keys=True).encode()
+  # Entry sizes do not depend on offsets, so lay the header out once with zero offsets.
+  table_len = sum(len(_entry(t, 0)) - 0 for t in tensors)
+  header_bytes = PREFIX.size + len(cfg_bytes) + len(tokenizer) + table_len + 4
+  offsets, pos = [], _align(header_bytes)
+  for t in tensors:
+    offsets.append(pos)
+    pos = _align(pos + len(t.data))
+  file_bytes = offsets[-1] + len(tensors[-1].data) if tensors else _align(header_bytes)
+  head = (PREFIX.pack(MAGIC, VERSION, header_bytes, file_bytes, len(cfg_bytes), tokenizer_kind,
+                      len(tokenizer), len(tensors), 0)
+          + cfg_bytes + tokenizer + b"".join(_entry(t, o) for t, o in zip(tensors, offsets)))
+  head += struct.pack("<I", crc_lib.crc32c(head))
+  out = bytearray(file_bytes)
+  out[:len(head)] = head
+  for t, o in zip(tensors, offsets):
+    out[o:o + len(t.data)] = t.data
+  return bytes(out)
+
+
+def write(path: str, config: dict, tokenizer_kind: int, tokenizer: bytes,
+          tensors: Sequence[Tensor]) -> int:
+  """Writes the file; returns its size in bytes."""
+  data = encode(config, tokenizer_kind, tokenizer, tensors)
+  with open(path, "wb") as f:
+    f.write(data)
+  return len(data)
+
+
+def _fail(path: str, msg: str):
+  raise ValueError(f"{path}: {msg}")
+
+
+def decode(data: bytes, path: str = "<bytes>", *, check_data: bool = True) -> GnbFile:
+  """Parses and validates a whole file (the Python twin of csrc/runtime/gnb.cc's reader)."""
+  if len(data) < PREFIX.size:
+    _fail(path, f"file is {len(data)} bytes, shorter than the {PREFIX.size}-byte header prefix")
+  (magic, version, header_bytes, file_bytes, config_bytes, tok_kind, tok_bytes, n_tensors,
+   _) = PREFIX.unpack_from(data, 0)
+  if magic != MAGIC:
+    _fail(path, f"magic is {magic!r}, expected {MAGIC!r} (not a .gnb file)")
+  if version != VERSION:
+    _fail(path, f"version is {version}, this reader supports version {VERSION}")
+  if file_bytes != len(data):
+    _fail(path, f"file_bytes field says {file_bytes} but the file has {len(data)} bytes "
+                "(truncated or extended)")
+  if header_bytes < PREFIX.size + 4 or header_bytes > len(data):
+    _fail(path, f"header_bytes={header_bytes} out of range")
+  (want,) = struct.unpack_from("<I", data, header_bytes - 4)
+  got = crc_lib.crc32c(data[:header_bytes - 4])
+  if got != want:
+    _fail(path, f"header CRC-32C mismatch: stored {want:#010x}, computed {got:#010x}")
+  pos = PREFIX.size
+  config = json.loads(data[pos:pos + config_bytes].decode())
+  pos += config_bytes
+  tokenizer = bytes(data[pos:pos + tok_bytes])
+  pos += tok_bytes
+  tensors = {}
+  for _ in range(n_tensors):
+    (nlen,) = struct.unpack_from("<H", data, pos)
+    name = data[pos + 2:pos + 2 + nlen].decode()
+    pos += 2 + nlen
+    dtype, ndim, group = struct.unpack_from("<BBI", data, pos)
+    pos += 6
+    shape = struct.unpack_from(f"<{ndim}Q", data, pos)
+    pos += 8 * ndim
+    offset, nbytes, crc = struct.unpack_from("<QQI", data, pos)
+    pos += 20
+    if offset % ALIGN or offset + nbytes > len(data):
+      _fail(path, f"tensor {name!r}: offset={offset} nbytes={nbytes} misaligned or past the end")
+    blob = bytes(data[offset:offset + nbytes])
+    if check_data and crc_lib.crc32c(blob) != crc:
+      _fail(path, f"tensor {name!r}: data CRC-32C mismatch")
+    tensors[name] = Tensor(name, dtype, tuple(shape), group, blob)
+  return GnbFile(config, tok_kind, tokenizer, tensors)
+
+
+def read(path: str, **kw) -> GnbFile:
+  with open(path, "rb") as f:
+    return decode(f.read(), path, **kw)
+
+
+def int4_from_tensor(t: Tensor):
+  """File int4 tensor -> (q int8 [N, K], scales f32 [N, ceil(K/g)]) (for tests)."""
+  n, k = t.shape
+  g = t.group_size
+  kp = -(-k // g) * g
+  packed = np.frombuffer(t.data, np.uint8, n * kp // 2).reshape(n, kp // 32, 1, 16)
+  nib = np.concatenate([packed & 0xF, packed >> 4], axis=2).astype(np.int8) - 8
+  q = nib.reshape(n, kp)[:, :k]
+  raw = np.frombuffer(t.data, np.uint16, n * kp // g, offset=n * kp // 2).reshape(n, kp // g)
+  if t.dtype == INT4_F16:
+    scales = raw.view(np.float16).astype(np.float32)
+  else:
+    scales = (raw.astype(np.uint32) << 16).view(np.float32)
+  return q, scales
