@@ -6,8 +6,11 @@ Three ways to move rows sorted by expert to the devices that own the experts:
    Counts are exchanged first (a tiny all_gather of [E] int32 over the expert axis), so
    every device knows every slice's source offset, size and destination offset. DMA
    shapes must be static on TPU, so a slice of `size` rows is moved as the binary
-   decomposition of `size`: one DMA of 2^b rows for each set bit b, each with its own
-   send/receive DMA semaphore (slot = (peer, expert, bit)), exact and race free.
+   decomposition of `size`: one DMA of 2^b rows for each set bit b. Each slot
+   (peer, local expert) has its own send and receive DMA semaphore; the bit-chunks of one
+   slot share it (DMA semaphores count bytes and every chunk is waited for with its own
+   size, so the counts balance). One semaphore per (slot, bit) would not fit: the TPU has
+   2 KiB of scoped semaphore memory (Pro: 64 experts x 13 bits x 2 = 1664 > 512).
 2. `lax.ragged_all_to_all` (`xla_ragged_dispatch` / `xla_ragged_combine`): the XLA
    collective, the reference on platforms that have it (TPU/GPU; not XLA:CPU).
 3. Fixed capacity: `lax.all_to_all` of an [E, C, D] buffer (see ops.py).
@@ -89,6 +92,11 @@ def local_group_sizes(counts_all: jax.Array, me: jax.Array, num_local: int) -> j
 # The Pallas remote-DMA kernel.
 
 
+# TPU scoped semaphore memory is 2 KiB (512 x int32, measured with the v5e compiler);
+# leave room for the barrier semaphore and anything Mosaic adds.
+MAX_SEMAPHORES = 448
+
+
 def _num_bits(max_rows: int) -> int:
   return max(1, int(max_rows).bit_length())
 
@@ -125,8 +133,8 @@ def _exchange_kernel(src_ref, size_ref, dst_ref, recv_ref, x_ref, out_ref, send_
     return pltpu.make_async_remote_copy(
         src_ref=x_ref.at[pl.ds(src_start, rows)],
         dst_ref=out_ref.at[pl.ds(dst_start, rows)],
-        send_sem=send_sem.at[q, el, b],
-        recv_sem=recv_sem.at[me, el, b],
+        send_sem=send_sem.at[q, el],
+        recv_sem=recv_sem.at[me, el],
         device_id=peer(q), device_id_type=pl.DeviceIdType.MESH)
 
   def start_all(i, carry):
@@ -142,12 +150,12 @@ def _exchange_kernel(src_ref, size_ref, dst_ref, recv_ref, x_ref, out_ref, send_
     # Sends: our reads of x are done.
     chunks(size_ref[i], lambda b, rows, lead: pltpu.make_async_remote_copy(
         src_ref=x_ref.at[pl.ds(0, rows)], dst_ref=out_ref.at[pl.ds(0, rows)],
-        send_sem=send_sem.at[q, el, b], recv_sem=recv_sem.at[me, el, b],
+        send_sem=send_sem.at[q, el], recv_sem=recv_sem.at[me, el],
         device_id=peer(q), device_id_type=pl.DeviceIdType.MESH).wait_send())
-    # Receives: slice from peer q for slot el has landed (semaphore slot [q, el, b]).
+    # Receives: slice from peer q for slot el has landed (semaphore slot [q, el]).
     chunks(recv_ref[i], lambda b, rows, lead: pltpu.make_async_remote_copy(
         src_ref=x_ref.at[pl.ds(0, rows)], dst_ref=out_ref.at[pl.ds(0, rows)],
-        send_sem=send_sem.at[q, el, b], recv_sem=recv_sem.at[q, el, b],
+        send_sem=send_sem.at[q, el], recv_sem=recv_sem.at[q, el],
         device_id=peer(q), device_id_type=pl.DeviceIdType.MESH).wait_recv())
     return carry
 
@@ -172,10 +180,15 @@ def ragged_exchange(x: jax.Array, plan, *, out_rows: int, axis_name: str,
   flat = [plan[k].reshape(-1).astype(jnp.int32) for k in ("src", "size", "dst", "recv")]
   kernel = functools.partial(_exchange_kernel, axis_name=axis_name, mesh_axes=tuple(mesh_axes),
                              num_peers=p, num_local=el, nbits=nbits)
-  sems = pltpu.SemaphoreType.DMA((p, el, nbits))
-  return pl.pallas_call(
+  if 2 * p * el > MAX_SEMAPHORES:
+    raise ValueError(f"ragged_exchange: {p} peers x {el} local experts need {2 * p * el} DMA "
+                     f"semaphores; the TPU scoped semaphore budget allows {MAX_SEMAPHORES}")
+  sems = pltpu.SemaphoreType.DMA((p, el))
+  # Rows travel as [rows, 1, D]: the leading dim is untiled on TPU, so a DMA may start at
+  # any row (a 2-D [rows, D] HBM ref needs row offsets aligned to the (8,128) tile).
+  out = pl.pallas_call(
       kernel,
-      out_shape=jax.ShapeDtypeStruct((out_rows, d), x.dtype),
+      out_shape=jax.ShapeDtypeStruct((out_rows, 1, d), x.dtype),
       grid_spec=pltpu.PrefetchScalarGridSpec(
           num_scalar_prefetch=4,
           in_specs=[pl.BlockSpec(memory_space=pl.ANY)],
@@ -185,7 +198,8 @@ def ragged_exchange(x: jax.Array, plan, *, out_rows: int, axis_name: str,
       compiler_params=pltpu.CompilerParams(collective_id=0, has_side_effects=True),
       interpret=interpret,
       name="moe_ragged_exchange",
-  )(*flat, x)
+  )(*flat, x.reshape(n, 1, d))
+  return out.reshape(out_rows, d)
 
 
 # ---------------------------------------------------------------------------------------
