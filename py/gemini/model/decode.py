@@ -108,13 +108,14 @@ def sample(logits: jax.Array, key: Optional[jax.Array], temperature: float = 0.0
   return jax.random.categorical(key, lg, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _prefill_jit(params, batch, cache, cfg):
-  return prefill(params, batch, cache, cfg)
+# Jitted entry points (cfg static; one compilation per cache/prompt shape), shared by
+# `generate`, the serving engine and tests.
+jit_prefill = jax.jit(prefill, static_argnames=("cfg", "moe_impl"))
+jit_decode_step = jax.jit(decode_step, static_argnames=("cfg", "moe_impl"))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "temperature", "top_k", "top_p"))
-def _step_jit(params, logits, key, cache, cfg, temperature, top_k, top_p):
+def _sample_and_step(params, logits, key, cache, cfg, temperature, top_k, top_p):
   tok = sample(logits, key, temperature, top_k, top_p)
   logits, cache = decode_step(params, tok, cache, cfg)
   return tok, logits, cache
@@ -138,12 +139,12 @@ def generate(params: dict, prompt: jax.Array, cfg: ModelConfig, max_new_tokens: 
          else jnp.asarray(prompt_segment_ids, jnp.int32))
   positions = jnp.maximum(jnp.cumsum(seg != 0, axis=1) - 1, 0).astype(jnp.int32)
   cache = init_cache(cfg, b, max_len)
-  logits, cache = _prefill_jit(params, {"tokens": prompt, "segment_ids": seg,
-                                        "positions": positions}, cache, cfg)
+  logits, cache = jit_prefill(params, {"tokens": prompt, "segment_ids": seg,
+                                       "positions": positions}, cache, cfg=cfg)
   logits = logits[:, -1]
   out, done = [], jnp.zeros((b,), bool)
   for step in range(max_new_tokens):
-    tok, new_logits, new_cache = _step_jit(params, logits, jax.random.fold_in(key, step), cache,
+    tok, new_logits, new_cache = _sample_and_step(params, logits, jax.random.fold_in(key, step), cache,
                                            cfg, temperature, top_k, top_p)
     if eos_id is not None:
       tok = jnp.where(done, eos_id, tok)

