@@ -182,6 +182,20 @@ uint64_t ExpectedBytes(const TensorView& t, const std::string& where) {
 
 }  // namespace
 
+std::string FormatError::Printable(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c >= 0x20 && c < 0x7F) {
+      out.push_back(static_cast<char>(c));
+    } else {
+      char buf[5];
+      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
+      out += buf;
+    }
+  }
+  return out;
+}
+
 ModelConfig ParseConfigJson(const std::string& json, const std::string& where) {
   std::map<std::string, char> kinds;
   auto kv = Json(json, where).ParseObject(&kinds);

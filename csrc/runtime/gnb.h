@@ -13,9 +13,12 @@
 namespace gemini::runtime {
 
 // Every refusal of bad input: the message names the file, the field and the value.
+// Bytes outside printable ASCII are shown as \xNN so a message quoting a corrupt file is
+// always valid text.
 class FormatError : public std::runtime_error {
  public:
-  using std::runtime_error::runtime_error;
+  explicit FormatError(const std::string& msg) : std::runtime_error(Printable(msg)) {}
+  static std::string Printable(const std::string& s);
 };
 
 enum DType : uint8_t { kF32 = 0, kF16 = 1, kBF16 = 2, kInt4F16 = 3, kInt4BF16 = 4 };

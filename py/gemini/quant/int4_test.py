@@ -7,6 +7,7 @@ import pytest
 
 from gemini.config import ModelConfig
 from gemini.quant import int4, int4_forward, linear, params as qparams
+from gemini.quant.test_util import random_params
 
 
 @pytest.mark.parametrize("k,n", [(64, 3), (7, 5), (130, 1)])
@@ -64,21 +65,6 @@ def test_int4_linear_matches_dequantised_dot():
 
 TINY = ModelConfig(name="t", vocab_size=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
                    head_dim=16, d_ff=96, max_seq_len=64, activation="silu")
-
-
-def random_params(cfg, key):
-  """Fan-in scaled random family tree (independent of gemini.model's init)."""
-  keys = iter(jax.random.split(key, 64))
-  nrm = lambda shape, fan: jax.random.normal(next(keys), shape) * fan ** -0.5
-  d, h, kh, dh, f = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff
-  layers = [{"attn_norm": {"scale": 1 + 0.1 * jax.random.normal(next(keys), (d,))},
-             "attn": {"wq": nrm((d, h, dh), d), "wk": nrm((d, kh, dh), d), "wv": nrm((d, kh, dh), d),
-                      "wo": nrm((h, dh, d), h * dh)},
-             "mlp_norm": {"scale": 1 + 0.1 * jax.random.normal(next(keys), (d,))},
-             "mlp": {"w_gate": nrm((d, f), d), "w_up": nrm((d, f), d), "w_down": nrm((f, d), f)}}
-            for _ in range(cfg.n_layers)]
-  return {"embed": {"tokens": nrm((cfg.vocab_size, d), d)}, "layers": layers,
-          "final_norm": {"scale": jnp.ones((d,))}}
 
 
 def test_forward_float_matches_dequantised_tree_and_cache():
