@@ -25,13 +25,24 @@ def special_id(name: str) -> int:
           **{s: 4 + i for i, s in enumerate(SPECIALS)}}[name]
 
 
+def _chunks(text: str, size: int = 1024) -> List[str]:
+  out, cur = [], ""
+  for line in text.splitlines(keepends=True):
+    if cur and len(cur) + len(line) > size:
+      out.append(cur)
+      cur = ""
+    cur += line
+  return out + [cur] if cur else out
+
+
 def train(texts: Iterable[str], out_dir: str, vocab_size: int = 8192,
           character_coverage: float = 0.9995, byte_fallback: bool = True,
           model_type: str = "unigram", max_sentences: int = 300_000,
           num_threads: int = 2) -> str:
-  """Trains on `texts` (one sentence = one line of a text); returns the .model path."""
+  """Trains on `texts` (split into ~1 KB chunks of whole lines); returns the .model path."""
   os.makedirs(out_dir, exist_ok=True)
-  lines = [l for t in texts for l in t.splitlines() if l.strip()]
+  # Chunks of whole lines (newlines kept) so "\n" and indentation become pieces, not bytes.
+  lines = [c for t in texts for c in _chunks(t) if c.strip()]
   if not lines:
     raise ValueError("tokenizer.train: no text")
   if len(lines) > max_sentences:  # Deterministic, evenly spaced sample (SentencePiece's own
@@ -45,7 +56,7 @@ def train(texts: Iterable[str], out_dir: str, vocab_size: int = 8192,
       pad_piece="<pad>", unk_piece="<unk>", bos_piece="<bos>", eos_piece="<eos>",
       user_defined_symbols=list(SPECIALS), input_sentence_size=0,
       shuffle_input_sentence=False, seed_sentencepiece_size=200_000, num_threads=num_threads,
-      max_sentence_length=8192, split_digits=True, remove_extra_whitespaces=False,
+      max_sentence_length=16384, split_digits=True, allow_whitespace_only_pieces=True, remove_extra_whitespaces=False,
       normalization_rule_name="identity", minloglevel=2)
   path = os.path.join(out_dir, "spm.model")
   with open(path, "wb") as f:
