@@ -19,7 +19,7 @@ MESHES = [
 
 def _text_cfg(name):
   # The decoder's sharding is under test; encoders are exercised by the multimodal tests.
-  return config.get_config(name).replace(dtype="float32", n_layers=2,
+  return config.get_config(name).replace(dtype="float32", n_layers=1,
                                          vision=config.VisionConfig(), audio=config.AudioConfig())
 
 

@@ -13,6 +13,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from gemini import sharding
 from gemini.config import ModelConfig
 from gemini.model import rope
 
@@ -122,5 +123,8 @@ def attention_block(params: dict, x: jax.Array, segment_ids: jax.Array, position
                     mesh=None) -> jax.Array:
   """Projections + RoPE + attention + output projection. x [B,S,D] -> [B,S,D]."""
   q, k, v = project_qkv(params, x, positions, cfg)
+  q = sharding.constrain(q, ("batch", "seq", "act_heads", None), mesh)
+  k = sharding.constrain(k, ("batch", "seq", "act_kv_heads", None), mesh)
+  v = sharding.constrain(v, ("batch", "seq", "act_kv_heads", None), mesh)
   o = attention(q, k, v, segment_ids, positions, bidir_ids, causal=True, impl=impl, mesh=mesh)
   return output_projection(params, o)

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 
+from gemini import sharding
 from gemini.config import ModelConfig
 
 
@@ -25,9 +26,11 @@ def init_mlp(key: jax.Array, d_model: int, d_ff: int, dtype=jnp.float32) -> dict
   }
 
 
-def gated_mlp(params: dict, x: jax.Array, cfg: ModelConfig) -> jax.Array:
-  """x [B,S,D] (compute dtype) -> [B,S,D] same dtype; weights cast to x.dtype."""
+def gated_mlp(params: dict, x: jax.Array, cfg: ModelConfig, mesh=None) -> jax.Array:
+  """x [B,S,D] (compute dtype) -> [B,S,D] same dtype; weights cast to x.dtype.
+  With a mesh, the hidden [B,S,F] is constrained to ('batch', 'seq', 'act_mlp')."""
   dt = x.dtype
   gate = x @ params["w_gate"].astype(dt)
   up = x @ params["w_up"].astype(dt)
-  return (activation(cfg.activation)(gate) * up) @ params["w_down"].astype(dt)
+  h = sharding.constrain(activation(cfg.activation)(gate) * up, ("batch", "seq", "act_mlp"), mesh)
+  return h @ params["w_down"].astype(dt)

@@ -16,9 +16,6 @@ from gemini import sharding
 from gemini.config import ModelConfig
 from gemini.model import attention, embed, mlp, norm
 
-# Batch keys of a text-only batch; any other key the multimodal module names means media.
-TEXT_KEYS = ("tokens", "targets", "segment_ids", "positions", "loss_mask")
-
 
 def init_params(cfg: ModelConfig, key: jax.Array) -> dict:
   """All parameters (cfg.param_dtype, f32 by default) as the family.py tree."""
@@ -49,8 +46,9 @@ def init_params(cfg: ModelConfig, key: jax.Array) -> dict:
 
 
 def has_media(batch: dict) -> bool:
-  """True if the batch carries any non-text key (images, audio, video, layout)."""
-  return any(k not in TEXT_KEYS for k in batch)
+  """True if the batch carries media (any of multimodal.MEDIA_KEYS: arrays or layout)."""
+  from gemini.model import multimodal
+  return any(k in batch for k in multimodal.MEDIA_KEYS)
 
 
 def embed_inputs(params: dict, batch: dict, cfg: ModelConfig):
@@ -86,7 +84,7 @@ def decoder_layer(layer: dict, x: jax.Array, attn_fn: Callable, cfg: ModelConfig
     from gemini.model import moe
     y, metrics = moe.moe_mlp(layer["moe"], h, cfg, impl=moe_impl, mesh=mesh)
   else:
-    y = mlp.gated_mlp(layer["mlp"], h, cfg)
+    y = mlp.gated_mlp(layer["mlp"], h, cfg, mesh)
   x = x + y.astype(x.dtype)
   return sharding.constrain(x, ("batch", "seq", "act_embed"), mesh), metrics
 
