@@ -3,6 +3,8 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax._src.pallas.mosaic.interpret import interpret_pallas_call as tpu_interpret
+from jax.experimental.pallas import tpu as pltpu
 
 from pallas.moe import ops
 from pallas.moe import reference
@@ -69,3 +71,32 @@ def mesh(shape, names):
   n = int(np.prod(shape))
   return jax.make_mesh(shape, names, devices=jax.devices()[:n],
                        axis_types=(jax.sharding.AxisType.Auto,) * len(shape))
+
+
+def check_ep(shape, names, k, mode, capacity_factor=1.0):
+  """Expert-parallel moe_ffn on a fake-device mesh == single-device dense reference
+  (outputs, gradients, metrics). Dropless runs the remote-DMA kernel in TPU interpret
+  mode with race detection and asserts no race was found."""
+  assert len(jax.devices()) >= int(np.prod(shape)), "needs fake devices (pytest_test devices=8)"
+  pltpu.reset_tpu_interpret_mode_state()
+  params = pltpu.InterpretParams(detect_races=True, dma_execution_mode="on_wait")
+  e, d, itemsize = 8, 128, 4
+  prob = problem(seed=len(shape) * 10 + k, t=32, d=d, e=e, k=k, skew=True)
+  n_dev = int(np.prod(shape))
+  m = compare(prob, mesh=mesh(shape, names), mode=mode, capacity_factor=capacity_factor,
+              groups=n_dev, interpret=params)
+  tpe, dropped = expected_metrics(prob, mode, capacity_factor, n_dev)
+  np.testing.assert_array_equal(m["tokens_per_expert"], tpe)
+  assert m["tokens_dropped"] == dropped
+  ep = dict(zip(names, shape))["expert"]
+  if mode == "dropless":
+    assert not tpu_interpret.races.races_found
+    # 2 * D * itemsize per assignment whose expert lives on another device of its group.
+    ids = np.asarray(prob[1]).reshape(n_dev, -1)
+    coord = np.unravel_index(np.arange(n_dev), shape)[names.index("expert")]
+    remote = sum(int(np.sum(ids[dv] // (e // ep) != coord[dv])) for dv in range(n_dev))
+    assert m["bytes_moved"] == 2 * remote * d * itemsize
+  else:
+    assert dropped > 0   # skewed routing overflows some experts: the drop rule is exercised
+    cap = reference.capacity(32 // n_dev, k, e, capacity_factor)
+    assert m["bytes_moved"] == n_dev * 2 * (ep - 1) * (e // ep) * cap * d * itemsize
