@@ -1,0 +1,149 @@
+"""Ring attention benchmark: memory by compilation, longest sequence on this machine.
+
+  bazel run //pallas/ring_attention:bench [-- --quick]
+
+1. Per-device temporary memory (compiled.memory_analysis()) of one attention layer's
+   forward+backward on 8 v5e chips, sequence over `context`, for the remote-DMA ring and for
+   dense XLA attention, seq 4k..128k: the ring grows linearly, dense quadratically.
+2. The longest sequence whose forward+backward of a one-layer tiny model (nano_tiny, 1 layer,
+   attention impl="ring" on 8 fake CPU devices, kernels interpreted) finishes here within a
+   time budget, doubling from 1k.
+3. One Pro-shaped attention layer (64 heads, 8 kv heads, head_dim 128) at 1M tokens,
+   forward+backward, compiled for a v5p topology with the sequence over `context`, per-device
+   memory next to v5p HBM (95 GiB).
+Speed on TPU needs real hardware; nothing here claims it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+# Fake CPU devices for section 2; must be set before jax is imported.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=8").strip()
+
+import jax  # pylint: disable=wrong-import-position
+import jax.numpy as jnp  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+
+from gemini import config as config_lib  # pylint: disable=wrong-import-position
+from gemini import testing  # pylint: disable=wrong-import-position
+from pallas.ring_attention import aot  # pylint: disable=wrong-import-position
+
+GIB = 1 << 30
+V5P_HBM = 95 * GIB
+
+
+def _fmt(b: float) -> str:
+  return f"{b / GIB:9.3f} GiB" if b >= GIB / 10 else f"{b / (1 << 20):9.1f} MiB"
+
+
+def memory_table(seqs, topology="v5e:2x4"):
+  """Section 1: per-device temp bytes, ring (DMA kernel) vs dense, fwd+bwd."""
+  mesh = testing.tpu_mesh(topology, (8,), ("context",))
+  shape = dict(batch=1, heads=8, kv_heads=1, head_dim=128, dtype=jnp.bfloat16)
+  print(f"\n== 1. per-device temporary memory, one attention layer fwd+bwd, {topology} "
+        f"(8 chips, seq over 'context'), H=8 K=1 Dh=128 bf16")
+  print(f"{'seq':>8} {'ring temp':>14} {'x prev':>7} {'dense temp':>14} {'x prev':>7} "
+        f"{'dense/ring':>10} {'compile s':>9}")
+  prev = None
+  rows = []
+  for s in seqs:
+    t0 = time.time()
+    ring = aot.memory(aot.compile_attention("ring_dma", mesh, seq=s, **shape))["temp"]
+    dense = aot.memory(aot.compile_attention("dense", mesh, seq=s, **shape))["temp"]
+    gr = f"{ring / prev[0]:7.2f}" if prev else f"{'':>7}"
+    gd = f"{dense / prev[1]:7.2f}" if prev else f"{'':>7}"
+    print(f"{s:>8} {_fmt(ring):>14} {gr} {_fmt(dense):>14} {gd} {dense / ring:10.1f} "
+          f"{time.time() - t0:9.1f}", flush=True)
+    prev = (ring, dense)
+    rows.append((s, ring, dense))
+  print("(doubling seq: linear growth shows x2.00, quadratic x4.00)")
+  return rows
+
+
+def longest_sequence(start, limit, budget_s):
+  """Section 2: one-layer nano_tiny forward+backward with impl='ring' on 8 CPU devices."""
+  from gemini.model import transformer  # pylint: disable=import-outside-toplevel
+  devices = jax.devices("cpu")[:8]
+  mesh = jax.make_mesh((8,), ("context",), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
+  print(f"\n== 2. longest sequence: nano_tiny with 1 layer, fwd+bwd, attn impl='ring' "
+        f"(ppermute, interpreted kernels) on {len(devices)} CPU devices, budget {budget_s:.0f} s")
+  print(f"{'seq':>8} {'seconds':>9} {'tokens/s':>9}")
+  best = None
+  s = start
+  while s <= limit:
+    cfg = config_lib.PRESETS["nano_tiny"].replace(n_layers=1, max_seq_len=s)
+    params = transformer.init_params(cfg, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (1, s), 0, cfg.vocab_size, jnp.int32)
+    batch = {"tokens": tokens, "targets": jnp.roll(tokens, -1, axis=1),
+             "segment_ids": jnp.ones((1, s), jnp.int32),
+             "positions": jnp.arange(s, dtype=jnp.int32)[None]}
+    grad = jax.jit(jax.grad(lambda p: transformer.loss_fn(p, batch, cfg, attn_impl="ring",
+                                                          mesh=mesh)[0]))
+    t0 = time.time()
+    try:
+      g = jax.block_until_ready(grad(params))
+    except Exception as e:  # Out of memory is the expected way to stop.
+      print(f"{s:>8} failed: {type(e).__name__}: {str(e)[:200]}")
+      break
+    dt = time.time() - t0
+    ok = all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(g))
+    print(f"{s:>8} {dt:9.1f} {s / dt:9.0f}{'' if ok else '  NON-FINITE GRADS'}", flush=True)
+    if not ok:
+      break
+    best = s
+    if dt > budget_s:
+      break
+    s *= 2
+  print(f"longest finished: {best} tokens")
+  return best
+
+
+def pro_layer(topology, seq):
+  """Section 3: Pro-shaped attention layer, fwd+bwd, compiled for v5p."""
+  cfg = config_lib.PRESETS["pro"]
+  devices = testing.tpu_topology(topology)
+  n = len(devices)
+  mesh = testing.tpu_mesh(topology, (n,), ("context",))
+  print(f"\n== 3. Pro attention layer (H={cfg.n_heads}, K={cfg.n_kv_heads}, "
+        f"Dh={cfg.head_dim}) at {seq} tokens, fwd+bwd, {topology} ({n} chips, "
+        f"{seq // n} tokens per chip), remote-DMA ring")
+  t0 = time.time()
+  compiled = aot.compile_attention("ring_dma", mesh, batch=1, seq=seq, heads=cfg.n_heads,
+                                   kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
+                                   dtype=jnp.bfloat16, block_q=512, block_k=512)
+  mem = aot.memory(compiled)
+  for k in ("argument", "output", "temp", "total"):
+    print(f"  {k:>9}: {_fmt(mem[k])}")
+  print(f"  v5p HBM : {_fmt(V5P_HBM)}  -> total uses {100 * mem['total'] / V5P_HBM:.1f}% "
+        f"(compile {time.time() - t0:.0f} s)")
+  return mem
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--quick", action="store_true", help="short CI form")
+  ap.add_argument("--budget", type=float, default=120.0,
+                  help="section 2: stop doubling once a run takes longer than this (s)")
+  ap.add_argument("--pro_topology", default="v5p:2x2x2")
+  args = ap.parse_args(argv)
+  seqs = [4096, 8192] if args.quick else [4096 << i for i in range(6)]
+  rows = memory_table(seqs)
+  ring = np.array([r[1] for r in rows], float)
+  dense = np.array([r[2] for r in rows], float)
+  print(f"growth over {seqs[0]}..{seqs[-1]}: ring x{ring[-1] / ring[0]:.1f}, "
+        f"dense x{dense[-1] / dense[0]:.1f}, seq x{seqs[-1] / seqs[0]:.0f}")
+  longest_sequence(1024, 2048 if args.quick else 1 << 20, args.budget)
+  pro_layer(args.pro_topology, 1 << 20)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
