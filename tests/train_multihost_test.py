@@ -28,7 +28,8 @@ def _env(devices):
 def _cmd(workdir, npz, *extra):
   return [sys.executable, MAIN, *TINY, f"--workdir={workdir}", "--steps=6", "--batch_size=8",
           "--seq_len=32", "--data=synthetic", "--checkpoint_every=0", "--log_every=0",
-          "--measure_peak=false", "--mesh=data=2,fsdp=4", f"--final_params_npz={npz}", *extra]
+          "--measure_peak=false",
+          "--compilation_cache_dir=/tmp/gemini-jax-cache", "--mesh=data=2,fsdp=4", f"--final_params_npz={npz}", *extra]
 
 
 def test_two_processes_equal_one_process(tmp_path):

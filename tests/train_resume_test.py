@@ -32,7 +32,8 @@ def _env():
 def _cmd(workdir, npz):
   return [sys.executable, MAIN, *TINY, f"--workdir={workdir}", "--steps=14", "--batch_size=4",
           "--seq_len=32", "--data=synthetic", "--checkpoint_every=4", "--keep_checkpoints=2",
-          "--log_every=0", "--measure_peak=false", "--warmup_steps=3",
+          "--log_every=0", "--measure_peak=false",
+          "--compilation_cache_dir=/tmp/gemini-jax-cache", "--warmup_steps=3",
           f"--final_params_npz={npz}"]
 
 
