@@ -52,7 +52,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   return o.reshape(b, sq, h, dh).astype(q.dtype)
 
 
-def _kernel_call(fn, q, k, v, segment_ids, bidir_ids, name, **kw):
+def _kernel_kwargs(fn, bidir_ids, name, kw):
   params = inspect.signature(fn).parameters
   if bidir_ids is not None:
     if "bidir_ids" not in params:
@@ -60,7 +60,31 @@ def _kernel_call(fn, q, k, v, segment_ids, bidir_ids, name, **kw):
           f"attention impl={name!r}: pallas.ring_attention.ops.{fn.__name__} cannot express "
           "bidir_ids (bidirectional media items); use impl='xla' for multimodal batches")
     kw["bidir_ids"] = bidir_ids
-  return fn(q, k, v, segment_ids=segment_ids, **kw)
+  return kw
+
+
+def _batch_axes(b: int, mesh) -> tuple:
+  """Mesh axes the batch dim of activations is split over (per gemini.sharding.RULES)."""
+  spec = sharding.logical_to_spec(("batch",), (b,), mesh)[0]
+  return () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+
+
+def _flash_on_mesh(fn, q, k, v, segment_ids, mesh, kw):
+  """Runs the single-device flash kernel per shard: batch over the batch axes, heads over
+  'tensor' when the kv heads split the same way (or there is one kv head to replicate), so
+  the GQA grouping h // (H/K) stays local to each shard."""
+  from jax.sharding import PartitionSpec as P
+  bax = _batch_axes(q.shape[0], mesh) or None
+  hspec = sharding.logical_to_spec(("act_heads",), (q.shape[2],), mesh)[0]
+  kspec = sharding.logical_to_spec(("act_kv_heads",), (k.shape[2],), mesh)[0]
+  if k.shape[2] == 1:
+    kspec = None
+  elif hspec != kspec:
+    hspec = kspec = None
+  qs, ks, ss = P(bax, None, hspec, None), P(bax, None, kspec, None), P(bax, None)
+  local = lambda q, k, v, seg: fn(q, k, v, segment_ids=seg, **kw)
+  return jax.shard_map(local, mesh=mesh, in_specs=(qs, ks, ks, ss), out_specs=qs,
+                       check_vma=False)(q, k, v, segment_ids)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
@@ -70,9 +94,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
 
   q [B,S,H,Dh], k/v [B,S,K,Dh], segment_ids int32 [B,S] (0 = padding), positions int32 [B,S]
   (default arange; causality is by position), bidir_ids int32 [B,S] or None -> [B,S,H,Dh].
-  impl: "xla" (reference), "flash" (Pallas flash kernel) or "ring" (context-parallel ring over
-  the mesh axis "context"). The kernels are causal by index, which equals the position rule
-  when positions increase by one inside each segment (how batches are packed).
+  impl: "xla" (reference), "flash" (Pallas flash kernel; with a mesh it runs per shard) or
+  "ring" (context-parallel ring over the mesh axis "context"). The kernels are causal by
+  index, which equals the position rule when positions increase by one inside each segment
+  (how batches are packed); they do not take bidir_ids and reject them.
   """
   if impl == "xla":
     if positions is None:
@@ -82,13 +107,19 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
     return dot_product_attention(q, k, v, mask)
   if impl == "flash":
     from pallas.ring_attention import ops  # Lazy: the model must import without the kernels.
-    return _kernel_call(ops.flash_attention, q, k, v, segment_ids, bidir_ids, impl, causal=causal)
+    kw = _kernel_kwargs(ops.flash_attention, bidir_ids, impl, {"causal": causal})
+    if mesh is not None:
+      return _flash_on_mesh(ops.flash_attention, q, k, v, segment_ids, mesh, kw)
+    return ops.flash_attention(q, k, v, segment_ids=segment_ids, **kw)
   if impl == "ring":
-    if mesh is None:
+    if mesh is None or "context" not in mesh.shape:
       raise ValueError("attention impl='ring' needs a mesh with a 'context' axis")
     from pallas.ring_attention import ops
-    return _kernel_call(ops.ring_attention, q, k, v, segment_ids, bidir_ids, impl,
-                        mesh=mesh, axis_name="context", causal=causal)
+    kw = _kernel_kwargs(ops.ring_attention, bidir_ids, impl,
+                        {"mesh": mesh, "axis_name": "context", "causal": causal})
+    if "batch_axes" in inspect.signature(ops.ring_attention).parameters:
+      kw["batch_axes"] = _batch_axes(q.shape[0], mesh)
+    return ops.ring_attention(q, k, v, segment_ids=segment_ids, **kw)
   raise ValueError(f"attention impl={impl!r}: expected one of {IMPLS}")
 
 

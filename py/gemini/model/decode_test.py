@@ -88,3 +88,24 @@ def test_cache_longer_than_config_rejected():
   cfg = _cfg()
   with pytest.raises(ValueError, match="max_seq_len"):
     decode.init_cache(cfg, 1, cfg.max_seq_len + 1)
+
+
+def test_cached_decode_after_multimodal_prompt_equals_full_forward():
+  from gemini.model import multimodal
+  cfg = _cfg(vision=config.get_config("flash_tiny").vision)
+  params = transformer.init_params(cfg, jax.random.key(0))
+  rng = np.random.default_rng(0)
+  image = rng.normal(size=(cfg.vision.image_size,) * 2 + (cfg.vision.channels,)).astype(np.float32)
+  text = lambda n: rng.integers(0, cfg.vocab_size, n)
+  prompt, gen = [("text", text(3)), ("image", image), ("text", text(2))], text(6)
+  p = multimodal.sequence_length(prompt, cfg)
+  full_batch = multimodal.build_batch([prompt + [("text", gen)]], cfg, p + len(gen))
+  full, _ = transformer.forward(params, full_batch, cfg)
+  cache = decode.init_cache(cfg, 1, p + len(gen))
+  logits, cache = decode.prefill(params, multimodal.build_batch([prompt], cfg, p), cache, cfg)
+  np.testing.assert_allclose(logits, full[:, :p], atol=1e-4)
+  # The image's tokens attend to each other both ways: its first token sees later ones.
+  assert int(cache["bidir_ids"][0, 3]) != 0 and int(cache["bidir_ids"][0, 2]) == 0
+  for i, tok in enumerate(gen[:-1]):
+    logits, cache = decode.decode_step(params, jnp.array([tok], jnp.int32), cache, cfg)
+    np.testing.assert_allclose(logits, full[:, p + i], atol=1e-4, err_msg=f"step {i}")
