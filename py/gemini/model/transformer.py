@@ -90,22 +90,25 @@ def decoder_layer(layer: dict, x: jax.Array, attn_fn: Callable, cfg: ModelConfig
 
 
 def collect_moe_metrics(per_layer, cfg: ModelConfig) -> Dict[str, jax.Array]:
-  """Stacks per-MoE-layer metrics: expert_load [Lm,E], drop_fraction [Lm]; aux/z: mean."""
+  """Stacks per-MoE-layer metrics: expert_load [Lm,E], drop_fraction [Lm], tokens_dropped
+  int32 [Lm]; aux_loss/z_loss: mean over the MoE layers (scalars, 0 for dense models)."""
   per_layer = [m for m in per_layer if m is not None]
   if not per_layer:
     e = max(cfg.moe.num_experts, 1)
     return {"aux_loss": jnp.zeros((), jnp.float32), "z_loss": jnp.zeros((), jnp.float32),
             "expert_load": jnp.zeros((0, e), jnp.float32),
-            "drop_fraction": jnp.zeros((0,), jnp.float32)}
-  stack = lambda k: jnp.stack([jnp.asarray(m[k], jnp.float32) for m in per_layer])
+            "drop_fraction": jnp.zeros((0,), jnp.float32),
+            "tokens_dropped": jnp.zeros((0,), jnp.int32)}
+  stack = lambda k, dt=jnp.float32: jnp.stack([jnp.asarray(m.get(k, 0), dt) for m in per_layer])
   return {"aux_loss": jnp.mean(stack("aux_loss")), "z_loss": jnp.mean(stack("z_loss")),
-          "expert_load": stack("expert_load"), "drop_fraction": stack("drop_fraction")}
+          "expert_load": stack("expert_load"), "drop_fraction": stack("drop_fraction"),
+          "tokens_dropped": stack("tokens_dropped", jnp.int32)}
 
 
 def forward(params: dict, batch: dict, cfg: ModelConfig, *, attn_impl: str = "xla",
             moe_impl: str = "xla", mesh=None) -> Tuple[jax.Array, Dict[str, jax.Array]]:
   """batch (tokens int32 [B,S], optional segment_ids/positions int32 [B,S], media keys)
-  -> (logits f32 [B,S,V], metrics: aux_loss, z_loss, expert_load [Lm,E], drop_fraction [Lm])."""
+  -> (logits f32 [B,S,V], metrics of collect_moe_metrics; Lm = cfg.num_moe_layers)."""
   x, segment_ids, positions, bidir_ids = embed_inputs(params, batch, cfg)
   x = sharding.constrain(x, ("batch", "seq", "act_embed"), mesh)
 
