@@ -38,7 +38,7 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
   p.add_argument("--character_coverage", type=float, default=0.9995)
   p.add_argument("--byte_fallback", type=lambda s: s.lower() in ("1", "true", "yes"),
                  default=True)
-  p.add_argument("--tokenizer_mb", type=float, default=3.0,
+  p.add_argument("--tokenizer_mb", type=float, default=1.5,
                  help="MB of clean text (evenly sampled documents) to train SentencePiece on")
   p.add_argument("--shard_mb", type=float, default=32.0)
   p.add_argument("--images", type=int, default=256,
@@ -105,12 +105,14 @@ def main(argv: List[str]) -> dict:
   if not docs:
     raise SystemExit("prepare: no source available")
 
+  t = time.time()
   train, heldout = pipeline.split_heldout(docs, a.heldout_per_source)
   write_jsonl(os.path.join(out, "heldout", "heldout.jsonl"), heldout)
   log(f"held-out split: {len(heldout)} docs")
   cleaned, stats = pipeline.clean(train, heldout, filters.FilterConfig(), log=log)
   for name, ds in cleaned.items():
     write_jsonl(os.path.join(out, "clean", f"{name}.jsonl"), ds)
+  log(f"cleaning done ({time.time() - t:.1f} s)")
 
   t = time.time()
   all_clean = [d for ds in cleaned.values() for d in ds]
