@@ -154,7 +154,7 @@ def test_crc_mismatch_names_record_and_offset(tmp_path):
   # verify=False opens; the explicit check still names the record.
   s = Shard(str(p), verify=False)
   with pytest.raises(ShardError, match=rf"record 3 at byte offset {off}: CRC mismatch"):
-    s._s.verify_record(3)
+    s.verify_record(3)
   # A corrupted index is caught by the index CRC.
   data = bytearray(_shard_bytes())
   data[index_offset + 1] ^= 1

@@ -78,7 +78,13 @@ class Shard:
     return self._s.tokens(i)
 
   def record(self, i: int) -> dict:
+    """{"kind": 1|2|3, "tokens": view, "media": [{"modality", "encoded", "placement",
+    "num_placeholders", "array" (zero-copy view)}]} of record i."""
     return {"kind": self._s.kind(i), "tokens": self._s.tokens(i), "media": self._s.media(i)}
+
+  def verify_record(self, i: int) -> None:
+    """Recomputes record i's CRC-32C (for shards opened with verify=False)."""
+    self._s.verify_record(i)
 
 
 class Loader:
