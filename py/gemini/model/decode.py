@@ -43,6 +43,9 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None) -> d
 def _extend(params, x, segment_ids, positions, bidir_ids, cache, cfg, moe_impl):
   """Writes a chunk x [B,S,D] into the cache and runs the decoder on it -> logits [B,S,V]."""
   idx = cache["index"]
+  t, s = cache["segment_ids"].shape[1], segment_ids.shape[1]
+  if not isinstance(idx, jax.core.Tracer) and int(idx) + s > t:
+    raise ValueError(f"KV cache overflow: {int(idx)} cached + {s} new tokens > cache length {t}")
   if bidir_ids is None:
     bidir_ids = jnp.zeros_like(segment_ids)
   put = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), idx, 1)
@@ -64,7 +67,6 @@ def _extend(params, x, segment_ids, positions, bidir_ids, cache, cfg, moe_impl):
     x, _ = transformer.decoder_layer(layer, x, attn_fn, cfg, i, moe_impl=moe_impl)
   x = norm.rms_norm(params["final_norm"], x, cfg.norm_eps)
   logits = embed.logits(params, x, cfg)
-  s = segment_ids.shape[1]
   cache = {"layers": new_layers, "segment_ids": c_seg, "positions": c_pos, "bidir_ids": c_bid,
            "index": idx + s, "next_position": positions[:, -1] + 1, "segment": segment_ids[:, -1]}
   return logits, cache

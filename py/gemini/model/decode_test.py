@@ -10,7 +10,8 @@ from gemini.model import decode, transformer
 
 
 def _cfg(name="nano_tiny", **kw):
-  return config.get_config(name).replace(dtype="float32", n_layers=2, **kw)
+  kw.setdefault("n_layers", 2)
+  return config.get_config(name).replace(dtype="float32", **kw)
 
 
 @pytest.mark.parametrize("kv_heads", [1, 2])
@@ -109,3 +110,12 @@ def test_cached_decode_after_multimodal_prompt_equals_full_forward():
   for i, tok in enumerate(gen[:-1]):
     logits, cache = decode.decode_step(params, jnp.array([tok], jnp.int32), cache, cfg)
     np.testing.assert_allclose(logits, full[:, p + i], atol=1e-4, err_msg=f"step {i}")
+
+
+def test_cache_overflow_is_a_clear_error():
+  cfg = _cfg(n_layers=1)
+  params = transformer.init_params(cfg, jax.random.key(0))
+  cache = decode.init_cache(cfg, 1, 4)
+  _, cache = decode.prefill(params, {"tokens": jnp.zeros((1, 4), jnp.int32)}, cache, cfg)
+  with pytest.raises(ValueError, match="overflow"):
+    decode.decode_step(params, jnp.zeros((1,), jnp.int32), cache, cfg)

@@ -54,8 +54,15 @@ def has_media(batch: dict) -> bool:
 def embed_inputs(params: dict, batch: dict, cfg: ModelConfig):
   """batch -> (x [B,S,D] cfg.dtype, segment_ids int32 [B,S], positions int32 [B,S],
   bidir_ids int32 [B,S] or None). Defaults: one segment per row, positions = arange."""
+  if "tokens" not in batch:
+    raise ValueError(f"model batch has no 'tokens' (keys: {sorted(batch)})")
   tokens = batch["tokens"]
+  if tokens.ndim != 2:
+    raise ValueError(f"model batch 'tokens' must be [B,S], got shape {tokens.shape}")
   b, s = tokens.shape
+  for key in ("segment_ids", "positions", "targets", "loss_mask"):
+    if key in batch and tuple(batch[key].shape) != (b, s):
+      raise ValueError(f"model batch {key!r} has shape {tuple(batch[key].shape)}; tokens are {(b, s)}")
   segment_ids = batch.get("segment_ids")
   if segment_ids is None:
     segment_ids = jnp.ones((b, s), jnp.int32)
@@ -106,8 +113,10 @@ def collect_moe_metrics(per_layer, cfg: ModelConfig) -> Dict[str, jax.Array]:
 
 
 def forward(params: dict, batch: dict, cfg: ModelConfig, *, attn_impl: str = "xla",
-            moe_impl: str = "xla", mesh=None) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+            moe_impl: str = "xla", mesh=None,
+            remat: bool = False) -> Tuple[jax.Array, Dict[str, jax.Array]]:
   """batch (tokens int32 [B,S], optional segment_ids/positions int32 [B,S], media keys)
+  remat=True recomputes each layer's activations in the backward pass (jax.checkpoint).
   -> (logits f32 [B,S,V], metrics of collect_moe_metrics; Lm = cfg.num_moe_layers)."""
   x, segment_ids, positions, bidir_ids = embed_inputs(params, batch, cfg)
   x = sharding.constrain(x, ("batch", "seq", "act_embed"), mesh)
@@ -118,7 +127,9 @@ def forward(params: dict, batch: dict, cfg: ModelConfig, *, attn_impl: str = "xl
 
   per_layer = []
   for i, layer in enumerate(params["layers"]):
-    x, m = decoder_layer(layer, x, attn_fn, cfg, i, moe_impl=moe_impl, mesh=mesh)
+    run = lambda layer, x, i=i: decoder_layer(layer, x, attn_fn, cfg, i, moe_impl=moe_impl,
+                                              mesh=mesh)
+    x, m = (jax.checkpoint(run) if remat else run)(layer, x)
     per_layer.append(m)
   x = norm.rms_norm(params["final_norm"], x, cfg.norm_eps)
   logits = embed.logits(params, x, cfg)
@@ -138,10 +149,12 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array):
 
 
 def loss_fn(params: dict, batch: dict, cfg: ModelConfig, *, attn_impl: str = "xla",
-            moe_impl: str = "xla", mesh=None) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+            moe_impl: str = "xla", mesh=None,
+            remat: bool = False) -> Tuple[jax.Array, Dict[str, jax.Array]]:
   """Mean next-token CE over tokens with segment_ids != 0 (times optional loss_mask), plus
   cfg.moe.aux_loss_weight * aux_loss + cfg.moe.z_loss_weight * z_loss. -> (loss f32, metrics)."""
-  logits, metrics = forward(params, batch, cfg, attn_impl=attn_impl, moe_impl=moe_impl, mesh=mesh)
+  logits, metrics = forward(params, batch, cfg, attn_impl=attn_impl, moe_impl=moe_impl, mesh=mesh,
+                            remat=remat)
   tokens = batch["tokens"]
   weights = (batch.get("segment_ids", jnp.ones_like(tokens)) != 0).astype(jnp.float32)
   if "loss_mask" in batch:

@@ -198,3 +198,16 @@ def test_flash_impl_forward_and_grad_equal_xla():
   with pytest.raises(ValueError, match="bidir_ids"):
     attention.attention(q, q, q, jnp.ones((1, 4), jnp.int32), bidir_ids=jnp.ones((1, 4), jnp.int32),
                         impl="flash")
+
+
+def test_remat_same_grads_and_bad_batch_errors():
+  cfg = _f32("pro_tiny").replace(n_layers=1, vision=config.VisionConfig(), audio=config.AudioConfig())
+  params = transformer.init_params(cfg, jax.random.key(0))
+  b = _text_batch(cfg, b=1, s=8)
+  grad = lambda remat: jax.grad(lambda p: transformer.loss_fn(p, b, cfg, remat=remat)[0])(params)
+  for a, c in zip(jax.tree.leaves(grad(True)), jax.tree.leaves(grad(False))):
+    np.testing.assert_allclose(a, c, atol=1e-6)
+  with pytest.raises(ValueError, match="'segment_ids' has shape"):
+    transformer.forward(params, dict(b, segment_ids=jnp.ones((1, 7), jnp.int32)), cfg)
+  with pytest.raises(ValueError, match="no 'tokens'"):
+    transformer.forward(params, {"targets": b["targets"]}, cfg)
