@@ -1,0 +1,123 @@
+"""What one compiled train step costs per device, and the roofline estimate built on it.
+
+`StepFigures` holds the compiler's own numbers for one device of the SPMD program:
+memory_analysis() (arguments, outputs, aliased outputs, temporaries), cost_analysis()
+(FLOPs, HBM bytes accessed) and the collective traffic parsed from the HLO
+(`collectives.py`). `estimate()` turns them into a step time with the chip's published peaks
+(`hardware.py`):
+
+    t_flops = max(compiled FLOPs, model FLOPs / chips) / peak bf16 FLOP/s
+              (the model figure guards against kernels whose FLOPs the compiler cannot see:
+               Pallas custom calls report none)
+    t_hbm   = bytes accessed / HBM bandwidth
+    t_ici   = collective bytes sent / ICI bandwidth (all links of the chip)
+    step    = max(t_flops, t_hbm, t_ici)      the roofline: perfect overlap (a lower bound)
+    serial  = max(t_flops, t_hbm) + t_ici      collectives not overlapped (an upper bound)
+    MFU     = model FLOPs per step / (step x chips x peak)
+
+Memory per device that must fit in HBM: arguments + outputs - aliased (donated state is
+updated in place) + temporaries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict
+
+from gemini.train.aot import collectives as coll_lib
+from gemini.train.aot.hardware import Chip
+
+_NUMERIC = ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes", "flops",
+            "bytes_accessed", "transcendentals")
+
+
+@dataclasses.dataclass
+class StepFigures:
+  """Per-device figures of one compiled train step (bytes, FLOPs)."""
+  argument_bytes: float
+  output_bytes: float
+  alias_bytes: float
+  temp_bytes: float
+  flops: float
+  bytes_accessed: float
+  transcendentals: float
+  collectives: coll_lib.Collectives
+
+  @property
+  def total_bytes(self) -> float:
+    """HBM bytes live at the peak: arguments + outputs - aliased + temporaries."""
+    return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+  def combine(self, other: "StepFigures", a: float, b: float) -> "StepFigures":
+    """a * self + b * other, field by field."""
+    vals = {k: a * getattr(self, k) + b * getattr(other, k) for k in _NUMERIC}
+    return StepFigures(**vals, collectives=self.collectives.scaled(other.collectives, a, b))
+
+  def to_json(self) -> dict:
+    d = {k: getattr(self, k) for k in _NUMERIC}
+    d["collectives"] = dataclasses.asdict(self.collectives)
+    return d
+
+  @classmethod
+  def from_json(cls, d: dict) -> "StepFigures":
+    return cls(**{k: d[k] for k in _NUMERIC},
+               collectives=coll_lib.Collectives(**d["collectives"]))
+
+
+def from_compiled(compiled, num_devices: int) -> StepFigures:
+  """Figures of a jax `Compiled` for one device of a `num_devices` SPMD program."""
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # Older jax returned one dict per program.
+    cost = cost[0]
+  return StepFigures(
+      argument_bytes=float(mem.argument_size_in_bytes),
+      output_bytes=float(mem.output_size_in_bytes),
+      alias_bytes=float(mem.alias_size_in_bytes),
+      temp_bytes=float(mem.temp_size_in_bytes),
+      flops=float(cost.get("flops", 0.0)),
+      bytes_accessed=float(cost.get("bytes accessed", 0.0)),
+      transcendentals=float(cost.get("transcendentals", 0.0)),
+      collectives=coll_lib.parse_collectives(compiled.as_text(), num_devices))
+
+
+def extrapolate_layers(f1: StepFigures, l1: int, f2: StepFigures, l2: int,
+                       layers: int) -> StepFigures:
+  """Figures at `layers` from compiles at l1 < l2 layers, linear in the layer count:
+  f(L) = f(l1) + (f(l2) - f(l1)) * (L - l1) / (l2 - l1). The constant part (embedding,
+  logits, optimizer scalars) is kept once; every layer adds the same per-layer cost."""
+  if not l1 < l2:
+    raise ValueError(f"extrapolate_layers: need l1 < l2, got {l1}, {l2}")
+  t = (layers - l1) / (l2 - l1)
+  return f1.combine(f2, 1.0 - t, t)
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+  """Roofline step time on `chips` chips of `chip`, and what it implies."""
+  t_flops: float
+  t_hbm: float
+  t_ici: float
+  step_time: float          # max of the three (perfect overlap)
+  serial_time: float        # max(t_flops, t_hbm) + t_ici (collectives not overlapped)
+  bound: str                # "compute" | "memory" | "collectives"
+  tokens_per_second: float
+  mfu: float                # model FLOPs / (step_time * chips * peak)
+  fits: bool
+  hbm_fraction: float       # total bytes / HBM
+
+
+def estimate(fig: StepFigures, chip: Chip, chips: int, tokens_per_step: int,
+             model_flops_per_token: float) -> Estimate:
+  """The roofline estimate (see the module docstring) of one step."""
+  model_flops = model_flops_per_token * tokens_per_step
+  t_flops = max(fig.flops, model_flops / chips) / chip.peak_bf16_flops
+  t_hbm = fig.bytes_accessed / chip.hbm_bandwidth
+  t_ici = fig.collectives.total_ici_bytes / chip.ici_bandwidth
+  times: Dict[str, float] = {"compute": t_flops, "memory": t_hbm, "collectives": t_ici}
+  bound = max(times, key=times.get)
+  step = times[bound]
+  return Estimate(t_flops, t_hbm, t_ici, step, max(t_flops, t_hbm) + t_ici, bound,
+                  tokens_per_step / step if step > 0 else 0.0,
+                  model_flops / (step * chips * chip.peak_bf16_flops) if step > 0 else 0.0,
+                  fig.total_bytes <= chip.hbm_bytes, fig.total_bytes / chip.hbm_bytes)

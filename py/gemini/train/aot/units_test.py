@@ -1,0 +1,124 @@
+"""Fast checks of the AOT harness's arithmetic (no compilation): HLO collective parsing,
+layer extrapolation, the roofline, topology/mesh parsing and the planner's mesh rules."""
+
+import math
+import types
+
+import jax
+import pytest
+
+from gemini import family
+from gemini.config import get_config
+from gemini.train.aot import collectives, compile_step, figures, hardware, planner
+
+# Four collectives as the TPU compiler prints them (an async all-gather appears three times
+# with one channel id; a combined all-reduce has a tuple result).
+_HLO = """
+  %all-gather.1 = bf16[256,1024]{1,0:T(8,128)(2,1)} all-gather(%p0), channel_id=14, replica_groups=mesh['axis_0'=2,'axis_1'=2] {'axis_1'}, dimensions={0}
+  %all-gather.2 = bf16[256,1024]{1,0:T(8,128)(2,1)S(1)} all-gather(%p1), channel_id=14, replica_groups=mesh['axis_0'=2,'axis_1'=2] {'axis_1'}, dimensions={0}
+  %all-gather.3 = bf16[256,1024]{1,0:T(8,128)(2,1)} all-gather(%p2), channel_id=14, replica_groups=mesh['axis_0'=2,'axis_1'=2] {'axis_1'}, dimensions={0}
+  %all-reduce.5 = (f32[256]{0:T(256)}, f32[1024,8]{1,0}) all-reduce(%a, %b), channel_id=3, replica_groups={{0,1,2,3}}, to_apply=%add
+  %all-to-all = bf16[1,2,2,256,128]{3,4,2,0,1} all-to-all(%c), channel_id=9, replica_groups=[2,2]<=[4], dimensions={1}
+  %collective-permute.1 = f32[64,64]{1,0} collective-permute(%d), channel_id=11, source_target_pairs={{0,1},{1,0}}
+  %reduce-scatter.7 = f32[128]{0} reduce-scatter(%e), channel_id=12, replica_groups=[1,4]<=[4], dimensions={0}
+  %add.1 = f32[] add(%x, %y)
+"""
+
+
+def test_collectives_parsed_once_per_channel_with_ring_traffic():
+  c = collectives.parse_collectives(_HLO, num_devices=4)
+  assert c.count == {"all-gather": 1, "all-reduce": 1, "all-to-all": 1,
+                     "collective-permute": 1, "reduce-scatter": 1}
+  ag = 256 * 1024 * 2
+  ar = (256 + 1024 * 8) * 4
+  a2a = 2 * 2 * 256 * 128 * 2
+  assert c.result_bytes["all-gather"] == ag
+  assert c.ici_bytes["all-gather"] == ag * 1 / 2             # group of 2 (axis_1)
+  assert c.ici_bytes["all-reduce"] == 2 * ar * 3 / 4         # group of 4
+  assert c.ici_bytes["all-to-all"] == a2a * 1 / 2            # iota groups [2,2]
+  assert c.ici_bytes["collective-permute"] == 64 * 64 * 4
+  assert c.ici_bytes["reduce-scatter"] == 128 * 4 * 3
+  assert c.total_ici_bytes == pytest.approx(sum(c.ici_bytes.values()))
+
+
+def _figs(scale):
+  coll = collectives.Collectives({k: 2 for k in collectives.KINDS},
+                                 {k: 10.0 * scale for k in collectives.KINDS},
+                                 {k: 5.0 * scale for k in collectives.KINDS})
+  return figures.StepFigures(argument_bytes=100 * scale, output_bytes=90 * scale,
+                             alias_bytes=90 * scale, temp_bytes=7 * scale, flops=1e9 * scale,
+                             bytes_accessed=3e6 * scale, transcendentals=0.0, collectives=coll)
+
+
+def test_extrapolation_is_linear_in_layers():
+  # f(L) = 10 + 5 L  ->  f(1) = 15, f(2) = 20, f(96) = 490.
+  f1 = figures.StepFigures(15, 15, 15, 15, 15, 15, 15, _figs(15).collectives)
+  f2 = figures.StepFigures(20, 20, 20, 20, 20, 20, 20, _figs(20).collectives)
+  f = figures.extrapolate_layers(f1, 1, f2, 2, 96)
+  assert f.flops == pytest.approx(490) and f.temp_bytes == pytest.approx(490)
+  assert f.collectives.ici_bytes["all-gather"] == pytest.approx(5 * 490)
+  with pytest.raises(ValueError):
+    figures.extrapolate_layers(f1, 2, f2, 2, 96)
+
+
+def test_roofline_picks_the_slowest_resource_and_mfu_follows():
+  chip = hardware.Chip("test", peak_bf16_flops=1e12, hbm_bytes=1000, hbm_bandwidth=1e9,
+                       ici_bandwidth=1e8)
+  f = _figs(1.0)   # 1e9 FLOPs -> 1 ms; 3e6 bytes -> 3 ms; 25 ICI bytes -> 0.25 us
+  e = figures.estimate(f, chip, chips=4, tokens_per_step=1000, model_flops_per_token=2e6)
+  assert e.t_flops == pytest.approx(1e-3)   # compiled 1e9 > model 2e9 / 4 chips
+  assert e.t_hbm == pytest.approx(3e-3) and e.bound == "memory"
+  assert e.step_time == pytest.approx(3e-3)
+  assert e.mfu == pytest.approx(2e9 / (3e-3 * 4 * 1e12))
+  assert e.tokens_per_second == pytest.approx(1000 / 3e-3)
+  assert f.total_bytes == 107 and e.fits and e.hbm_fraction == pytest.approx(0.107)
+  # When the model counts more FLOPs than the compiler saw (Pallas kernels), the model wins.
+  e2 = figures.estimate(f, chip, chips=1, tokens_per_step=1000, model_flops_per_token=2e7)
+  assert e2.t_flops == pytest.approx(2e10 / 1e12)
+
+
+def test_topology_and_mesh_parsing_name_bad_input():
+  chip, shape = hardware.parse_topology("v5p:4x4x4")
+  assert chip.name == "v5p" and shape == (4, 4, 4) and hardware.num_chips("v5p:4x4x4") == 64
+  with pytest.raises(ValueError, match="v9"):
+    hardware.parse_topology("v9:2x2")
+  with pytest.raises(ValueError, match="4xq"):
+    hardware.parse_topology("v5e:4xq")
+  assert compile_step.parse_mesh("fsdp=64,tensor=8") == {"fsdp": 64, "tensor": 8}
+  with pytest.raises(ValueError, match="pipeline"):
+    compile_step.parse_mesh("pipeline=4")
+  with pytest.raises(ValueError, match="twice"):
+    compile_step.parse_mesh("data=2,data=2")
+
+
+def test_with_layers_keeps_moe_pattern_below_the_cut():
+  cfg = get_config("flash_tiny")                      # MoE layers (1, 3)
+  assert compile_step.with_layers(cfg, 2).moe.layers == (1,)
+  assert compile_step.with_layers(get_config("pro"), 2).num_moe_layers == 2
+
+
+def test_enumerated_meshes_respect_divisibility():
+  cfg = get_config("nano1")                           # 8 heads, MQA, dense
+  meshes = planner.enumerate_meshes(cfg, 16, batch=16, seq=1024)
+  assert meshes and all(math.prod(m.values()) == 16 for m in meshes)
+  assert all(m["expert"] == 1 and m["context"] == 1 for m in meshes)
+  assert all(cfg.n_heads % m["tensor"] == 0 for m in meshes)
+  assert {"data": 16, "fsdp": 1, "tensor": 1, "expert": 1, "context": 1} in meshes
+  assert not any(m["tensor"] == 16 for m in meshes)   # 8 heads cannot split 16 ways
+  pro = get_config("pro")
+  ring = planner.enumerate_meshes(pro, 64, batch=4, seq=8192, attn_impl="ring")
+  assert any(m["context"] > 1 for m in ring)
+  assert all(4 % (m["data"] * m["fsdp"] * m["expert"]) == 0 for m in ring)
+  assert all(64 % m["expert"] == 0 for m in ring)
+
+
+def test_state_bytes_per_device_matches_hand_count():
+  cfg = get_config("nano_tiny")
+  from gemini.model import transformer
+  params = jax.eval_shape(lambda k: transformer.init_params(cfg, k), jax.random.key(0))
+  total = family.total_params(cfg) * 4
+  assert planner.state_bytes_per_device(params, {"data": 4}) == 3 * total
+  # fsdp=4 splits every matrix on its d_model dim; only the 2L+1 norm vectors stay whole.
+  norms = (2 * cfg.n_layers + 1) * cfg.d_model * 4
+  got = planner.state_bytes_per_device(params, {"fsdp": 4})
+  assert got == pytest.approx(3 * ((total - norms) / 4 + norms))
