@@ -103,19 +103,20 @@ def _leaf_name(path) -> str:
   return ""
 
 
+def _axes_for(path, leaf) -> Tuple[Optional[str], ...]:
+  return PARAM_AXES.get((_leaf_name(path), len(leaf.shape)), (None,) * len(leaf.shape))
+
+
 def param_axes(params):
-  """Pytree like `params` of logical-axis tuples (None entries = replicated dims)."""
-  def axes(path, leaf):
-    return PARAM_AXES.get((_leaf_name(path), len(leaf.shape)), (None,) * len(leaf.shape))
-  return jax.tree_util.tree_map_with_path(axes, params)
+  """Structure like `params` with a logical-axis tuple per array (None = replicated dim).
+  Tuples are pytree nodes: map over it with is_leaf=lambda x: isinstance(x, tuple)."""
+  return jax.tree_util.tree_map_with_path(_axes_for, params)
 
 
 def param_specs(params, mesh: Mesh):
   """Pytree of PartitionSpecs for `params` (arrays or ShapeDtypeStructs) on `mesh`."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, leaf: logical_to_spec(
-          PARAM_AXES.get((_leaf_name(path), len(leaf.shape)), (None,) * len(leaf.shape)),
-          leaf.shape, mesh), params)
+      lambda path, leaf: logical_to_spec(_axes_for(path, leaf), leaf.shape, mesh), params)
 
 
 def param_shardings(params, mesh: Mesh):

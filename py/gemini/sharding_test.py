@@ -99,3 +99,16 @@ def test_flash_impl_on_mesh_equals_xla(axes, kv_heads):
   got = jax.jit(lambda q, k, v: attention.attention(q, k, v, seg, pos, impl="flash", mesh=mesh))(q, k, v)
   valid = np.asarray(seg) != 0
   np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(want)[valid], atol=2e-5)
+
+
+def test_param_axes_name_every_decoder_matrix():
+  cfg = _text_cfg("pro_tiny")
+  shapes = jax.eval_shape(lambda: transformer.init_params(cfg, jax.random.key(0)))
+  axes = sharding.param_axes(shapes)
+  flat = jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple))
+  assert len(flat) == len(jax.tree.leaves(shapes))
+  for (path, leaf), ax in zip(jax.tree_util.tree_leaves_with_path(shapes), flat):
+    assert len(ax) == leaf.ndim, jax.tree_util.keystr(path)
+    if leaf.ndim >= 2 and "router" not in jax.tree_util.keystr(path):
+      assert all(a is not None for a in ax[:1]), jax.tree_util.keystr(path)
+  assert axes["layers"][0]["moe"]["w_down"] == ("experts", "expert_mlp", "embed")
