@@ -45,10 +45,17 @@ def init_params(cfg: ModelConfig, key: jax.Array) -> dict:
   return params
 
 
+_TEXT_KEYS = ("tokens", "targets", "segment_ids", "positions", "loss_mask")
+
+
 def has_media(batch: dict) -> bool:
-  """True if the batch carries media (any of multimodal.MEDIA_KEYS: arrays or layout)."""
+  """True if the batch carries media (any of multimodal.MEDIA_KEYS: arrays or layout).
+  Text-only batches never import the encoders."""
+  extra = [k for k in batch if k not in _TEXT_KEYS]
+  if not extra:
+    return False
   from gemini.model import multimodal
-  return any(k in batch for k in multimodal.MEDIA_KEYS)
+  return any(k in multimodal.MEDIA_KEYS for k in extra)
 
 
 def embed_inputs(params: dict, batch: dict, cfg: ModelConfig):
