@@ -112,8 +112,10 @@ def main(argv):
   base = rows[0][1]
   print(f"\n{'loader':<30}{'tokens/s':>14}{'x python':>10}{'x nano_tiny':>13}")
   for name, tps in rows:
-    print(f"{name:<30}{tps:>14,.0f}{tps / base:>10.1f}{tps / a.train_tokens_per_s:>13.0f}")
-  print(f"\nnano_tiny training consumes ~{a.train_tokens_per_s:,.0f} tokens/s "
+    print(f"{name:<30}{tps:>14,.0f}{tps / base:>10.2f}{tps / a.train_tokens_per_s:>13.0f}")
+  print(f"\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (a shared machine "
+        f"makes the 2-thread row pessimistic).")
+  print(f"nano_tiny training consumes ~{a.train_tokens_per_s:,.0f} tokens/s "
         f"(batch 4 x seq 256 per ~1 s step, stated figure).")
   return 0
 
