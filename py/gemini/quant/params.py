@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import jax
 import jax.numpy as jnp
 
 from gemini.config import ModelConfig
@@ -49,8 +50,9 @@ def quantize_params(params: dict, cfg: ModelConfig, *, group_size: int = 32,
   if awq_scales is not None:
     from gemini.quant import awq  # Lazy: plain rounding needs no calibration code.
     params = awq.apply_scales(params, cfg, awq_scales)
-  q = lambda name, w: int4.quantize(matrix_view(name, jnp.asarray(w, jnp.float32)), group_size,
-                                    scale_dtype)
+  quant = jax.jit(int4.quantize, static_argnums=(1, 2))  # one compile per matrix shape
+  q = lambda name, w: quant(matrix_view(name, jnp.asarray(w, jnp.float32)), group_size,
+                            scale_dtype)
   layers = []
   for lp in params["layers"]:
     layers.append({
