@@ -46,7 +46,8 @@ def train_shards(root: str) -> Dict[str, List[str]]:
     if name == "heldout":
       continue
     paths = info.get("shards", []) if isinstance(info, dict) else info
-    out[name] = [p if os.path.isabs(p) else os.path.join(root, p) for p in paths]
+    if paths:
+      out[name] = [p if os.path.isabs(p) else os.path.join(root, p) for p in paths]
   if not out:
     raise ValueError(f"{manifest_path(root)}: no training sources under 'sources'")
   return out
@@ -86,19 +87,20 @@ def make_corpus_loader(root: str, cfg, tc):
 
 
 def unigram_entropy(root: str) -> float:
-  """Entropy (nats/token) of the training split's token unigram distribution."""
+  """Entropy (nats/token) of the training split's token unigram distribution: the loss of
+  the best model that ignores context."""
   from gemini.data.loader import Shard  # pylint: disable=import-outside-toplevel
-  counts = None
+  counts = np.zeros(int(read_manifest(root).get("vocab_size", 1 << 16)), np.int64)
   for paths in train_shards(root).values():
     for path in paths:
       shard = Shard(path)
       for i in range(len(shard)):
-        c = np.bincount(np.asarray(shard.tokens(i), np.int64))
-        if counts is None or len(c) > len(counts):
-          c, counts = (counts, c) if counts is not None else (None, c)
-        if c is not None:
-          counts[:len(c)] += c
-  if counts is None or counts.sum() == 0:
+        ids = np.asarray(shard.tokens(i), np.int64)
+        if ids.size and ids.max() >= counts.size:
+          counts = np.pad(counts, (0, int(ids.max()) + 1 - counts.size))
+        counts += np.bincount(ids, minlength=counts.size)
+  total = counts.sum()
+  if total == 0:
     raise ValueError(f"{root}: the corpus has no tokens")
-  p = counts[counts > 0] / counts.sum()
+  p = counts[counts > 0] / total
   return float(-(p * np.log(p)).sum())

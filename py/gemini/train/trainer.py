@@ -154,6 +154,7 @@ class Trainer:
                            self.tc.grad_accum)
     self._step = jax.jit(step, in_shardings=(self.state_shardings, self.batch_shardings),
                          out_shardings=(self.state_shardings, None))
+    self._compiled = None
     self._apply = jax.jit(lambda s, g: apply_grads(s, g, self.optimizer, self.schedule),
                           out_shardings=(self.state_shardings, None))
     self.sdc = (SDCChecker(self.model.make_loss(None), devices=list(mesh.devices.flat))
@@ -196,8 +197,10 @@ class Trainer:
   # -- the loop --------------------------------------------------------------------------
 
   def run(self, until: Optional[int] = None,
-          on_step: Optional[Callable[["Trainer"], None]] = None) -> None:
-    """Trains until step `until` (default tc.steps); `on_step(trainer)` runs after each step."""
+          on_step: Optional[Callable[["Trainer"], None]] = None,
+          stop: Optional[Callable[[], bool]] = None) -> None:
+    """Trains until step `until` (default tc.steps); `on_step(trainer)` runs after each step.
+    `stop()` returning True ends the run early (with a checkpoint of the current step)."""
     until = self.tc.steps if until is None else until
     if self.state is None:
       self.init_or_restore()
@@ -207,6 +210,11 @@ class Trainer:
       self.train_step()
       if on_step is not None:
         on_step(self)
+      if stop is not None and self.step < until and stop():
+        self.log(f"stopping early at step {self.step}")
+        if self.ckpt:
+          self.save_checkpoint()
+        break
     if self.ckpt:
       self.ckpt.wait()
 
@@ -233,17 +241,31 @@ class Trainer:
       self.state, upd = self._apply(self.state, result.grads)
       metrics = dict(result.metrics, **upd)
     else:
-      self.state, metrics = self._step(self.state, batch)
+      self.state, metrics = self._compiled_step(batch)(self.state, batch)
     scalars = {k: float(v) for k, v in metrics.items() if jnp.ndim(v) == 0}
     dt = time.perf_counter() - t0
     self.step += 1
     self.goodput.step_done(self.step, dt)
     self._record(scalars, dt)
     if self.replica is not None and self.step % tc.replica_every == 0:
+      t1 = time.perf_counter()
       self.replica.refresh(self.state, self.step, {"loader": self.loader.state()})
+      self.goodput.overhead("replica", time.perf_counter() - t1)
     if self.ckpt and (self.step % tc.checkpoint_every == 0 or self.step == tc.steps):
+      t1 = time.perf_counter()
       self.save_checkpoint()
+      self.goodput.overhead("checkpoint", time.perf_counter() - t1)
     return scalars
+
+  def _compiled_step(self, batch):
+    """The step compiled ahead of time; compile time is goodput overhead, not step time."""
+    if self._compiled is None:
+      t0 = time.perf_counter()
+      abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)
+                        for k, v in batch.items()}
+      self._compiled = self._step.lower(self.abstract_state, abstract_batch).compile()
+      self.goodput.overhead("compile", time.perf_counter() - t0)
+    return self._compiled
 
   def _record(self, scalars: Dict[str, float], dt: float) -> None:
     tc = self.tc

@@ -33,12 +33,17 @@ class GoodputMeter:
     self._t0: Optional[float] = None
     self._steps: Dict[int, float] = {}
     self.failures: List[Failure] = []
+    self.overheads: Dict[str, float] = {}
 
   def start(self) -> None:
     self._t0 = self._clock()
 
   def step_done(self, step: int, seconds: float) -> None:
     self._steps[step] = seconds
+
+  def overhead(self, kind: str, seconds: float) -> None:
+    """Unproductive time that is not a failure (compilation, checkpoint writes, ...)."""
+    self.overheads[kind] = self.overheads.get(kind, 0.0) + seconds
 
   def failure(self, at_step: int, restored_step: int, source: str, recovery_s: float) -> Failure:
     lost_steps = [s for s in self._steps if s > restored_step]
@@ -60,5 +65,6 @@ class GoodputMeter:
         "goodput": self.productive_s / wall if wall > 0 else 0.0,
         "productive_s": self.productive_s,
         "wall_s": wall,
+        "overheads_s": dict(self.overheads),
         "failures": [dict(dataclasses.asdict(f), lost_s=f.lost_s) for f in self.failures],
     }
