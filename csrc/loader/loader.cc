@@ -181,11 +181,43 @@ void Fill(const std::vector<Piece>& plan, int batch, int seq, int32_t* out) {
   }
 }
 
+BufferPool::~BufferPool() {
+  for (int32_t* p : free_) delete[] p;
+}
+
+std::shared_ptr<int32_t[]> BufferPool::Get() {
+  int32_t* p = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!free_.empty()) {
+      p = free_.back();
+      free_.pop_back();
+    }
+  }
+  if (p == nullptr) p = new int32_t[elems_];
+  // The deleter keeps the pool alive while NumPy still holds the buffer.
+  std::shared_ptr<BufferPool> self = shared_from_this();
+  return std::shared_ptr<int32_t[]>(p, [self](int32_t* q) { self->Put(q); });
+}
+
+void BufferPool::Put(int32_t* p) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (free_.size() < keep_) {
+      free_.push_back(p);
+      return;
+    }
+  }
+  delete[] p;
+}
+
 Loader::Loader(std::vector<Source> sources, std::vector<Stage> stages, const Options& opt)
     : opt_(opt), planner_(std::move(sources), std::move(stages), opt) {
   if (opt_.prefetch < 0 || opt_.threads < 0)
     throw std::invalid_argument("loader: prefetch and threads must be >= 0");
   if (opt_.prefetch > 0 && opt_.threads == 0) opt_.threads = 1;
+  pool_ = std::make_shared<BufferPool>(4ull * opt_.batch * opt_.seq,
+                                       static_cast<size_t>(opt_.prefetch + opt_.threads + 4));
   last_state_ = planner_.state();
   Start();
 }
@@ -211,7 +243,6 @@ void Loader::Stop() {
 void Loader::Close() { Stop(); }
 
 void Loader::Work() {
-  const size_t n = 4ull * opt_.batch * opt_.seq;
   for (;;) {
     std::vector<Piece> plan;
     Batch b;
@@ -232,7 +263,7 @@ void Loader::Work() {
     }
     if (!b.error) {
       try {
-        b.data = std::shared_ptr<int32_t[]>(new int32_t[n]);
+        b.data = pool_->Get();
         Fill(plan, opt_.batch, opt_.seq, b.data.get());
       } catch (...) {
         b.error = std::current_exception();
@@ -251,7 +282,7 @@ Batch Loader::Next() {
     std::lock_guard<std::mutex> lock(mu_);
     Batch b;
     std::vector<Piece> plan = planner_.Plan();
-    b.data = std::shared_ptr<int32_t[]>(new int32_t[4ull * opt_.batch * opt_.seq]);
+    b.data = pool_->Get();
     Fill(plan, opt_.batch, opt_.seq, b.data.get());
     b.state_after = last_state_ = planner_.state();
     return b;

@@ -88,6 +88,21 @@ class Planner {
   State state_;
 };
 
+// Reuses batch buffers: a fresh 4*B*S*4-byte allocation per batch is an mmap + page faults +
+// munmap, which serialises packing threads on the kernel's mm lock.
+class BufferPool : public std::enable_shared_from_this<BufferPool> {
+ public:
+  BufferPool(size_t elems, size_t keep) : elems_(elems), keep_(keep) {}
+  ~BufferPool();
+  std::shared_ptr<int32_t[]> Get();
+
+ private:
+  void Put(int32_t* p);
+  size_t elems_, keep_;
+  std::mutex mu_;
+  std::vector<int32_t*> free_;
+};
+
 // Fills the [4, B, S] int32 buffer for a plan.
 void Fill(const std::vector<Piece>& plan, int batch, int seq, int32_t* out);
 
@@ -109,6 +124,7 @@ class Loader {
 
   Options opt_;
   Planner planner_;
+  std::shared_ptr<BufferPool> pool_;
   std::mutex mu_;
   std::condition_variable cv_produce_, cv_consume_;
   std::vector<std::thread> workers_;
