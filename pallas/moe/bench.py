@@ -125,7 +125,7 @@ def tpu_memory(t, d, f, e, k, topology="v5e:2x2"):
   mesh = testing.tpu_mesh(topology, (n,), ("expert",))
   print(f"\n== 3. per-device memory, one MoE layer fwd+bwd compiled for {topology} ({n} chips),"
         f" T={t} D={d} F={f} E={e} k={k} bf16")
-  print(f"{'path':>9} {'temp MiB':>10} {'args MiB':>10} {'compile s':>10}")
+  print(f"{'path':>9} {'temp MiB':>10} {'args MiB':>10} {'out MiB':>10} {'compile s':>10}")
   sd = lambda s, dt: jax.ShapeDtypeStruct(s, dt, sharding=NamedSharding(mesh, P("expert")))
   ids = sd((t, k), jnp.int32)
   for path in ("dense", "ragged", "capacity"):
@@ -144,7 +144,8 @@ def tpu_memory(t, d, f, e, k, topology="v5e:2x2"):
                  sd((e, f, d), jnp.bfloat16)).lower().compile()
     mem = c.memory_analysis()
     print(f"{path:>9} {mem.temp_size_in_bytes / 2**20:>10.1f} "
-          f"{mem.argument_size_in_bytes / 2**20:>10.1f} {time.time() - t0:>10.1f}")
+          f"{mem.argument_size_in_bytes / 2**20:>10.1f} {mem.output_size_in_bytes / 2**20:>10.1f} "
+          f"{time.time() - t0:>10.1f}")
 
 
 def main():
