@@ -22,9 +22,12 @@ from gemini.config import ModelConfig
 from gemini.model import attention, embed, norm, transformer
 
 
-def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None) -> dict:
-  """Empty cache for `max_len` tokens: layers[i] = {'k','v': zeros [B,T,K,Dh] (cfg.dtype)},
-  segment_ids/positions/bidir_ids int32 [B,T], index int32 [], next_position/segment int32 [B]."""
+def init_cache(cfg: ModelConfig, batch_size: int, max_len: Optional[int] = None,
+               dtype=None) -> dict:
+  """Empty cache for T = max_len tokens (default cfg.max_seq_len): layers[i] = {'k','v': zeros
+  [B,T,K,Dh] (cfg.dtype)}, segment_ids/positions/bidir_ids int32 [B,T], index int32 [],
+  next_position/segment int32 [B]. Bytes: family.kv_bytes_per_token(cfg) * B * T (bf16)."""
+  max_len = cfg.max_seq_len if max_len is None else max_len
   if max_len > cfg.max_seq_len:
     raise ValueError(f"init_cache: max_len={max_len} > cfg.max_seq_len={cfg.max_seq_len}")
   dt = jnp.dtype(dtype or cfg.dtype)

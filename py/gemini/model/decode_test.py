@@ -119,3 +119,13 @@ def test_cache_overflow_is_a_clear_error():
   _, cache = decode.prefill(params, {"tokens": jnp.zeros((1, 4), jnp.int32)}, cache, cfg)
   with pytest.raises(ValueError, match="overflow"):
     decode.decode_step(params, jnp.zeros((1,), jnp.int32), cache, cfg)
+
+
+@pytest.mark.parametrize("name", ["nano_tiny", "pro_tiny", "smollm2_135m"])
+def test_cache_is_sized_by_config(name):
+  from gemini import family
+  cfg = config.get_config(name)  # bf16 cache: family's KV bytes per token
+  cache = jax.eval_shape(lambda: decode.init_cache(cfg, 3))
+  kv = sum(x.size * x.dtype.itemsize for layer in cache["layers"] for x in layer.values())
+  assert kv == family.kv_bytes_per_token(cfg) * 3 * cfg.max_seq_len
+  assert cache["layers"][0]["k"].shape == (3, cfg.max_seq_len, cfg.n_kv_heads, cfg.head_dim)
