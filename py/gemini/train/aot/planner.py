@@ -162,7 +162,7 @@ def _mem(c: Candidate) -> float:
 def plan(cfg: ModelConfig, topology: str, batch: int, seq: int, *, attn_impl: str = "xla",
          moe_impl: str = "xla", max_compiles: int = 4,
          compile_layers: Optional[Tuple[int, int]] = None, cache_dir: Optional[str] = None,
-         log=lambda s: None) -> Plan:
+         include_naive: bool = True, log=lambda s: None) -> Plan:
   """The ranked plan (see the module docstring)."""
   chip, _ = hardware.parse_topology(topology)
   chips = hardware.num_chips(topology)
@@ -183,7 +183,7 @@ def plan(cfg: ModelConfig, topology: str, batch: int, seq: int, *, attn_impl: st
   if not chosen:   # Nothing can fit: compile the least memory-hungry to report by how much.
     chosen = sorted(cands, key=lambda c: c.state_bytes)[:1]
   naive = next((c for c in cands if c.mesh["data"] == chips), None)
-  if naive is not None and naive not in chosen:
+  if include_naive and naive is not None and naive not in chosen:
     chosen.append(naive)
   for c in fitting[max_compiles:]:
     c.status = f"not compiled (analytic rank beyond --max_compiles={max_compiles})"

@@ -1,0 +1,140 @@
+"""The family scale report: each member's best mesh on a sensible slice, as Markdown + PNG.
+
+Every row is a planner run (planner.py) or, for a fixed configuration such as Pro at 1M
+tokens with ring attention, one compiled mesh (analyze.py). Figures are the compiler's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional, Tuple
+
+from gemini import family
+from gemini.config import get_config
+from gemini.train.aot import analyze as an
+from gemini.train.aot import compile_step, planner
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One line of the report: a member, a slice, a global batch and a sequence length."""
+  config: str
+  topology: str
+  batch: int
+  seq: int
+  attn_impl: str = "xla"
+  mesh: Optional[Tuple[Tuple[str, int], ...]] = None   # fixed mesh; None = run the planner
+  why: str = ""
+
+
+# Slices sized so the f32 weights + AdamW state (12 bytes/param) take a fraction of the
+# slice's HBM; ~4-8k tokens per chip per step.
+FAMILY_ROWS = (
+    Row("nano1", "v5e:4x4", 32, 4096, why="1.8B dense: a 16-chip v5e slice"),
+    Row("nano2", "v5e:4x4", 32, 4096, why="3.3B dense"),
+    Row("flash_lite", "v5e:8x8", 64, 4096, why="14B MoE (16 experts, top-1)"),
+    Row("flash", "v5p:4x4x4", 64, 4096, why="67B MoE (32 experts, top-2): one v5p cube"),
+    Row("pro", "v5p:8x8x8", 256, 4096, why="837B MoE (64 experts): 10 TB of train state"),
+    Row("ultra", "v5p:8x8x8", 256, 2048, why="464B dense: 5.6 TB of train state"),
+    Row("pro", "v5p:8x8x8", 8, 1 << 20, attn_impl="ring",
+        mesh=(("context", 64), ("expert", 8)),
+        why="Pro at 1M tokens: sequence over 64-way ring attention, batch and experts over 8"),
+)
+
+QUICK_ROWS = (
+    Row("nano_tiny", "v5e:2x2", 8, 256, why="CI form"),
+)
+
+
+@dataclasses.dataclass
+class Result:
+  row: Row
+  plan: Optional[planner.Plan]
+  analysis: Optional[an.Analysis]       # the chosen (best or closest) compiled mesh
+  error: str = ""
+
+
+def run(rows, *, max_compiles: int = 2, compile_layers: str = "auto",
+        cache_dir: Optional[str] = None, log=print) -> List[Result]:
+  """Runs every row; a row that fails to compile is reported with its error, not raised."""
+  from gemini.train.aot.main import parse_compile_layers  # pylint: disable=import-outside-toplevel
+  out = []
+  for row in rows:
+    cfg = get_config(row.config)
+    layers = parse_compile_layers(compile_layers, cfg)
+    try:
+      if row.mesh is not None:
+        log(f"compiling {row.config} on {row.topology} mesh {dict(row.mesh)} ...")
+        a = an.analyze(cfg, row.topology, dict(row.mesh), row.batch, row.seq,
+                       attn_impl=row.attn_impl, compile_layers=layers, cache_dir=cache_dir,
+                       log=log)
+        out.append(Result(row, None, a))
+      else:
+        p = planner.plan(cfg, row.topology, row.batch, row.seq, attn_impl=row.attn_impl,
+                         max_compiles=max_compiles, compile_layers=layers,
+                         cache_dir=cache_dir, include_naive=False, log=log)
+        pick = p.best or p.closest
+        out.append(Result(row, p, pick.analysis))
+    except Exception as e:  # pylint: disable=broad-except  (a report row, not a crash)
+      log(f"{row.config} on {row.topology}: {type(e).__name__}: {e}")
+      out.append(Result(row, None, None, f"{type(e).__name__}: {str(e)[:300]}"))
+  return out
+
+
+def _gib(x: float) -> str:
+  return f"{x / 2**30:,.1f}"
+
+
+def markdown(results: List[Result]) -> str:
+  """The report table plus one line per row on how it was compiled."""
+  head = ("member", "slice", "batch x seq", "attention", "best mesh", "GiB/chip (HBM)",
+          "step (ms)", "bound", "tokens/s", "MFU", "fits")
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  notes = []
+  for r in results:
+    row = r.row
+    cells = [row.config, f"{row.topology}", f"{row.batch} x {row.seq:,}", row.attn_impl]
+    if r.analysis is None:
+      cells += ["-"] * 6 + [f"error: {r.error}"]
+    else:
+      a, e = r.analysis, r.analysis.estimate()
+      cells += [compile_step.format_mesh(a.mesh),
+                f"{_gib(a.figures.total_bytes)} ({_gib(a.chip.hbm_bytes)})",
+                f"{e.step_time * 1e3:,.0f}", e.bound, f"{e.tokens_per_second:,.0f}",
+                f"{e.mfu:.0%}", "yes" if e.fits else
+                f"**no** ({a.figures.total_bytes / a.chip.hbm_bytes:.1f}x HBM)"]
+      notes.append(f"- {row.config} on {row.topology} ({row.why}): {a.note}; "
+                   + (r.plan.verdict() if r.plan else "fixed mesh")
+                   + f"; compiled FLOPs/chip {a.figures.flops:.2e}, ICI "
+                   f"{a.figures.collectives.total_ici_bytes / 2**30:,.1f} GiB/chip/step.")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def plot(results: List[Result], path: str) -> None:
+  """Two panels: memory per chip against HBM, and predicted MFU, per row (PNG)."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  ok = [r for r in results if r.analysis is not None]
+  labels = [f"{r.row.config}\n{r.row.topology}" + ("\n1M ring" if r.row.attn_impl == "ring" else "")
+            for r in ok]
+  mem = [r.analysis.figures.total_bytes / 2**30 for r in ok]
+  hbm = [r.analysis.chip.hbm_bytes / 2**30 for r in ok]
+  mfu = [r.analysis.estimate().mfu * 100 for r in ok]
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(ok) + 4), 4.5))
+  x = range(len(ok))
+  ax1.bar(x, mem, color=["tab:blue" if m <= h else "tab:red" for m, h in zip(mem, hbm)])
+  ax1.scatter(x, hbm, marker="_", s=600, color="black", label="HBM per chip")
+  ax1.set_yscale("log")
+  ax1.set_ylabel("GiB per chip (compiled)")
+  ax1.set_xticks(list(x), labels, fontsize=7)
+  ax1.legend(fontsize=8)
+  ax1.set_title("Memory per chip (red: does not fit)")
+  ax2.bar(x, mfu, color="tab:green")
+  ax2.set_ylabel("predicted MFU (%)")
+  ax2.set_xticks(list(x), labels, fontsize=7)
+  ax2.set_title("Roofline MFU of the best mesh")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
