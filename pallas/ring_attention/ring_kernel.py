@@ -65,7 +65,7 @@ def _ring_kernel(qs, ks, me_ref, q_ref, qseg_ref, qpos_ref, k_hbm, v_hbm, kseg_h
     return pltpu.make_async_remote_copy(
         bufs[j].at[lax.rem(step, 2)], bufs[j].at[lax.rem(step + 1, 2)],
         send_sem.at[j, step], recv_sem.at[j, step],
-        device_id={axis_name: right}, device_id_type=pltpu.DeviceIdType.MESH)
+        device_id={axis_name: right}, device_id_type=pl.DeviceIdType.MESH)
 
   @pl.when(first & (s == 0))
   def _start():
@@ -73,7 +73,7 @@ def _ring_kernel(qs, ks, me_ref, q_ref, qseg_ref, qpos_ref, k_hbm, v_hbm, kseg_h
       barrier = pltpu.get_barrier_semaphore()
       for nbr in (left, right):
         pl.semaphore_signal(barrier, 1, device_id={axis_name: nbr},
-                            device_id_type=pltpu.DeviceIdType.MESH)
+                            device_id_type=pl.DeviceIdType.MESH)
       pl.semaphore_wait(barrier, 2)
     copies = [pltpu.make_async_copy(src, dst.at[0], local_sem.at[j]) for j, (src, dst) in
               enumerate(zip((k_hbm, v_hbm, kseg_hbm, kpos_hbm), bufs))]
@@ -155,7 +155,7 @@ def _ring_kernel(qs, ks, me_ref, q_ref, qseg_ref, qpos_ref, k_hbm, v_hbm, kseg_h
     @pl.when(last & (s <= n - 3))
     def _release():
       pl.semaphore_signal(free_sem.at[s], 1, device_id={axis_name: left},
-                          device_id_type=pltpu.DeviceIdType.MESH)
+                          device_id_type=pl.DeviceIdType.MESH)
 
 
 def ring_flash_fwd(q, k, v, tok: Tokens, *, axis_name: str, n: int, causal: bool,
