@@ -66,9 +66,9 @@ def make_corpus_loader(root: str, cfg, tc):
   Every process reads the global batch (process_index=0, process_count=1)."""
   from gemini.data.loader import Loader, Mixture, Stage  # pylint: disable=import-outside-toplevel
   from gemini.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
-  vocab = Tokenizer(tokenizer_path(root)).vocab_size
+  vocab = read_manifest(root).get("vocab_size") or Tokenizer(tokenizer_path(root)).vocab_size
   if vocab > cfg.vocab_size:
-    raise ValueError(f"{tokenizer_path(root)}: tokenizer vocab {vocab} exceeds model "
+    raise ValueError(f"{manifest_path(root)}: corpus vocab_size {vocab} exceeds the model's "
                      f"vocab_size {cfg.vocab_size} (--config.vocab_size)")
   shards = train_shards(root)
   mixture = None

@@ -282,8 +282,10 @@ class Trainer:
     self.metrics.write(record)
     if tc.log_every and (self.step % tc.log_every == 0 or self.step == 1
                          or self.step == tc.steps):
+      avg_mfu = (self.model.flops_per_token * tc.tokens_per_step / avg / self.peak_flops
+                 if self.peak_flops and self._recent else 0.0)
       self.log(metrics_lib.progress_line(self.step, tc.steps, scalars.get("loss", float("nan")),
-                                         tc.tokens_per_step / avg, mfu if self._recent else 0.0,
+                                         tc.tokens_per_step / avg, avg_mfu,
                                          avg * (tc.steps - self.step)))
 
   def save_checkpoint(self) -> None:
