@@ -377,3 +377,16 @@ def test_bad_loader_arguments(tmp_path):
 def test_mix64_matches_reference():
   for x in (0, 1, 2**63, 2**64 - 1, 123456789):
     assert _loader.mix64(x) == mix64(x)
+
+
+def test_multimodal_records_pack_their_token_lists(tmp_path):
+  rng = np.random.default_rng(6)
+  recs = [sample_multimodal(rng) for _ in range(5)] + [rng.integers(0, 100, 30)]
+  path = write(tmp_path / "mm.gshd", recs, 512)
+  docs = read_shard_tokens(path, verify=True)
+  cpp = Loader({"mm": [path]}, 2, 16, seed=4)
+  ref = ReferenceLoader({"mm": docs}, 2, 16, seed=4)
+  for _ in range(12):
+    got, want = cpp.next(), ref.next()
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
