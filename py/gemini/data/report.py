@@ -72,6 +72,7 @@ def run_report(docs_by_source: Dict[str, List[dict]], heldout_per_source: int = 
           "near_planted": len(planted_near), "near_planted_found": near_found,
           "heldout_docs": len(heldout), "ngrams_indexed": len(index.owner),
           "contaminated": hits, "cont_planted": len(planted_cont), "cont_planted_found": cont_found,
+          "cont_planted_ids": sorted(planted_cont),
           "docs_out": len(clean)}
 
 
@@ -93,7 +94,10 @@ def print_report(r: dict) -> None:
   print(f"decontamination: {r['heldout_docs']} held-out docs, {r['ngrams_indexed']} 13-grams; "
         f"{len(r['contaminated'])} training docs hit; planted overlaps "
         f"{r['cont_planted_found']}/{r['cont_planted']} found")
-  for t, hs in r["contaminated"][:8]:
+  planted = set(r["cont_planted_ids"])
+  natural = [(t, hs) for t, hs in r["contaminated"] if t not in planted]
+  print(f"    {len(natural)} natural hits (the rest are the planted ones):")
+  for t, hs in natural[:8]:
     print(f"    {t}  <-  {', '.join(hs)}")
   print(f"documents after the pipeline: {r['docs_out']}")
 
