@@ -111,3 +111,25 @@ def test_forward_matches_gemini_model_when_available():
   want, _ = transformer.forward(params, {"tokens": tokens}, cfg)
   got, _, _ = int4_forward.forward(params, tokens, cfg)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-4, atol=2e-4)
+
+
+def test_forward_through_pallas_kernel_matches_xla():
+  """The model's linear layers through the Pallas int4 kernel (interpret mode on CPU)."""
+  cfg = TINY.replace(n_layers=1)
+  params = random_params(cfg, jax.random.key(4))
+  qp = qparams.quantize_params(params, cfg, group_size=32)
+  tokens = jax.random.randint(jax.random.key(5), (1, 9), 0, 64)
+  want, _, _ = int4_forward.forward(qp, tokens, cfg, impl="xla")
+  got, _, _ = int4_forward.forward(qp, tokens, cfg, impl="pallas")
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
+def test_quantize_params_refuses_a_tree_that_is_not_the_config():
+  params = random_params(TINY, jax.random.key(0))
+  with pytest.raises(ValueError, match="n_layers=3"):
+    qparams.quantize_params(params, TINY.replace(n_layers=3))
+  with pytest.raises(ValueError, match="layers/0/mlp/w_gate' has shape"):
+    qparams.quantize_params(params, TINY.replace(d_ff=128))
+  with pytest.raises(ValueError, match="MoE"):
+    from gemini.config import MoEConfig
+    qparams.quantize_params(params, TINY.replace(moe=MoEConfig(num_experts=2, top_k=1, d_ff=8)))

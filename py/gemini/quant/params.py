@@ -30,13 +30,41 @@ def matrix_view(name: str, w) -> jnp.ndarray:
   return w
 
 
+def expected_shapes(cfg: ModelConfig) -> dict:
+  """{path: shape} of the dense text-decoder tree for cfg (paths like 'layers/0/attn/wq')."""
+  d, h, k, dh, f, v = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff,
+                       cfg.vocab_size)
+  out = {"embed/tokens": (v, d), "final_norm/scale": (d,)}
+  for i in range(cfg.n_layers):
+    out.update({f"layers/{i}/attn_norm/scale": (d,), f"layers/{i}/attn/wq": (d, h, dh),
+                f"layers/{i}/attn/wk": (d, k, dh), f"layers/{i}/attn/wv": (d, k, dh),
+                f"layers/{i}/attn/wo": (h, dh, d), f"layers/{i}/mlp_norm/scale": (d,),
+                f"layers/{i}/mlp/w_gate": (d, f), f"layers/{i}/mlp/w_up": (d, f),
+                f"layers/{i}/mlp/w_down": (f, d)})
+  if not cfg.tie_embeddings:
+    out["unembed"] = (d, v)
+  return out
+
+
 def check_supported(params: dict, cfg: ModelConfig):
-  """Raises ValueError unless params is a dense text-only decoder tree for cfg."""
+  """Raises ValueError unless params is exactly the dense text-only decoder tree of cfg."""
   if cfg.moe.enabled:
     raise ValueError(f"int4 export/runtime: config {cfg.name!r} is MoE; only dense decoders")
   for key in ("vision", "audio"):
     if key in params:
       raise ValueError(f"int4 export/runtime: params have '{key}'; text-only decoders only")
+  n = len(params.get("layers", []))
+  if n != cfg.n_layers:
+    raise ValueError(f"params have {n} layers but config {cfg.name!r} has n_layers={cfg.n_layers}")
+  for path, shape in expected_shapes(cfg).items():
+    node = params
+    for part in path.split("/"):
+      node = node[int(part)] if isinstance(node, list) else node.get(part) if isinstance(node, dict) else None
+      if node is None:
+        raise ValueError(f"params have no '{path}' (config {cfg.name!r})")
+    if tuple(node.shape) != shape:
+      raise ValueError(f"params '{path}' has shape {tuple(node.shape)} but config {cfg.name!r} "
+                       f"needs {shape}")
 
 
 def quantize_params(params: dict, cfg: ModelConfig, *, group_size: int = 32,
