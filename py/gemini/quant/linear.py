@@ -47,3 +47,13 @@ def embed_lookup(table, tokens: jax.Array) -> jax.Array:
                       jnp.take(table.scales, tokens.reshape(-1), axis=1), table.k, table.group_size)
     return dequantize(cols).T.reshape(*tokens.shape, table.k)
   return jnp.take(table, tokens, axis=0).astype(jnp.float32)
+
+
+def int4_dense(x: jax.Array, w: Int4Weight, in_ndim: int, out_shape, *,
+               impl: str = "xla") -> jax.Array:
+  """The model-layer hook: x [..., *in] (in_ndim trailing input dims, e.g. 2 for wo's
+  [H, Dh]) @ int4 W -> [..., *out_shape] in x.dtype. What `gemini.model` calls in place of
+  its einsum when a weight leaf is an `Int4Weight` (quant=int4)."""
+  lead = x.shape[:x.ndim - in_ndim]
+  y = int4_linear(x.reshape(*lead, -1), w, impl=impl)
+  return y.reshape(*lead, *out_shape).astype(x.dtype)
