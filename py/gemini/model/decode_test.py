@@ -10,8 +10,9 @@ from gemini.model import decode, transformer
 
 
 def _cfg(name="nano_tiny", **kw):
-  kw.setdefault("n_layers", 2)
-  return config.get_config(name).replace(dtype="float32", **kw)
+  # Small widths: cache/forward agreement does not depend on size, compile time does not either.
+  small = dict(n_layers=2, vocab_size=512, d_model=64, d_ff=128, head_dim=16)
+  return config.get_config(name).replace(dtype="float32", **{**small, **kw})
 
 
 @pytest.mark.parametrize("kv_heads", [1, 2])
@@ -38,11 +39,12 @@ def test_generate_greedy_matches_argmax_rollout_and_left_padding():
   params = transformer.init_params(cfg, jax.random.key(1))
   prompt = jax.random.randint(jax.random.key(2), (1, 5), 0, cfg.vocab_size)
   out = decode.generate(params, prompt, cfg, 6)
-  # Independent rollout: argmax of the full forward, re-run on the growing sequence.
-  seq = prompt
-  for _ in range(6):
-    lg, _ = transformer.forward(params, {"tokens": seq}, cfg)
-    seq = jnp.concatenate([seq, jnp.argmax(lg[:, -1], -1)[:, None].astype(seq.dtype)], 1)
+  # Independent rollout: argmax of the full forward on the growing sequence (one fixed length;
+  # causality makes the not-yet-generated zeros irrelevant to position t's logits).
+  fwd = jax.jit(lambda t: transformer.forward(params, {"tokens": t}, cfg)[0])
+  seq = jnp.concatenate([prompt, jnp.zeros((1, 6), prompt.dtype)], 1)
+  for t in range(5, 11):
+    seq = seq.at[:, t].set(jnp.argmax(fwd(seq)[:, t - 1], -1).astype(seq.dtype))
   np.testing.assert_array_equal(out, seq[:, 5:])
   # The same prompt left-padded next to a longer one generates the same tokens.
   other = jax.random.randint(jax.random.key(3), (1, 7), 0, cfg.vocab_size)
@@ -101,14 +103,15 @@ def test_cached_decode_after_multimodal_prompt_equals_full_forward():
   prompt, gen = [("text", text(3)), ("image", image), ("text", text(2))], text(6)
   p = multimodal.sequence_length(prompt, cfg)
   full_batch = multimodal.build_batch([prompt + [("text", gen)]], cfg, p + len(gen))
-  full, _ = transformer.forward(params, full_batch, cfg)
+  full, _ = jax.jit(transformer.forward, static_argnames="cfg")(params, full_batch, cfg=cfg)
   cache = decode.init_cache(cfg, 1, p + len(gen))
-  logits, cache = decode.prefill(params, multimodal.build_batch([prompt], cfg, p), cache, cfg)
+  logits, cache = decode.jit_prefill(params, multimodal.build_batch([prompt], cfg, p), cache,
+                                     cfg=cfg)
   np.testing.assert_allclose(logits, full[:, :p], atol=1e-4)
   # The image's tokens attend to each other both ways: its first token sees later ones.
   assert int(cache["bidir_ids"][0, 3]) != 0 and int(cache["bidir_ids"][0, 2]) == 0
   for i, tok in enumerate(gen[:-1]):
-    logits, cache = decode.decode_step(params, jnp.array([tok], jnp.int32), cache, cfg)
+    logits, cache = decode.jit_decode_step(params, jnp.array([tok], jnp.int32), cache, cfg=cfg)
     np.testing.assert_allclose(logits, full[:, p + i], atol=1e-4, err_msg=f"step {i}")
 
 
