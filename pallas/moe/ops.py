@@ -215,7 +215,7 @@ def moe_ffn(x, expert_ids, gates, w_gate, w_up, w_down, *, activation="gelu", me
     exchange: "pallas" (remote-DMA kernel) | "ragged_all_to_all" (XLA; TPU/GPU only).
   Returns:
     y [T, D] (x.dtype), metrics {tokens_per_expert int32 [E], tokens_dropped int32 [],
-    bytes_moved int32 []: activation bytes sent between devices, both ways, all devices}.
+    bytes_moved float32 []: activation bytes sent between devices, both ways, all devices}.
   """
   _check_inputs(x, expert_ids, gates, w_gate, w_up, w_down, activation, mode)
   gmm_interpret, interpret = resolve_interpret(interpret)
@@ -235,6 +235,7 @@ def _moe_local(x, expert_ids, gates, w_gate, w_up, w_down, ffn, mode, capacity_f
   e = w_gate.shape[0]
   tpe = jnp.bincount(expert_ids.reshape(-1), length=e).astype(jnp.int32)
   zero = jnp.zeros((), jnp.int32)
+  no_bytes = jnp.zeros((), jnp.float32)
   if mode == "dropless":
     xs, order, counts = _sort_by_expert(x, expert_ids, e)
     y = _unsort_combine(ffn(xs, counts, w_gate, w_up, w_down), order, gates)
@@ -245,7 +246,7 @@ def _moe_local(x, expert_ids, gates, w_gate, w_up, w_down, ffn, mode, capacity_f
       sizes = jnp.full((ee,), c, jnp.int32)
       return ffn(buf.reshape(ee * c, d), sizes, w_gate, w_up, w_down).reshape(ee, c, d)
     y, dropped, _ = _capacity_local(x, expert_ids, gates, on_buffer, e, capacity_factor)
-  return y, dict(tokens_per_expert=tpe, tokens_dropped=dropped, bytes_moved=zero)
+  return y, dict(tokens_per_expert=tpe, tokens_dropped=dropped, bytes_moved=no_bytes)
 
 
 def _moe_sharded(x, expert_ids, gates, w_gate, w_up, w_down, ffn, *, mesh, expert_axis,
@@ -279,7 +280,7 @@ def _moe_sharded(x, expert_ids, gates, w_gate, w_up, w_down, ffn, *, mesh, exper
       xs, order, counts = _sort_by_expert(xl, ids, e)
       if ep == 1:
         o = ffn(xs, counts, wg, wu, wd)
-        sent = jnp.zeros((), jnp.int32)
+        sent = jnp.zeros((), jnp.float32)
       else:
         me = lax.axis_index(expert_axis)
         counts_all = lax.all_gather(counts, expert_axis)                     # [P, E]
@@ -293,7 +294,7 @@ def _moe_sharded(x, expert_ids, gates, w_gate, w_up, w_down, ffn, *, mesh, exper
           o = a2a.xla_ragged_combine(ffn(recv, gs, wg, wu, wd), counts_all, me, out_rows=n,
                                      axis_name=expert_axis)
         own = jnp.sum(counts.reshape(ep, e // ep)[me])
-        sent = 2 * (n - own) * d * itemsize                                  # there and back
+        sent = 2.0 * (n - own).astype(jnp.float32) * d * itemsize            # there and back
       y = _unsort_combine(o, order, gl)
       dropped = jnp.zeros((), jnp.int32)
     else:
@@ -312,8 +313,9 @@ def _moe_sharded(x, expert_ids, gates, w_gate, w_up, w_down, ffn, *, mesh, exper
         return out.reshape(e, c, d)
       y, dropped, cap = _capacity_local(xl, ids, gl, on_buffer, e, capacity_factor)
       dropped = lax.psum(dropped, token_axes)
-      sent = jnp.asarray(2 * (ep - 1) * (e // ep) * cap * d * itemsize, jnp.int32)
-    moved = lax.psum(jnp.asarray(sent, jnp.int32), names)
+      sent = jnp.asarray(2.0 * (ep - 1) * (e // ep) * cap * d * itemsize, jnp.float32)
+    # f32: at Pro scale a step moves tens of GB, past int32.
+    moved = lax.psum(jnp.asarray(sent, jnp.float32), names)
     return y, tpe, dropped, moved
 
   fn = jax.shard_map(local, mesh=mesh, in_specs=(tok, tok, tok, wspec, wspec, wspec),
