@@ -56,7 +56,9 @@ def compile_attention(kind: str, mesh, *, batch: int, seq: int, heads: int, kv_h
   shard = NamedSharding(mesh, spec)
   args = [jax.ShapeDtypeStruct((batch, seq, h, head_dim), dtype, sharding=shard)
           for h in (heads, kv_heads, kv_heads)]
-  return jax.jit(fn).trace(*args).lower().compile()
+  # Outputs keep the inputs' sharding: unpinned, jit may replicate dq/dk/dv on every device.
+  out_shardings = (NamedSharding(mesh, P()), shard, shard, shard) if backward else shard
+  return jax.jit(fn, out_shardings=out_shardings).trace(*args).lower().compile()
 
 
 def _ring(q, k, v, *, mesh, axis_name, impl, seg, block_q, block_k):
