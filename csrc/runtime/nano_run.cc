@@ -136,7 +136,7 @@ int main(int argc, char** argv) {
     GenerateStats st;
     std::vector<int> out = Generate(&session, prompt, static_cast<int>(max_tokens), &sampler, cfg.eos_id, &st,
                                     [&](int id) {
-                                      if (!print_ids && tok) {
+                                      if (!print_ids && tok && id != cfg.eos_id) {
                                         std::cout << tok->Decode({id}) << std::flush;
                                       }
                                     });
