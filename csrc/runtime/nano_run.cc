@@ -148,7 +148,7 @@ int main(int argc, char** argv) {
       std::cout << "\n";
       if (tok) std::cout << "text: " << tok->Decode(out) << "\n";
     } else {
-      std::cout << "\n";
+      std::cout << std::endl;
     }
     std::fprintf(stderr, "[nano_run] %s: kernel=%s threads=%d prompt=%d tokens (%.1f tok/s) generated=%d tokens (%.1f tok/s)\n",
                  cfg.name.c_str(), kernels.name, pool.size(), st.prompt_tokens,

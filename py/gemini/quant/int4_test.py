@@ -63,6 +63,9 @@ def test_int4_linear_matches_dequantised_dot():
   np.testing.assert_array_equal(e, np.asarray(int4.dequantize(qw)).T[np.asarray(tok)])
 
 
+# Jitted (cfg static): op-by-op dispatch of a whole forward is slow on a busy CI machine.
+FWD = jax.jit(int4_forward.forward, static_argnames=("cfg", "dtype", "impl", "collect"))
+
 TINY = ModelConfig(name="t", vocab_size=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
                    head_dim=16, d_ff=96, max_seq_len=64, activation="silu")
 
@@ -85,20 +88,20 @@ def test_forward_float_matches_dequantised_tree_and_cache():
     a["wq"] = a["wq"].reshape(64, 4, 16); a["wk"] = a["wk"].reshape(64, 2, 16)
     a["wv"] = a["wv"].reshape(64, 2, 16); a["wo"] = a["wo"].reshape(4, 16, 64)
   tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 64)
-  lq, _, _ = int4_forward.forward(qp, tokens, TINY)
-  ld, _, _ = int4_forward.forward(deq, tokens, TINY)
+  lq, _, _ = FWD(qp, tokens, TINY)
+  ld, _, _ = FWD(deq, tokens, TINY)
   np.testing.assert_allclose(np.asarray(lq), np.asarray(ld), rtol=1e-4, atol=1e-4)
   # Cached prefill + one-token steps reproduce the full causal forward.
   cache = int4_forward.init_cache(TINY, 2, 16)
-  l1, cache, _ = int4_forward.forward(qp, tokens[:, :7], TINY, cache=cache, cache_index=0)
+  l1, cache, _ = FWD(qp, tokens[:, :7], TINY, cache=cache, cache_index=0)
   steps = [l1]
   for t in range(7, 12):
-    lt, cache, _ = int4_forward.forward(qp, tokens[:, t:t + 1], TINY, cache=cache, cache_index=t)
+    lt, cache, _ = FWD(qp, tokens[:, t:t + 1], TINY, cache=cache, cache_index=t)
     steps.append(lt)
   np.testing.assert_allclose(np.asarray(jnp.concatenate(steps, 1)), np.asarray(lq),
                              rtol=1e-4, atol=1e-4)
   # Int4 is close to (but not equal to) the float model.
-  lf, _, _ = int4_forward.forward(params, tokens, TINY)
+  lf, _, _ = FWD(params, tokens, TINY)
   rel = float(jnp.linalg.norm(lf - lq) / jnp.linalg.norm(lf))
   assert 1e-3 < rel < 0.6, rel  # Random Gaussian weights lose ~10% per matrix in int4.
 
