@@ -134,7 +134,7 @@ def test_encoder_output_shapes():
 
 def test_video_frames_encoded_like_images():
   cfg = _cfg(tokens_per_frame=2)
-  p = _params(cfg)
+  p = _params(_cfg())          # encoder params do not depend on tokens_per_frame
   _, _, vid = _media(cfg, frames=3)
   out = _jit(video.video_tokens, cfg)(p, vid[None])[0]
   one = jax.jit(lambda pv, im: vision.encode_images(pv, im, cfg.vision, 2))
@@ -185,17 +185,6 @@ def test_embed_sequence_scatters_encoder_outputs_and_bidir_ids():
   assert batch["loss_mask"][0, seq_len - 1:].sum() == 0
 
 
-def test_embed_sequence_same_under_jit():
-  cfg = _cfg()
-  p = _params(cfg)
-  ex = _example(cfg)
-  batch = multimodal.build_batch([ex], cfg, multimodal.sequence_length(ex, cfg))
-  eager = multimodal.embed_sequence(p, batch, cfg)
-  jitted = jax.jit(lambda p, b: multimodal.embed_sequence(p, b, cfg))(p, batch)
-  np.testing.assert_allclose(np.asarray(eager[0]), np.asarray(jitted[0]), atol=1e-5)
-  np.testing.assert_array_equal(np.asarray(eager[1]), np.asarray(jitted[1]))
-
-
 @pytest.mark.parametrize("tpf_a,tpf_b", [(4, 1), (258, 66)])
 def test_tokens_per_frame_sets_sequence_length(tpf_a, tpf_b):
   frames = 4
@@ -208,9 +197,9 @@ def test_tokens_per_frame_sets_sequence_length(tpf_a, tpf_b):
     assert lens[tpf] == 3 + frames * tpf
     batch = multimodal.build_batch([ex], cfg, lens[tpf])
     multimodal.validate_batch(batch, cfg)
-    x, bidir = _jit(multimodal.embed_sequence, cfg)(_params(cfg), batch)
-    assert x.shape == (1, lens[tpf], cfg.d_model)
-    assert int((np.asarray(bidir) == 1).sum()) == frames * tpf
+    assert batch["media_len"][0, 0] == frames * tpf and batch["media_start"][0, 0] == 2
+    x, bidir = jax.eval_shape(_jit(multimodal.embed_sequence, cfg), _params(_cfg()), batch)
+    assert x.shape == (1, lens[tpf], cfg.d_model) and bidir.shape == (1, lens[tpf])
   assert lens[tpf_a] - lens[tpf_b] == frames * (tpf_a - tpf_b)
 
 
@@ -248,37 +237,3 @@ def test_layout_errors_name_key_and_value():
     multimodal.build_batch([ex], get_config("nano_tiny"), 100)
   with pytest.raises(ValueError, match="seq_len=10"):
     multimodal.build_batch([ex], cfg, 10)
-
-
-# ---- through the full transformer (H1's model) ----------------------------------------------
-
-@pytest.mark.parametrize("name", ["flash_tiny", "pro_tiny"])
-def test_full_model_forward_backward_and_bidirectional_media(name):
-  transformer = pytest.importorskip("gemini.model.transformer")
-  cfg = _cfg(name)
-  params = jax.jit(functools.partial(transformer.init_params, cfg))(jax.random.PRNGKey(0))
-  ex = _example(cfg)
-  seq_len = multimodal.sequence_length(ex, cfg)
-  batch = multimodal.build_batch([ex], cfg, seq_len)
-  jbatch = jax.tree_util.tree_map(jnp.asarray, batch)
-
-  def loss_and_logits(p, b):
-    return transformer.loss_fn(p, b, cfg)[0], transformer.forward(p, b, cfg)[0]
-
-  step = jax.jit(jax.value_and_grad(loss_and_logits, has_aux=True))   # one compile for both calls
-  (loss, base), grads = step(params, jbatch)
-  assert np.isfinite(float(loss))
-  for part in ("vision", "audio", "layers", "embed"):
-    leaves = [np.asarray(g) for g in jax.tree_util.tree_leaves(grads[part])]
-    assert all(np.all(np.isfinite(g)) for g in leaves), part
-    assert any(np.any(g != 0) for g in leaves), part
-
-  # Bidirectional within the image, causal across: change only the image's bottom half.
-  base = np.asarray(base)[0]
-  changed = dict(jbatch)
-  changed["images"] = jbatch["images"].at[:, cfg.vision.image_size // 2:].add(1.0)
-  other = np.asarray(step(params, changed)[0][1])[0]
-  diff = np.abs(base - other).max(axis=-1)
-  assert diff[:3].max() == 0.0          # text before the image cannot see it
-  assert diff[3] > 1e-4                 # the image's first token sees its later tokens
-  assert diff[19] > 1e-4                # text after the image sees it
