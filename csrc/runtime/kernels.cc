@@ -93,7 +93,12 @@ void MatMulScalar(const Int4Matrix& w, const float* x, int t, int ldx, float* y,
 }
 
 // ---- AVX2 + FMA: 16 bytes -> 32 signed nibbles -> 4 x 8 floats against 32 activations. ----
-__attribute__((target("avx2,fma"))) inline float HSum(__m256 v) {
+// Scales convert with the F16C instruction (every AVX2 CPU has it; checked at selection).
+__attribute__((target("avx2,fma,f16c"))) inline float ScaleFast(const Int4Matrix& w, const uint16_t* s) {
+  return w.bf16_scales ? BF16ToF32(*s) : _cvtsh_ss(*s);
+}
+
+__attribute__((target("avx2,fma,f16c"))) inline float HSum(__m256 v) {
   __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
   lo = _mm_add_ps(lo, hi);
   lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
@@ -101,7 +106,7 @@ __attribute__((target("avx2,fma"))) inline float HSum(__m256 v) {
   return _mm_cvtss_f32(lo);
 }
 
-__attribute__((target("avx2,fma"))) inline void Nibbles(const uint8_t* pb, __m256* w0, __m256* w1,
+__attribute__((target("avx2,fma,f16c"))) inline void Nibbles(const uint8_t* pb, __m256* w0, __m256* w1,
                                                          __m256* w2, __m256* w3) {
   const __m128i mask = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
   __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(pb));
@@ -113,7 +118,7 @@ __attribute__((target("avx2,fma"))) inline void Nibbles(const uint8_t* pb, __m25
   *w3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
 }
 
-__attribute__((target("avx2,fma"))) void MatVecAvx2(const Int4Matrix& w, const float* x, float* y,
+__attribute__((target("avx2,fma,f16c"))) void MatVecAvx2(const Int4Matrix& w, const float* x, float* y,
                                                      int r0, int r1) {
   const int blocks_per_group = w.group / 32;
   const int groups = w.kp / w.group;
@@ -133,13 +138,13 @@ __attribute__((target("avx2,fma"))) void MatVecAvx2(const Int4Matrix& w, const f
         a0 = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xb + 16), a0);
         a1 = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xb + 24), a1);
       }
-      acc = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(Scale(w, s + g)), acc);
+      acc = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(ScaleFast(w, s + g)), acc);
     }
     y[r] = HSum(acc);
   }
 }
 
-__attribute__((target("avx2,fma"))) void MatMulAvx2(const Int4Matrix& w, const float* x, int t,
+__attribute__((target("avx2,fma,f16c"))) void MatMulAvx2(const Int4Matrix& w, const float* x, int t,
                                                      int ldx, float* y, int ldy, int r0, int r1) {
   std::vector<float> row_store(w.kp + 8);
   float* row = row_store.data();
@@ -148,7 +153,7 @@ __attribute__((target("avx2,fma"))) void MatMulAvx2(const Int4Matrix& w, const f
     const uint8_t* p = w.packed + static_cast<size_t>(r) * (w.kp / 2);
     const uint16_t* s = w.scales + static_cast<size_t>(r) * groups;
     for (int b = 0; b < w.kp / 32; ++b) {
-      __m256 sc = _mm256_set1_ps(Scale(w, s + (b * 32) / w.group));
+      __m256 sc = _mm256_set1_ps(ScaleFast(w, s + (b * 32) / w.group));
       __m256 w0, w1, w2, w3;
       Nibbles(p + b * 16, &w0, &w1, &w2, &w3);
       _mm256_storeu_ps(row + b * 32, _mm256_mul_ps(w0, sc));
@@ -188,7 +193,8 @@ const Kernels kAvx2 = {"avx2", MatVecAvx2, MatMulAvx2};
 
 bool CpuHasAvx2Fma() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
 }
 
 const Kernels& SelectKernels(const std::string& which) {

@@ -1,6 +1,6 @@
 // int4 x f32 matrix-vector and matrix-matrix kernels over the .gnb int4 layout
 // (FORMAT.md: row-major [N, Kp/2] packed 32-blocks, then f16|bf16 scales [N, Kp/g]).
-// Two implementations — portable scalar C++ and AVX2+FMA — chosen at run time.
+// Two implementations — portable scalar C++ and AVX2+FMA(+F16C) — chosen at run time.
 #ifndef GEMINI_CSRC_RUNTIME_KERNELS_H_
 #define GEMINI_CSRC_RUNTIME_KERNELS_H_
 
