@@ -153,15 +153,15 @@ def load_params(reader, cfg: ModelConfig, path: str = "") -> dict:
   params["final_norm"] = {"scale": get("output_norm.weight", (d,))}
   if not cfg.tie_embeddings:
     params["unembed"] = get("output.weight", (cfg.vocab_size, d)).T
-  return jax_tree_copy(params)
+  return _contiguous_f32(params)
 
 
-def jax_tree_copy(tree):
+def _contiguous_f32(tree):
   """Contiguous f32 copies (the dequantised views may alias the memory-mapped file)."""
   if isinstance(tree, dict):
-    return {k: jax_tree_copy(v) for k, v in tree.items()}
+    return {k: _contiguous_f32(v) for k, v in tree.items()}
   if isinstance(tree, list):
-    return [jax_tree_copy(v) for v in tree]
+    return [_contiguous_f32(v) for v in tree]
   return np.ascontiguousarray(tree, np.float32)
 
 
