@@ -199,3 +199,15 @@ def test_bad_config_errors_name_the_field():
     moe.moe_mlp(params, _x(), _cfg(e=2, k=1))
   with pytest.raises(ValueError, match="impl"):
     moe.moe_mlp(params, _x(), cfg, impl="cuda")
+
+
+@pytest.mark.parametrize("dispatch", ["capacity", "dropless"])
+def test_pallas_impl_equals_xla(dispatch):
+  pytest.importorskip("pallas.moe.ops")
+  cfg = _cfg(e=4, k=2, dispatch=dispatch, cf=0.75)    # capacity mode drops some assignments
+  params, x = _params(cfg, router_scale=5.0), _x(b=1, s=16)
+  y_x, m_x = moe.moe_mlp(params, x, cfg)
+  y_p, m_p = moe.moe_mlp(params, x, cfg, impl="pallas")
+  np.testing.assert_allclose(np.asarray(y_p), np.asarray(y_x), atol=2e-5, rtol=1e-4)
+  assert int(m_p["tokens_dropped"]) == int(m_x["tokens_dropped"])
+  np.testing.assert_allclose(float(m_p["aux_loss"]), float(m_x["aux_loss"]), rtol=1e-6)
