@@ -12,8 +12,11 @@ import functools
 import os
 from typing import List, Sequence
 
-# libtpu probes the host for TPU metadata at start-up and logs errors without these.
-_QUIET_ENV = {"TPU_WORKER_HOSTNAMES": "localhost", "TPU_SKIP_MDS_QUERY": "1"}
+# libtpu probes the host for TPU metadata at start-up and logs errors without these; and
+# without ALLOW_MULTIPLE_LIBTPU_LOAD a second process (Bazel runs tests in parallel) fails on
+# libtpu's /tmp lockfile even though nothing here touches a real chip.
+_QUIET_ENV = {"TPU_WORKER_HOSTNAMES": "localhost", "TPU_SKIP_MDS_QUERY": "1",
+              "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
 
 # Chip generation -> libtpu accelerator-type prefix for TPU_ACCELERATOR_TYPE.
 _ACCELERATOR_PREFIX = {"v4": "v4", "v5e": "v5litepod", "v5p": "v5p", "v6e": "v6e"}
