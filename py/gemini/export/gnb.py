@@ -107,8 +107,8 @@ def _entry(t: Tensor, offset: int) -> bytes:
 def encode(config: dict, tokenizer_kind: int, tokenizer: bytes, tensors: Sequence[Tensor]) -> bytes:
   """The whole file as bytes."""
   cfg_bytes = json.dumps(config, sort_keys=True).encode()
-  # Entry sizes do not depend on offsets, so lay the header out once with zero offsets.
-  table_len = sum(len(_entry(t, 0)) - 0 for t in tensors)
+  # Entry sizes do not depend on offsets: 2 + name + 6 + 8*ndim + 20 bytes.
+  table_len = sum(28 + len(t.name.encode()) + 8 * len(t.shape) for t in tensors)
   header_bytes = PREFIX.size + len(cfg_bytes) + len(tokenizer) + table_len + 4
   offsets, pos = [], _align(header_bytes)
   for t in tensors:
