@@ -82,7 +82,10 @@ def read_config(reader, path: str = "", name: str = "gguf") -> ModelConfig:
     raise GGUFError(f"{path}: general.architecture={arch!r}; only 'llama' is supported")
   g = lambda k, d=None: field(reader, f"llama.{k}", path, d)
   d_model, n_heads = int(g("embedding_length")), int(g("attention.head_count"))
-  vocab = int(g("vocab_size", len(field(reader, "tokenizer.ggml.tokens", path))))
+  if "llama.vocab_size" in reader.fields:
+    vocab = int(g("vocab_size"))
+  else:
+    vocab = len(field(reader, "tokenizer.ggml.tokens", path))
   names = {t.name for t in reader.tensors}
   # The f32-stored epsilon (9.99999975e-06) is the decimal 1e-5 the model was trained with.
   eps = float(f"{float(g('attention.layer_norm_rms_epsilon')):.7g}")
