@@ -28,7 +28,7 @@ from gemini import family
 from gemini.config import ModelConfig
 from gemini.train.aot import compile_step, figures as fig_lib, hardware
 
-CACHE_VERSION = 3   # Bump when what a cached entry means changes.
+CACHE_VERSION = 4   # Bump when what a cached entry means changes.
 
 
 def default_cache_dir() -> str:
@@ -73,11 +73,13 @@ class Analysis:
 
   @property
   def note(self) -> str:
+    oom = ("; the compiler refused it as larger than HBM: memory is its stated need, FLOPs "
+           "from the unpartitioned program" if self.figures.compiler_oom else "")
     if not self.extrapolated:
-      return f"compiled all {self.n_layers} layers"
+      return f"compiled all {self.n_layers} layers" + oom
     l1, l2 = self.compiled_layers
     return (f"compiled {l1} and {l2} of {self.n_layers} layers; figures extrapolated linearly "
-            f"(per-layer part x {self.n_layers})")
+            f"(per-layer part x {self.n_layers})" + oom)
 
   def estimate(self) -> fig_lib.Estimate:
     return fig_lib.estimate(self.figures, self.chip, self.chips, self.tokens_per_step,
@@ -133,18 +135,23 @@ def plan_layers(cfg: ModelConfig, compile_layers: Optional[Tuple[int, int]]) -> 
 
 
 def _compile_figures(cfg, topology, mesh, batch, seq, attn_impl, moe_impl):
-  compiled, shapes = compile_step.compile_train_step(cfg, topology, mesh, batch, seq,
-                                                     attn_impl, moe_impl)
-  return fig_lib.from_compiled(compiled, hardware.num_chips(topology)), shapes
+  result = compile_step.compile_train_step(cfg, topology, mesh, batch, seq, attn_impl, moe_impl)
+  return fig_lib.from_compile(result, hardware.num_chips(topology)), result.shapes
+
+
+class NotCached(LookupError):
+  """Raised with cache_only=True when a configuration has not been compiled yet."""
 
 
 def analyze(cfg: ModelConfig, topology: str, mesh: Dict[str, int], batch: int, seq: int, *,
             attn_impl: str = "xla", moe_impl: str = "xla",
             compile_layers: Optional[Tuple[int, int]] = None,
-            cache_dir: Optional[str] = None, log=lambda s: None) -> Analysis:
+            cache_dir: Optional[str] = None, cache_only: bool = False,
+            log=lambda s: None) -> Analysis:
   """Compiles (or loads from the cache) and returns the Analysis of one train step.
 
-  cache_dir: None uses default_cache_dir(); "" disables the cache.
+  cache_dir: None uses default_cache_dir(); "" disables the cache. cache_only: raise
+  NotCached instead of compiling.
   """
   layers = plan_layers(cfg, compile_layers)
   cache_dir = default_cache_dir() if cache_dir is None else cache_dir
@@ -156,6 +163,9 @@ def analyze(cfg: ModelConfig, topology: str, mesh: Dict[str, int], batch: int, s
         return Analysis.from_json(json.load(f))
     except (ValueError, KeyError, TypeError) as e:
       log(f"ignoring unreadable cache entry {path}: {e}")
+  if cache_only:
+    raise NotCached(f"{cfg.name} on {topology} mesh {compile_step.format_mesh(mesh)} "
+                    f"batch {batch} seq {seq}: not compiled yet")
   t0 = time.perf_counter()
   if len(layers) == 1:
     figs, shapes = _compile_figures(cfg, topology, mesh, batch, seq, attn_impl, moe_impl)

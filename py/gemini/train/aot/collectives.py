@@ -10,8 +10,8 @@ group of n devices and a per-device result of R bytes:
     all-reduce        2 R (n-1)/n        (reduce-scatter then all-gather)
     all-to-all        R (n-1)/n
     collective-permute  R
-Ops inside while loops are counted once per static occurrence (our train step unrolls its
-layers, so the only loops are small ones inside kernels).
+Ops inside while loops count once per iteration when the compiler recorded the loop's
+trip count (`known_trip_count`, e.g. the ring-attention ring), else once.
 """
 
 from __future__ import annotations
@@ -33,6 +33,43 @@ _CHANNEL = re.compile(r"channel_id=(\d+)")
 _MESH_GROUPS = re.compile(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}")
 _IOTA_GROUPS = re.compile(r"replica_groups=\[(\d+),(\d+)\]<=")
 _LIST_GROUPS = re.compile(r"replica_groups=\{\{([\d,]*)\}")
+_COMP_HEADER = re.compile(r"^(?:ENTRY\s+)?%([\w.\-]+)\s")
+_CALL = re.compile(r"\b(calls|body|condition|to_apply)=%([\w.\-]+)")
+_CALL_LIST = re.compile(r"\b(?:branch_computations|called_computations)=\{([^}]*)\}")
+_TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+
+
+def _multipliers(lines):
+  """{computation: times it runs per program execution} from the call graph, and for each
+  line index the computation it belongs to. While bodies run known_trip_count times."""
+  owner, entry, comp = [], None, None
+  callers = {}                                   # callee -> [(caller, factor)]
+  for line in lines:
+    if line and not line[0].isspace() and line[0] != "}":
+      m = _COMP_HEADER.match(line)
+      if m:
+        comp = m.group(1)
+        if line.startswith("ENTRY"):
+          entry = comp
+    owner.append(comp)
+    if comp is None or "=" not in line:
+      continue
+    trip = _TRIP.search(line)
+    for kind, callee in _CALL.findall(line):
+      factor = int(trip.group(1)) if (kind == "body" and trip) else 1
+      callers.setdefault(callee, []).append((comp, factor))
+    for group in _CALL_LIST.findall(line):
+      for callee in re.findall(r"%([\w.\-]+)", group):
+        callers.setdefault(callee, []).append((comp, 1))
+  memo = {}
+
+  def mult(c, depth=0):
+    if c == entry or depth > 200:
+      return 1
+    if c not in memo:
+      memo[c] = sum(mult(p, depth + 1) * f for p, f in callers.get(c, ())) or 1
+    return memo[c]
+  return mult, owner
 
 
 def _array_bytes(shape_text: str) -> float:
@@ -95,7 +132,9 @@ class Collectives:
 def parse_collectives(hlo_text: str, num_devices: int) -> Collectives:
   """Collectives of a compiled HLO module text (`compiled.as_text()`)."""
   seen = {}
-  for line in hlo_text.splitlines():
+  lines = hlo_text.splitlines()
+  mult, owner = _multipliers(lines)
+  for i, line in enumerate(lines):
     m = _OP.match(line)
     if not m or m.group("suffix") == "-done":
       continue
@@ -108,14 +147,17 @@ def parse_collectives(hlo_text: str, num_devices: int) -> Collectives:
     ch = _CHANNEL.search(rest)
     key = (kind, ch.group(1)) if ch else (kind, f"line{len(seen)}")
     n = _group_size(rest, num_devices)
+    times = mult(owner[i]) if owner[i] else 1
     prev = seen.get(key)
     if prev is None or result > prev[0]:
-      seen[key] = (result, n)
+      seen[key] = (result, n, max(times, prev[2] if prev else 1))
+    else:
+      seen[key] = (prev[0], prev[1], max(times, prev[2]))
   count = {k: 0 for k in KINDS}
   result_bytes = {k: 0.0 for k in KINDS}
   ici = {k: 0.0 for k in KINDS}
-  for (kind, _), (result, n) in seen.items():
-    count[kind] += 1
-    result_bytes[kind] += result
-    ici[kind] += _traffic(kind, result, n)
+  for (kind, _), (result, n, times) in seen.items():
+    count[kind] += times
+    result_bytes[kind] += result * times
+    ici[kind] += _traffic(kind, result, n) * times
   return Collectives(count, result_bytes, ici)

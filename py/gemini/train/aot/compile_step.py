@@ -12,8 +12,13 @@ NamedShardings over real TPU devices from libtpu (`gemini.testing.tpu_topology`)
 from __future__ import annotations
 
 import dataclasses
+import glob
 import math
 import os
+import re
+import shutil
+import tempfile
+import time
 from typing import Dict, Optional, Tuple
 
 import jax
@@ -23,6 +28,28 @@ import numpy as np
 from gemini.config import ModelConfig
 
 BATCH_KEYS = ("tokens", "targets", "segment_ids", "positions")
+
+
+def _enable_hlo_dump() -> str:
+  """Asks XLA to write the optimised HLO of `jit_step` as text into a private directory.
+
+  Why: `Compiled.as_text()` round-trips the module through a proto, which fails for some
+  TPU async ops of large programs, and a program the compiler rejects as too big for HBM
+  has no Compiled at all; the dump exists in both cases. XLA reads XLA_FLAGS once, when its
+  first backend starts, so this runs at import (before any computation); if the flags were
+  already fixed we fall back to `as_text()`.
+  """
+  flags = os.environ.get("XLA_FLAGS", "")
+  m = re.search(r"--xla_dump_to=(\S+)", flags)
+  if m:
+    return m.group(1)
+  path = tempfile.mkdtemp(prefix="gemini_aot_hlo_")
+  os.environ["XLA_FLAGS"] = (flags + f" --xla_dump_to={path} --xla_dump_hlo_as_text "
+                             "--xla_dump_hlo_module_re=jit_step").strip()
+  return path
+
+
+HLO_DUMP_DIR = _enable_hlo_dump()
 
 
 def _allow_shared_libtpu():
@@ -121,19 +148,73 @@ def train_step_fn(cfg: ModelConfig, mesh, batch: int, seq: int, attn_impl: str =
   return jitted, StepShapes(state, batch_sds, _tree_bytes(params), _tree_bytes(abstract))
 
 
+def shard_bytes(tree) -> int:
+  """Bytes one device holds of a pytree of sharded ShapeDtypeStructs (device 0's shard)."""
+  total = 0
+  for x in jax.tree.leaves(tree):
+    shape = x.sharding.shard_shape(x.shape)
+    total += int(np.prod(shape)) * jnp.dtype(x.dtype).itemsize
+  return total
+
+
+@dataclasses.dataclass
+class CompileResult:
+  """A compiled step, or what the compiler told us when the program did not fit in HBM."""
+  compiled: object                 # jax Compiled, or None when the compiler ran out of HBM
+  lowered: object                  # jax Lowered (for cost_analysis when compiled is None)
+  shapes: StepShapes
+  hlo_text: str                    # optimised, partitioned HLO ("" if unavailable)
+  oom_total_bytes: float = 0.0     # HBM the compiler said the program needs (OOM case)
+
+
+def _take_dump(since: float) -> Tuple[str, float]:
+  """(optimised HLO text, memory-report total bytes) of the newest jit_step dump, removed."""
+  files = [f for f in glob.glob(os.path.join(HLO_DUMP_DIR, "*jit_step*after_optimizations.txt"))
+           if os.path.getmtime(f) >= since - 1]
+  if not files:
+    return "", 0.0
+  newest = max(files, key=os.path.getmtime)
+  with open(newest) as f:
+    text = f.read()
+  prefix = newest[:-len(".after_optimizations.txt")]
+  total = 0.0
+  report = prefix + ".after_optimizations-memory-usage-report.txt"
+  if os.path.exists(report):
+    with open(report) as f:
+      m = re.search(r"Total bytes: (\d+)", f.read())
+      total = float(m.group(1)) if m else 0.0
+  for f in glob.glob(prefix + "*"):
+    (shutil.rmtree if os.path.isdir(f) else os.remove)(f)
+  for f in glob.glob(os.path.join(HLO_DUMP_DIR, "*peak_memory_tensors.txt")):
+    os.remove(f)
+  return text, total
+
+
+_OOM = re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\)")
+
+
 def compile_train_step(cfg: ModelConfig, topology: str, mesh_axes: Dict[str, int], batch: int,
-                       seq: int, attn_impl: str = "xla", moe_impl: str = "xla"):
-  """Compiles the train step on real TPU devices. Returns (jax Compiled, StepShapes)."""
+                       seq: int, attn_impl: str = "xla", moe_impl: str = "xla") -> CompileResult:
+  """Compiles the train step on real TPU devices.
+
+  When the compiler rejects the program as larger than the chip's HBM (CompileTimeHbmOom),
+  the result carries the HBM it said was needed instead of a Compiled; anything else raises.
+  """
   mesh = tpu_mesh(topology, mesh_axes)
   jitted, shapes = train_step_fn(cfg, mesh, batch, seq, attn_impl, moe_impl)
-  with jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else _nullcontext():
-    compiled = jitted.trace(shapes.state, shapes.batch).lower().compile()
-  return compiled, shapes
-
-
-class _nullcontext:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *a):
-    return False
+  lowered = jitted.trace(shapes.state, shapes.batch).lower()
+  t0 = time.time()
+  try:
+    compiled = lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    m = _OOM.search(str(e))
+    if "CompileTimeHbmOom" not in str(e) or not m:
+      raise
+    text, total = _take_dump(t0)
+    if not total:
+      total = float(m.group(1)) * 1024 ** "BKMGT".index(m.group(2) or "B")
+    return CompileResult(None, lowered, shapes, text, total)
+  text, _ = _take_dump(t0)
+  if not text:
+    text = compiled.as_text()
+  return CompileResult(compiled, lowered, shapes, text)

@@ -42,6 +42,7 @@ class StepFigures:
   bytes_accessed: float
   transcendentals: float
   collectives: coll_lib.Collectives
+  compiler_oom: bool = False   # the compiler refused the program (more than HBM); see below
 
   @property
   def total_bytes(self) -> float:
@@ -51,34 +52,65 @@ class StepFigures:
   def combine(self, other: "StepFigures", a: float, b: float) -> "StepFigures":
     """a * self + b * other, field by field."""
     vals = {k: a * getattr(self, k) + b * getattr(other, k) for k in _NUMERIC}
-    return StepFigures(**vals, collectives=self.collectives.scaled(other.collectives, a, b))
+    return StepFigures(**vals, collectives=self.collectives.scaled(other.collectives, a, b),
+                       compiler_oom=self.compiler_oom or other.compiler_oom)
 
   def to_json(self) -> dict:
     d = {k: getattr(self, k) for k in _NUMERIC}
     d["collectives"] = dataclasses.asdict(self.collectives)
+    d["compiler_oom"] = self.compiler_oom
     return d
 
   @classmethod
   def from_json(cls, d: dict) -> "StepFigures":
     return cls(**{k: d[k] for k in _NUMERIC},
-               collectives=coll_lib.Collectives(**d["collectives"]))
+               collectives=coll_lib.Collectives(**d["collectives"]),
+               compiler_oom=d.get("compiler_oom", False))
 
 
-def from_compiled(compiled, num_devices: int) -> StepFigures:
-  """Figures of a jax `Compiled` for one device of a `num_devices` SPMD program."""
-  mem = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
+def _cost(obj) -> dict:
+  cost = obj.cost_analysis()
   if isinstance(cost, (list, tuple)):  # Older jax returned one dict per program.
     cost = cost[0]
+  return cost or {}
+
+
+def from_compile(result, num_devices: int) -> StepFigures:
+  """Per-device figures of a `compile_step.CompileResult` of a `num_devices` SPMD program.
+
+  Compiled: memory_analysis() and cost_analysis() as they are. Refused for HBM
+  (compiler_oom): the total the compiler said it needs; arguments = the exact per-device
+  shards of state + batch; outputs = the donated state (aliased); temporaries = the rest;
+  FLOPs and bytes = the unpartitioned program's cost_analysis() / devices; collectives from
+  the optimised HLO the compiler dumped before giving up.
+  """
+  coll = coll_lib.parse_collectives(result.hlo_text, num_devices)
+  if result.compiled is not None:
+    mem = result.compiled.memory_analysis()
+    cost = _cost(result.compiled)
+    return StepFigures(
+        argument_bytes=float(mem.argument_size_in_bytes),
+        output_bytes=float(mem.output_size_in_bytes),
+        alias_bytes=float(mem.alias_size_in_bytes),
+        temp_bytes=float(mem.temp_size_in_bytes),
+        flops=float(cost.get("flops", 0.0)),
+        bytes_accessed=float(cost.get("bytes accessed", 0.0)),
+        transcendentals=float(cost.get("transcendentals", 0.0)),
+        collectives=coll)
+  from gemini.train.aot.compile_step import shard_bytes  # pylint: disable=import-outside-toplevel
+  args = float(shard_bytes(result.shapes.state) + shard_bytes(result.shapes.batch))
+  state = float(shard_bytes(result.shapes.state))
+  try:
+    cost = _cost(result.lowered)
+  except Exception:  # pylint: disable=broad-except  (cost is optional when refused)
+    cost = {}
   return StepFigures(
-      argument_bytes=float(mem.argument_size_in_bytes),
-      output_bytes=float(mem.output_size_in_bytes),
-      alias_bytes=float(mem.alias_size_in_bytes),
-      temp_bytes=float(mem.temp_size_in_bytes),
-      flops=float(cost.get("flops", 0.0)),
-      bytes_accessed=float(cost.get("bytes accessed", 0.0)),
-      transcendentals=float(cost.get("transcendentals", 0.0)),
-      collectives=coll_lib.parse_collectives(compiled.as_text(), num_devices))
+      argument_bytes=args, output_bytes=state, alias_bytes=state,
+      temp_bytes=max(0.0, result.oom_total_bytes - args),
+      flops=float(cost.get("flops", 0.0)) / num_devices,
+      bytes_accessed=float(cost.get("bytes accessed", 0.0)) / num_devices,
+      transcendentals=float(cost.get("transcendentals", 0.0)) / num_devices,
+      collectives=coll, compiler_oom=True)
 
 
 def extrapolate_layers(f1: StepFigures, l1: int, f2: StepFigures, l2: int,

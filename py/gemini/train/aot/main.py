@@ -58,9 +58,12 @@ def format_analysis(a: an.Analysis) -> str:
       f"    total        {_gib(f.total_bytes)}  of {_gib(chip.hbm_bytes)} HBM "
       f"({e.hbm_fraction:.0%})  -> {'FITS' if e.fits else 'DOES NOT FIT'}",
       "  cost per chip (cost_analysis):",
-      f"    FLOPs        {f.flops:.3e} compiled; model {a.model_flops_per_token * a.tokens_per_step / a.chips:.3e}"
+      (f"    FLOPs        {f.flops:.3e} compiled; " if f.flops else
+       "    FLOPs        n/a (no compiled program); ")
+      + f"model {a.model_flops_per_token * a.tokens_per_step / a.chips:.3e}"
       f" (family.train_flops_per_token x tokens / chips)",
-      f"    HBM bytes    {f.bytes_accessed:.3e} accessed",
+      f"    HBM bytes    {f.bytes_accessed:.3e} accessed" if f.bytes_accessed else
+      "    HBM bytes    n/a (no compiled program)",
       "  collectives per chip (from the compiled HLO):",
   ]
   for k in c.count:
@@ -74,7 +77,8 @@ def format_analysis(a: an.Analysis) -> str:
       f"    compute {e.t_flops * 1e3:.2f} ms | HBM {e.t_hbm * 1e3:.2f} ms | ICI "
       f"{e.t_ici * 1e3:.2f} ms  -> step {e.step_time * 1e3:.2f} ms ({e.bound}-bound; "
       f"{e.serial_time * 1e3:.2f} ms if collectives do not overlap)",
-      f"    {e.tokens_per_second:,.0f} tokens/s, predicted MFU {e.mfu:.1%}",
+      f"    {e.tokens_per_second:,.0f} tokens/s, predicted MFU {e.mfu:.1%}"
+      + ("" if f.flops else " (upper bound: model FLOPs and ICI only, the program was refused)"),
   ]
   return "\n".join(lines)
 

@@ -83,6 +83,23 @@ def state_bytes_per_device(params, mesh: Dict[str, int]) -> float:
   return 3.0 * total
 
 
+def activation_bytes_per_device(cfg: ModelConfig, mesh: Dict[str, int], batch: int, seq: int,
+                                attn_impl: str = "xla") -> float:
+  """A rough count of what the backward pass keeps per device (no rematerialisation):
+  per token and layer, bf16 residual/norm outputs (3D), q and attention output (2H Dh / t),
+  k and v (2K Dh), the MLP's gate/up/product (3F / t, top-k experts for MoE), and for the
+  XLA attention the f32 scores + bf16 probabilities over the whole key length; plus the f32
+  logits and their gradient. Only orders the meshes to compile; the compiler decides."""
+  d, f, t, e, c = (mesh[a] for a in AXES)
+  tokens = batch * seq / (d * f * e * c)
+  hidden = cfg.moe.top_k * cfg.moe.d_ff if cfg.moe.enabled else cfg.d_ff
+  per_token_layer = 2 * (3 * cfg.d_model + 2 * cfg.n_heads * cfg.head_dim / t
+                         + 2 * cfg.n_kv_heads * cfg.head_dim + 3 * hidden / t)
+  if attn_impl == "xla":
+    per_token_layer += 6 * cfg.n_heads / t * seq
+  return tokens * (cfg.n_layers * per_token_layer + 8 * cfg.vocab_size / t)
+
+
 def analytic_seconds(cfg: ModelConfig, params, mesh: Dict[str, int], chip: hardware.Chip,
                      chips: int, batch: int, seq: int) -> float:
   """A coarse step time used only to choose which meshes to compile: max of model compute
@@ -111,6 +128,7 @@ class Candidate:
   mesh: Dict[str, int]
   state_bytes: float                        # analytic per-device train state
   analytic_seconds: float
+  activation_bytes: float = 0.0             # rough analytic estimate (ordering only)
   analysis: Optional[an.Analysis] = None
   status: str = ""                          # why it is (not) in the ranking
 
@@ -162,7 +180,7 @@ def _mem(c: Candidate) -> float:
 def plan(cfg: ModelConfig, topology: str, batch: int, seq: int, *, attn_impl: str = "xla",
          moe_impl: str = "xla", max_compiles: int = 4,
          compile_layers: Optional[Tuple[int, int]] = None, cache_dir: Optional[str] = None,
-         include_naive: bool = True, log=lambda s: None) -> Plan:
+         include_naive: bool = True, cache_only: bool = False, log=lambda s: None) -> Plan:
   """The ranked plan (see the module docstring)."""
   chip, _ = hardware.parse_topology(topology)
   chips = hardware.num_chips(topology)
@@ -174,11 +192,15 @@ def plan(cfg: ModelConfig, topology: str, batch: int, seq: int, *, attn_impl: st
                      f"seq={seq}: batch must be divisible by some data*fsdp*expert split of "
                      f"{chips} chips")
   cands = [Candidate(m, state_bytes_per_device(params, m),
-                     analytic_seconds(cfg, params, m, chip, chips, batch, seq)) for m in meshes]
+                     analytic_seconds(cfg, params, m, chip, chips, batch, seq),
+                     activation_bytes_per_device(cfg, m, batch, seq, attn_impl)) for m in meshes]
   for c in cands:
     if c.state_bytes > chip.hbm_bytes:
       c.status = f"state alone {c.state_bytes / 2**30:.1f} GiB > HBM (not compiled)"
-  fitting = sorted([c for c in cands if not c.status], key=lambda c: c.analytic_seconds)
+  # Meshes whose rough state + activation estimate fits come first, fastest first.
+  fitting = sorted([c for c in cands if not c.status],
+                   key=lambda c: (c.state_bytes + c.activation_bytes > chip.hbm_bytes,
+                                  c.analytic_seconds))
   chosen = fitting[:max_compiles]
   if not chosen:   # Nothing can fit: compile the least memory-hungry to report by how much.
     chosen = sorted(cands, key=lambda c: c.state_bytes)[:1]
@@ -192,7 +214,7 @@ def plan(cfg: ModelConfig, topology: str, batch: int, seq: int, *, attn_impl: st
         f"{an.compile_step.format_mesh(c.mesh)} ...")
     c.analysis = an.analyze(cfg, topology, c.mesh, batch, seq, attn_impl=attn_impl,
                             moe_impl=moe_impl, compile_layers=compile_layers,
-                            cache_dir=cache_dir, log=log)
+                            cache_dir=cache_dir, cache_only=cache_only, log=log)
     e = c.analysis.estimate()
     c.status = ("fits" if e.fits else
                 f"over HBM by {(c.analysis.figures.total_bytes - chip.hbm_bytes) / 2**30:.1f} GiB")

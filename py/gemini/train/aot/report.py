@@ -28,13 +28,14 @@ class Row:
 
 
 # Slices sized so the f32 weights + AdamW state (12 bytes/param) take a fraction of the
-# slice's HBM; ~4-8k tokens per chip per step.
+# slice's HBM; sequences of 2048 (the XLA attention keeps S x S scores per head for the
+# backward pass, which dominates memory beyond that; 1M tokens go through ring attention).
 FAMILY_ROWS = (
-    Row("nano1", "v5e:4x4", 32, 4096, why="1.8B dense: a 16-chip v5e slice"),
-    Row("nano2", "v5e:4x4", 32, 4096, why="3.3B dense"),
-    Row("flash_lite", "v5e:8x8", 64, 4096, why="14B MoE (16 experts, top-1)"),
-    Row("flash", "v5p:4x4x4", 64, 4096, why="67B MoE (32 experts, top-2): one v5p cube"),
-    Row("pro", "v5p:8x8x8", 256, 4096, why="837B MoE (64 experts): 10 TB of train state"),
+    Row("nano1", "v5e:4x4", 16, 2048, why="1.8B dense: a 16-chip v5e slice"),
+    Row("nano2", "v5e:4x4", 16, 2048, why="3.3B dense"),
+    Row("flash_lite", "v5e:8x8", 64, 2048, why="14B MoE (16 experts, top-1)"),
+    Row("flash", "v5p:4x4x4", 64, 2048, why="67B MoE (32 experts, top-2): one v5p cube"),
+    Row("pro", "v5p:8x8x8", 256, 2048, why="837B MoE (64 experts): 10 TB of train state"),
     Row("ultra", "v5p:8x8x8", 256, 2048, why="464B dense: 5.6 TB of train state"),
     Row("pro", "v5p:8x8x8", 8, 1 << 20, attn_impl="ring",
         mesh=(("context", 64), ("expert", 8)),
@@ -55,7 +56,7 @@ class Result:
 
 
 def run(rows, *, max_compiles: int = 2, compile_layers: str = "auto",
-        cache_dir: Optional[str] = None, log=print) -> List[Result]:
+        cache_dir: Optional[str] = None, cache_only: bool = False, log=print) -> List[Result]:
   """Runs every row; a row that fails to compile is reported with its error, not raised."""
   from gemini.train.aot.main import parse_compile_layers  # pylint: disable=import-outside-toplevel
   out = []
@@ -67,12 +68,13 @@ def run(rows, *, max_compiles: int = 2, compile_layers: str = "auto",
         log(f"compiling {row.config} on {row.topology} mesh {dict(row.mesh)} ...")
         a = an.analyze(cfg, row.topology, dict(row.mesh), row.batch, row.seq,
                        attn_impl=row.attn_impl, compile_layers=layers, cache_dir=cache_dir,
-                       log=log)
+                       cache_only=cache_only, log=log)
         out.append(Result(row, None, a))
       else:
         p = planner.plan(cfg, row.topology, row.batch, row.seq, attn_impl=row.attn_impl,
                          max_compiles=max_compiles, compile_layers=layers,
-                         cache_dir=cache_dir, include_naive=False, log=log)
+                         cache_dir=cache_dir, include_naive=False, cache_only=cache_only,
+                         log=log)
         pick = p.best or p.closest
         out.append(Result(row, p, pick.analysis))
     except Exception as e:  # pylint: disable=broad-except  (a report row, not a crash)
@@ -101,7 +103,7 @@ def markdown(results: List[Result]) -> str:
       cells += [compile_step.format_mesh(a.mesh),
                 f"{_gib(a.figures.total_bytes)} ({_gib(a.chip.hbm_bytes)})",
                 f"{e.step_time * 1e3:,.0f}", e.bound, f"{e.tokens_per_second:,.0f}",
-                f"{e.mfu:.0%}", "yes" if e.fits else
+                f"{e.mfu:.0%}" if a.figures.flops else "n/a", "yes" if e.fits else
                 f"**no** ({a.figures.total_bytes / a.chip.hbm_bytes:.1f}x HBM)"]
       notes.append(f"- {row.config} on {row.topology} ({row.why}): {a.note}; "
                    + (r.plan.verdict() if r.plan else "fixed mesh")
@@ -121,7 +123,7 @@ def plot(results: List[Result], path: str) -> None:
             for r in ok]
   mem = [r.analysis.figures.total_bytes / 2**30 for r in ok]
   hbm = [r.analysis.chip.hbm_bytes / 2**30 for r in ok]
-  mfu = [r.analysis.estimate().mfu * 100 for r in ok]
+  mfu = [r.analysis.estimate().mfu * 100 if r.analysis.figures.flops else 0.0 for r in ok]
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(ok) + 4), 4.5))
   x = range(len(ok))
   ax1.bar(x, mem, color=["tab:blue" if m <= h else "tab:red" for m, h in zip(mem, hbm)])

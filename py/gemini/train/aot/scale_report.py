@@ -25,6 +25,8 @@ def main(argv: Optional[List[str]] = None) -> int:
   p.add_argument("--max_compiles", type=int, default=2, help="planner meshes per member")
   p.add_argument("--compile_layers", default="auto", help="as for //py/gemini/train:aot")
   p.add_argument("--cache_dir", default=None, help="default ~/.cache/gemini_aot; '' disables")
+  p.add_argument("--cached_only", action="store_true",
+                 help="format what is cached; rows not compiled yet are listed as such")
   args = p.parse_args(argv)
   rows = report.QUICK_ROWS if args.quick else report.FAMILY_ROWS
   if args.only:
@@ -34,7 +36,8 @@ def main(argv: Optional[List[str]] = None) -> int:
       os.environ.get("BUILD_WORKSPACE_DIRECTORY", os.getcwd()), "scale_report")
   os.makedirs(out_dir, exist_ok=True)
   results = report.run(rows, max_compiles=args.max_compiles, compile_layers=args.compile_layers,
-                       cache_dir=args.cache_dir, log=lambda s: print(s, flush=True))
+                       cache_dir=args.cache_dir, cache_only=args.cached_only,
+                       log=lambda s: print(s, flush=True))
   md = ("# Gemini family: train steps compiled for TPU slices\n\n"
         "Per-chip figures from the TPU compiler (libtpu, ahead of time, nothing allocated); "
         "step time is the roofline max(compute, HBM, ICI) from published chip peaks "

@@ -122,3 +122,30 @@ def test_state_bytes_per_device_matches_hand_count():
   norms = (2 * cfg.n_layers + 1) * cfg.d_model * 4
   got = planner.state_bytes_per_device(params, {"fsdp": 4})
   assert got == pytest.approx(3 * ((total - norms) / 4 + norms))
+
+
+_LOOP_HLO = """
+%body (p: (s32[], f32[64])) -> (s32[], f32[64]) {
+  %fusion.3 = f32[64]{0} fusion(%x), kind=kCustom, calls=%ring_step
+}
+
+%ring_step (a: f32[64]) -> f32[64] {
+  %collective-permute.2 = f32[64]{0} collective-permute(%a), channel_id=5, source_target_pairs={{0,1},{1,2},{2,3},{3,0}}
+}
+
+%cond (p: (s32[], f32[64])) -> pred[] {
+  %lt = pred[] compare(%i, %n), direction=LT
+}
+
+ENTRY %main (x: f32[64]) -> f32[64] {
+  %while.1 = (s32[], f32[64]) while(%t), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"3"}}
+  %all-reduce.9 = f32[64]{0} all-reduce(%y), channel_id=6, replica_groups={{0,1,2,3}}, to_apply=%add
+}
+"""
+
+
+def test_collectives_in_while_loops_count_per_iteration():
+  c = collectives.parse_collectives(_LOOP_HLO, num_devices=4)
+  assert c.count["collective-permute"] == 3 and c.count["all-reduce"] == 1
+  assert c.ici_bytes["collective-permute"] == 3 * 64 * 4
+  assert c.ici_bytes["all-reduce"] == 2 * 64 * 4 * 3 / 4
