@@ -88,7 +88,3 @@ class Checkpointer:
     self._mngr.wait_until_finished()
     self._mngr.close()
 
-
-def abstract_like(tree: Any) -> Any:
-  """ShapeDtypeStructs (with shardings) describing a pytree of jax arrays."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
