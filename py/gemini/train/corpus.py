@@ -6,7 +6,6 @@ Wraps engineer H3's `gemini.data` (prepare, Loader, Shard); see gemini/data/READ
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
