@@ -83,24 +83,6 @@ def test_bad_mesh_is_a_clear_error():
     sharding.make_mesh({"data": 6})
 
 
-@pytest.mark.parametrize("axes,kv_heads", [({"data": 2, "tensor": 2, "fsdp": 2}, 2),
-                                           ({"fsdp": 4, "tensor": 2}, 1)])
-def test_flash_impl_on_mesh_equals_xla(axes, kv_heads):
-  from gemini.model import attention
-  mesh = sharding.make_mesh(axes)
-  ks = jax.random.split(jax.random.key(0), 3)
-  b, s, h, dh = 8, 24, 4, 16
-  q = jax.random.normal(ks[0], (b, s, h, dh))
-  k = jax.random.normal(ks[1], (b, s, kv_heads, dh))
-  v = jax.random.normal(ks[2], (b, s, kv_heads, dh))
-  seg = jnp.ones((b, s), jnp.int32).at[:, 10:].set(2).at[:, 20:].set(0)
-  pos = jnp.where(jnp.arange(s) < 10, jnp.arange(s), jnp.arange(s) - 10)[None].repeat(b, 0)
-  want = attention.attention(q, k, v, seg, pos)
-  got = jax.jit(lambda q, k, v: attention.attention(q, k, v, seg, pos, impl="flash", mesh=mesh))(q, k, v)
-  valid = np.asarray(seg) != 0
-  np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(want)[valid], atol=2e-5)
-
-
 def test_param_axes_name_every_decoder_matrix():
   cfg = _text_cfg("pro_tiny")
   shapes = jax.eval_shape(lambda: transformer.init_params(cfg, jax.random.key(0)))
