@@ -109,7 +109,7 @@ def run(argv) -> None:
   final = sum(tail) / len(tail)
   print(f"final loss (mean of the last {len(tail)} steps): {final:.3f} nats/token; "
         f"corpus unigram entropy: {entropy:.3f} nats/token "
-        f"({'below' if final < entropy else 'NOT below'} it by {entropy - final:.3f})")
+        f"({abs(entropy - final):.3f} {'below' if final < entropy else 'ABOVE'} it)")
   print(f"checkpoints: {os.path.join(workdir, 'checkpoints')}; metrics: {trainer.metrics.path}; "
         f"plot: {os.path.join(workdir, 'loss.png')}; total {time.perf_counter() - t_start:.0f} s")
   loader.close()
