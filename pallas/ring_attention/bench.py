@@ -152,15 +152,22 @@ def main(argv=None):
   ap.add_argument("--budget", type=float, default=60.0,
                   help="section 2: stop doubling once a run takes longer than this (s)")
   ap.add_argument("--pro_topology", default="v5p:2x2x2")
+  ap.add_argument("--sections", default="1,2,3", help="comma-separated subset of 1,2,3")
+  ap.add_argument("--seqs", default="", help="section 1 sequence lengths, comma-separated")
   args = ap.parse_args(argv)
-  seqs = [4096, 8192] if args.quick else [4096 << i for i in range(6)]
-  rows = memory_table(seqs)
-  ring = np.array([r[1] for r in rows], float)
-  dense = np.array([r[2] for r in rows], float)
-  print(f"growth over {seqs[0]}..{seqs[-1]}: ring x{ring[-1] / ring[0]:.1f}, "
-        f"dense x{dense[-1] / dense[0]:.1f}, seq x{seqs[-1] / seqs[0]:.0f}")
-  longest_sequence(1024, 2048 if args.quick else 1 << 17, args.budget)
-  pro_layer(args.pro_topology, 1 << 20)
+  sections = {int(x) for x in args.sections.split(",")}
+  if 1 in sections:
+    seqs = [4096, 8192] if args.quick else [4096 << i for i in range(6)]
+    seqs = [int(x) for x in args.seqs.split(",")] if args.seqs else seqs
+    rows = memory_table(seqs)
+    ring = np.array([r[1] for r in rows], float)
+    dense = np.array([r[2] for r in rows], float)
+    print(f"growth over {seqs[0]}..{seqs[-1]}: ring x{ring[-1] / ring[0]:.1f}, "
+          f"dense x{dense[-1] / dense[0]:.1f}, seq x{seqs[-1] / seqs[0]:.0f}")
+  if 2 in sections:
+    longest_sequence(1024, 2048 if args.quick else 1 << 17, args.budget)
+  if 3 in sections:
+    pro_layer(args.pro_topology, 1 << 20)
   return 0
 
 

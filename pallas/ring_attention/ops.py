@@ -242,21 +242,57 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   unit = layout_lib.chunk_multiple(n, layout)
   bq, bk, chunk = _block_sizes(-(-s // unit), block_q, block_k)
   s_pad = chunk * unit
-  perm = layout_lib.permutation(s_pad, n, layout)
-  inv = layout_lib.inverse_permutation(perm)[:s]
-  seg = jnp.ones((b, s), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
-  seg = _pad_seq(seg, s_pad)[:, perm]
-  pos = jnp.broadcast_to(jnp.asarray(perm), (b, s_pad))
-  q, k, v = (_pad_seq(x, s_pad)[:, perm] for x in (q, k, v))
   cfg = _Cfg(causal, float(d ** -0.5 if sm_scale is None else sm_scale), bq, bk,
              _resolve_interpret(interpret), axis_name, n, impl)
   bax = tuple(batch_axes) or None
   spec4, spec2 = P(bax, axis_name, None, None), P(bax, axis_name)
+  seg = jnp.ones((b, s), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+  args = [_pad_seq(x, s_pad) for x in (q, k, v, seg)]
+  args.append(jnp.broadcast_to(jnp.arange(s_pad, dtype=jnp.int32), (b, s_pad)))
+  # Zigzag is entered and left inside shard_map with two ppermutes per array (each device
+  # sends its two natural chunks to their owners): a global gather would materialise the
+  # whole sequence on every device. Other layouts use the gather.
+  local_zigzag = layout == "zigzag" and n > 1
+  if not local_zigzag:
+    perm = layout_lib.permutation(s_pad, n, layout)
+    args = [x[:, perm] for x in args]
 
   def local(q, k, v, seg, pos):
-    o = _ring_local(_to_bhsd(q), _to_bhsd(k), _to_bhsd(v), seg, pos, cfg)
-    return _to_bhsd(o)
+    if local_zigzag:
+      q, k, v, seg, pos = (_zigzag_enter(x, axis_name, n) for x in (q, k, v, seg, pos))
+    o = _to_bhsd(_ring_local(_to_bhsd(q), _to_bhsd(k), _to_bhsd(v), seg, pos, cfg))
+    return _zigzag_leave(o, axis_name, n) if local_zigzag else o
 
   out = jax.shard_map(local, mesh=mesh, in_specs=(spec4, spec4, spec4, spec2, spec2),
-                      out_specs=spec4, check_vma=False)(q, k, v, seg, pos)
-  return out[:, inv]
+                      out_specs=spec4, check_vma=False)(*args)
+  if not local_zigzag:
+    out = out[:, layout_lib.inverse_permutation(perm)]
+  return out[:, :s]
+
+
+def _zigzag_owner(chunk: int, n: int) -> int:
+  """Device that holds global chunk `chunk` (of 2n) in the zigzag layout."""
+  return chunk if chunk < n else 2 * n - 1 - chunk
+
+
+def _zigzag_enter(x, axis_name, n):
+  """Natural shard (chunks 2d, 2d+1) -> zigzag shard (chunks d, 2n-1-d), along dim 1."""
+  c = x.shape[1] // 2
+  even = lax.ppermute(x[:, :c], axis_name, [(d, _zigzag_owner(2 * d, n)) for d in range(n)])
+  odd = lax.ppermute(x[:, c:], axis_name, [(d, _zigzag_owner(2 * d + 1, n)) for d in range(n)])
+  # Device d's first chunk d is even iff d is; its second chunk 2n-1-d has the other parity.
+  d_even = lax.rem(lax.axis_index(axis_name), 2) == 0
+  return jnp.concatenate([jnp.where(d_even, even, odd), jnp.where(d_even, odd, even)], axis=1)
+
+
+def _zigzag_leave(y, axis_name, n):
+  """Inverse of `_zigzag_enter`: zigzag shard -> natural shard, along dim 1."""
+  c = y.shape[1] // 2
+  d_even = lax.rem(lax.axis_index(axis_name), 2) == 0
+  first, second = y[:, :c], y[:, c:]
+  even_chunk = jnp.where(d_even, first, second)
+  odd_chunk = jnp.where(d_even, second, first)
+  to_even = [(d, (d if d % 2 == 0 else 2 * n - 1 - d) // 2) for d in range(n)]
+  to_odd = [(d, (2 * n - 1 - d if d % 2 == 0 else d) // 2) for d in range(n)]
+  return jnp.concatenate([lax.ppermute(even_chunk, axis_name, to_even),
+                          lax.ppermute(odd_chunk, axis_name, to_odd)], axis=1)

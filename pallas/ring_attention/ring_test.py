@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas.ring_attention import ops, reference, testutil
+from pallas.ring_attention import layout, ops, reference, testutil
 
 
 def _mesh(shape, names):
@@ -56,3 +56,20 @@ def test_bad_arguments_are_named():
     ops.ring_attention(q, q, q, mesh=mesh, impl="nccl")
   with pytest.raises(ValueError, match="no 'seq'"):
     ops.ring_attention(q, q, q, mesh=mesh, axis_name="seq")
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_in_shard_map_zigzag_exchange_matches_layout_permutation(n):
+  # Positions travel with the data, so a wrong exchange would still give right answers (but
+  # unbalanced work): check the device-local exchange against layout.permutation directly.
+  mesh = _mesh((n,), ("context",))
+  s = 4 * n
+  x = jnp.arange(s, dtype=jnp.int32)[None]
+  spec = jax.sharding.PartitionSpec(None, "context")
+  enter = jax.shard_map(lambda x: ops._zigzag_enter(x, "context", n), mesh=mesh,
+                        in_specs=spec, out_specs=spec, check_vma=False)
+  leave = jax.shard_map(lambda x: ops._zigzag_leave(x, "context", n), mesh=mesh,
+                        in_specs=spec, out_specs=spec, check_vma=False)
+  zig = jax.jit(enter)(x)
+  np.testing.assert_array_equal(zig[0], layout.permutation(s, n, "zigzag"))
+  np.testing.assert_array_equal(jax.jit(leave)(zig), x)
