@@ -264,6 +264,7 @@ class Trainer:
       abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)
                         for k, v in batch.items()}
       self._compiled = self._step.lower(self.abstract_state, abstract_batch).compile()
+      _barrier_after_compile(f"gemini_step_compiled_at_{self.step}")
       self.goodput.overhead("compile", time.perf_counter() - t0)
     return self._compiled
 
@@ -362,3 +363,18 @@ class Trainer:
   def close(self) -> None:
     if self.ckpt:
       self.ckpt.close()
+
+
+def _barrier_after_compile(name: str, timeout_s: int = 600) -> None:
+  """Multi-host: wait until every process has compiled the step.
+
+  Compile times differ between hosts (more so on a loaded machine), and the first collective
+  of the step initialises the CPU collectives (gloo) context with a fixed 30 s deadline; a
+  coordination-service barrier here keeps a slow compiler from tripping it.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  client = distributed.global_state.client
+  if client is not None:
+    client.wait_at_barrier(name, timeout_s * 1000)
