@@ -16,7 +16,11 @@ import shutil
 import sys
 import time
 
-from absl import app, flags, logging
+# The demo runs on this machine's CPU; without this JAX (with libtpu installed for AOT compiles)
+# first probes for a TPU and prints libtpu's start-up errors.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 
 from gemini import config_flags
 
