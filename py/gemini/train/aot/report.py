@@ -129,6 +129,7 @@ def plot(results: List[Result], path: str) -> None:
   ax1.bar(x, mem, color=["tab:blue" if m <= h else "tab:red" for m, h in zip(mem, hbm)])
   ax1.scatter(x, hbm, marker="_", s=600, color="black", label="HBM per chip")
   ax1.set_yscale("log")
+  ax1.set_ylim(bottom=min(mem + hbm) / 10)
   ax1.set_ylabel("GiB per chip (compiled)")
   ax1.set_xticks(list(x), labels, fontsize=7)
   ax1.legend(fontsize=8)
