@@ -149,3 +149,26 @@ def test_collectives_in_while_loops_count_per_iteration():
   assert c.count["collective-permute"] == 3 and c.count["all-reduce"] == 1
   assert c.ici_bytes["collective-permute"] == 3 * 64 * 4
   assert c.ici_bytes["all-reduce"] == 2 * 64 * 4 * 3 / 4
+
+
+def test_report_table_and_png_from_analyses(tmp_path):
+  from gemini.train.aot import analyze, report
+  def analysis(total_scale, flops):
+    f = _figs(total_scale)
+    f.flops = flops
+    return analyze.Analysis("nano1", "v5e:2x2", {"fsdp": 4}, 4, 1024, "xla", "xla", 18, (1, 2),
+                            f, 1e9, 3e9, 1.0, 1e10)
+  fits = report.Result(report.Row("nano1", "v5e:2x2", 4, 1024), None, analysis(1e6, 1e12))
+  too_big = report.Result(report.Row("nano1", "v5e:2x2", 4, 1024, attn_impl="ring"), None,
+                          analysis(1e9, 0.0))
+  failed = report.Result(report.Row("ultra", "v5e:2x2", 4, 1024), None, None, "boom")
+  md = report.markdown([fits, too_big, failed])
+  lines = [l for l in md.splitlines() if l.startswith("| nano1") or l.startswith("| ultra")]
+  assert len(lines) == 3
+  assert lines[0].endswith("| yes |") and "fsdp=4" in lines[0]
+  assert "**no**" in lines[1] and "| n/a |" in lines[1]     # refused program: no MFU
+  assert "error: boom" in lines[2]
+  assert "extrapolated" in md
+  png = tmp_path / "r.png"
+  report.plot([fits, too_big, failed], str(png))
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
