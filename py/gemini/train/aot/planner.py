@@ -149,8 +149,9 @@ class Plan:
 
   @property
   def closest(self) -> Candidate:
-    """The candidate needing the least memory (compiled figures where available)."""
-    return min(self.candidates, key=_mem)
+    """The compiled candidate needing the least memory (any candidate if none compiled)."""
+    compiled = [c for c in self.candidates if c.analysis is not None]
+    return min(compiled or self.candidates, key=_mem)
 
   @property
   def naive(self) -> Optional[Candidate]:
@@ -168,7 +169,8 @@ class Plan:
               f"{self.hbm_bytes / 2**30:.1f}, step {e.step_time * 1e3:.1f} ms, MFU {e.mfu:.1%}")
     c = self.closest
     need = _mem(c)
-    return (f"NOTHING FITS: the least memory-hungry mesh {an.compile_step.format_mesh(c.mesh)} "
+    return (f"NOTHING FITS among the compiled meshes: the least memory-hungry, "
+            f"{an.compile_step.format_mesh(c.mesh)}, "
             f"needs {need / 2**30:.1f} GiB/chip, {(need - self.hbm_bytes) / 2**30:.1f} GiB over "
             f"the {self.hbm_bytes / 2**30:.1f} GiB HBM ({need / self.hbm_bytes:.2f}x)")
 

@@ -77,6 +77,8 @@ def run(rows, *, max_compiles: int = 2, compile_layers: str = "auto",
                          log=log)
         pick = p.best or p.closest
         out.append(Result(row, p, pick.analysis))
+    except an.NotCached:
+      out.append(Result(row, None, None, "not compiled yet (run without --cached_only)"))
     except Exception as e:  # pylint: disable=broad-except  (a report row, not a crash)
       log(f"{row.config} on {row.topology}: {type(e).__name__}: {e}")
       out.append(Result(row, None, None, f"{type(e).__name__}: {str(e)[:300]}"))
@@ -97,7 +99,7 @@ def markdown(results: List[Result]) -> str:
     row = r.row
     cells = [row.config, f"{row.topology}", f"{row.batch} x {row.seq:,}", row.attn_impl]
     if r.analysis is None:
-      cells += ["-"] * 6 + [f"error: {r.error}"]
+      cells += ["-"] * 6 + [r.error if r.error.startswith("not compiled") else f"error: {r.error}"]
     else:
       a, e = r.analysis, r.analysis.estimate()
       cells += [compile_step.format_mesh(a.mesh),
