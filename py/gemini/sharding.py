@@ -29,7 +29,10 @@ RULES: Dict[str, Tuple[str, ...]] = {
     "act_vocab": ("tensor",),
     # parameters
     "vocab": ("tensor",),
-    "embed": ("fsdp",),
+    # Weights (and so AdamW state) also shard over `context`, FSDP-style as in MaxText:
+    # with ring attention the sequence is split over `context`, and without this every
+    # context group would hold a full replica of the non-expert weights.
+    "embed": ("fsdp", "context"),
     "heads": ("tensor",),
     "kv_heads": ("tensor",),
     "head_dim": (),

@@ -76,6 +76,19 @@ def test_specs_follow_rules_and_drop_non_dividing_axes():
   assert sharding.logical_to_spec(("batch", "seq"), (8, 16), emesh) == P(("data", "expert"), None)
 
 
+def test_weights_shard_over_context_while_the_sequence_does():
+  # Ring attention's mesh: parameters FSDP over fsdp x context, experts over expert, and the
+  # batch's sequence over context on the same chips.
+  mesh = sharding.make_mesh({"fsdp": 2, "expert": 2, "context": 2})
+  shapes = jax.eval_shape(lambda: transformer.init_params(_text_cfg("pro_tiny"),
+                                                          jax.random.key(0)))
+  specs = sharding.param_specs(shapes, mesh)
+  assert specs["layers"][0]["attn"]["wq"] == P(("fsdp", "context"), None, None)
+  assert specs["layers"][0]["moe"]["w_up"] == P("expert", ("fsdp", "context"), None)
+  assert specs["embed"]["tokens"] == P(None, ("fsdp", "context"))
+  assert sharding.batch_sharding(mesh, (4, 16)).spec == P(("fsdp", "expert"), "context")
+
+
 def test_bad_mesh_is_a_clear_error():
   with pytest.raises(ValueError, match="'model'"):
     sharding.make_mesh({"model": 8})
