@@ -99,7 +99,7 @@ def moe_mlp(params: dict, x: jax.Array, cfg: ModelConfig, *, impl: str = "xla",
     else:
       raise ValueError(f"moe_mlp: cfg.moe.dispatch={m.dispatch!r}: expected 'capacity' or 'dropless'")
   elif impl == "pallas":
-    y, dropped = _pallas_ffn(params, xt, routing, cfg, mesh)
+    y, dropped = _pallas_ffn(params, xt, routing, cfg, mesh, (b, s))
   else:
     raise ValueError(f"moe_mlp: impl={impl!r}: expected 'xla' or 'pallas'")
   metrics["tokens_dropped"] = dropped
@@ -163,7 +163,17 @@ def _dropless_ffn(params, xt, routing, act):
   return jnp.sum((unsorted * gates).reshape(t, k, d), axis=1)
 
 
-def _pallas_ffn(params, xt, routing, cfg, mesh):
+def _token_axes(bs: Tuple[int, int], mesh) -> Tuple[str, ...]:
+  """Mesh axes of the flattened [B*S] tokens in the order x [B,S,D] is already split (batch
+  axes, then seq's), then the axes x is replicated over: shard_map then slices locally
+  instead of resharding every token into mesh-axis order on each MoE layer."""
+  from gemini import sharding  # pylint: disable=g-import-not-at-top
+  spec = sharding.logical_to_spec(("batch", "seq"), bs, mesh)
+  used = [a for e in spec if e for a in ((e,) if isinstance(e, str) else e)]
+  return tuple(used) + tuple(a for a in mesh.axis_names if a not in used)
+
+
+def _pallas_ffn(params, xt, routing, cfg, mesh, bs):
   """The Pallas grouped-matmul / expert-parallel path (pallas/moe/README.md)."""
   try:
     from pallas.moe import ops as pallas_moe_ops  # pylint: disable=g-import-not-at-top
@@ -173,7 +183,8 @@ def _pallas_ffn(params, xt, routing, cfg, mesh):
   y, pm = pallas_moe_ops.moe_ffn(
       xt, routing.expert_ids, routing.gates, params["w_gate"], params["w_up"],
       params["w_down"], activation=cfg.activation, mesh=mesh, mode=cfg.moe.dispatch,
-      capacity_factor=cfg.moe.capacity_factor)
+      capacity_factor=cfg.moe.capacity_factor,
+      token_axes=None if mesh is None else _token_axes(bs, mesh))
   return y.astype(xt.dtype), jnp.asarray(pm["tokens_dropped"], jnp.int32)
 
 

@@ -1,5 +1,6 @@
 """MoE under a data x expert mesh (8 fake CPU devices) equals the single-device layer."""
 
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -44,3 +45,25 @@ def test_moe_on_data_expert_mesh_equals_single_device(dispatch):
   assert int(d8) == int(d1)
   for k in params:
     np.testing.assert_allclose(np.asarray(g8[k]), np.asarray(g1[k]), atol=1e-5, rtol=1e-4)
+
+
+def test_pallas_tokens_follow_the_activation_layout():
+  # x [B,S,D] is split batch over expert and seq over context: the Pallas path's shard_map
+  # must take the flattened tokens in that order (then the replicated tensor axis).
+  mesh = sharding.make_mesh({"tensor": 2, "context": 2, "expert": 2})
+  assert moe._token_axes((4, 8), mesh) == ("expert", "context", "tensor")
+  assert moe._token_axes((1, 8), mesh) == ("context", "tensor", "expert")
+
+
+def test_pallas_on_expert_context_tensor_mesh_equals_single_device():
+  cfg = _cfg("capacity")
+  cfg = cfg.replace(moe=dataclasses.replace(cfg.moe, capacity_factor=4.0))
+  params = moe.init_moe_params(cfg, jax.random.PRNGKey(0))
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 16), jnp.float32)
+  want, _ = jax.jit(lambda p, x: moe.moe_mlp(p, x, cfg))(params, x)
+  mesh = sharding.make_mesh({"tensor": 2, "context": 2, "expert": 2})
+  p_sh = jax.device_put(params, sharding.param_shardings(params, mesh))
+  x_sh = jax.device_put(x, sharding.batch_sharding(mesh, x.shape))
+  got, m = jax.jit(lambda p, x: moe.moe_mlp(p, x, cfg, impl="pallas", mesh=mesh))(p_sh, x_sh)
+  assert int(m["tokens_dropped"]) == 0              # capacity_factor = E: nothing dropped
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)
