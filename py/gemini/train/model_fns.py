@@ -13,15 +13,17 @@ from gemini.train.trainer import ModelFns
 
 
 def gemini_model(cfg: ModelConfig, seq_len: int, attn_impl: str = "xla",
-                 moe_impl: str = "xla") -> ModelFns:
-  """ModelFns for `cfg`; MFU counts family.train_flops_per_token(cfg, seq_len)."""
+                 moe_impl: str = "xla", remat: bool = False) -> ModelFns:
+  """ModelFns for `cfg`; MFU counts family.train_flops_per_token(cfg, seq_len).
+
+  remat=True recomputes each decoder layer in the backward pass (transformer.loss_fn)."""
   from gemini.model import transformer  # pylint: disable=import-outside-toplevel
 
   def make_loss(mesh: Optional[Mesh]):
     def loss_fn(params, batch, rng):
       del rng  # The decoder is deterministic (no dropout); the key is kept for future use.
       return transformer.loss_fn(params, batch, cfg, attn_impl=attn_impl, moe_impl=moe_impl,
-                                 mesh=mesh)
+                                 mesh=mesh, remat=remat)
     return loss_fn
 
   return ModelFns(

@@ -53,6 +53,7 @@ class Analysis:
   state_bytes: float                  # params + AdamW moments + step/rng, whole model
   compile_seconds: float
   model_flops_per_token: float
+  remat: bool = False                 # decoder layers recomputed in the backward pass
   cached: bool = False
 
   @property
@@ -73,13 +74,14 @@ class Analysis:
 
   @property
   def note(self) -> str:
+    rm = "; per-layer rematerialisation" if self.remat else ""
     oom = ("; the compiler refused it as larger than HBM: memory is its stated need, FLOPs "
            "from the unpartitioned program" if self.figures.compiler_oom else "")
     if not self.extrapolated:
-      return f"compiled all {self.n_layers} layers" + oom
+      return f"compiled all {self.n_layers} layers" + rm + oom
     l1, l2 = self.compiled_layers
     return (f"compiled {l1} and {l2} of {self.n_layers} layers; figures extrapolated linearly "
-            f"(per-layer part x {self.n_layers})" + oom)
+            f"(per-layer part x {self.n_layers})" + rm + oom)
 
   def estimate(self) -> fig_lib.Estimate:
     return fig_lib.estimate(self.figures, self.chip, self.chips, self.tokens_per_step,
@@ -110,9 +112,13 @@ def _versions() -> str:
 
 
 def cache_key(cfg: ModelConfig, topology: str, mesh: Dict[str, int], batch: int, seq: int,
-              attn_impl: str, moe_impl: str, compiled_layers: Tuple[int, ...]) -> str:
-  blob = json.dumps([CACHE_VERSION, _versions(), repr(cfg), topology, sorted(mesh.items()),
-                     batch, seq, attn_impl, moe_impl, list(compiled_layers)])
+              attn_impl: str, moe_impl: str, compiled_layers: Tuple[int, ...],
+              remat: bool = False) -> str:
+  parts = [CACHE_VERSION, _versions(), repr(cfg), topology, sorted(mesh.items()), batch, seq,
+           attn_impl, moe_impl, list(compiled_layers)]
+  if remat:  # Appended only when set, so entries compiled before the option stay valid.
+    parts.append("remat")
+  blob = json.dumps(parts)
   return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -134,8 +140,9 @@ def plan_layers(cfg: ModelConfig, compile_layers: Optional[Tuple[int, int]]) -> 
   return (l1, l2)
 
 
-def _compile_figures(cfg, topology, mesh, batch, seq, attn_impl, moe_impl):
-  result = compile_step.compile_train_step(cfg, topology, mesh, batch, seq, attn_impl, moe_impl)
+def _compile_figures(cfg, topology, mesh, batch, seq, attn_impl, moe_impl, remat):
+  result = compile_step.compile_train_step(cfg, topology, mesh, batch, seq, attn_impl, moe_impl,
+                                           remat)
   return fig_lib.from_compile(result, hardware.num_chips(topology)), result.shapes
 
 
@@ -144,7 +151,7 @@ class NotCached(LookupError):
 
 
 def analyze(cfg: ModelConfig, topology: str, mesh: Dict[str, int], batch: int, seq: int, *,
-            attn_impl: str = "xla", moe_impl: str = "xla",
+            attn_impl: str = "xla", moe_impl: str = "xla", remat: bool = False,
             compile_layers: Optional[Tuple[int, int]] = None,
             cache_dir: Optional[str] = None, cache_only: bool = False,
             log=lambda s: None) -> Analysis:
@@ -155,7 +162,7 @@ def analyze(cfg: ModelConfig, topology: str, mesh: Dict[str, int], batch: int, s
   """
   layers = plan_layers(cfg, compile_layers)
   cache_dir = default_cache_dir() if cache_dir is None else cache_dir
-  key = cache_key(cfg, topology, mesh, batch, seq, attn_impl, moe_impl, layers)
+  key = cache_key(cfg, topology, mesh, batch, seq, attn_impl, moe_impl, layers, remat)
   path = os.path.join(cache_dir, key + ".json") if cache_dir else ""
   if path and os.path.exists(path):
     try:
@@ -168,21 +175,21 @@ def analyze(cfg: ModelConfig, topology: str, mesh: Dict[str, int], batch: int, s
                     f"batch {batch} seq {seq}: not compiled yet")
   t0 = time.perf_counter()
   if len(layers) == 1:
-    figs, shapes = _compile_figures(cfg, topology, mesh, batch, seq, attn_impl, moe_impl)
+    figs, shapes = _compile_figures(cfg, topology, mesh, batch, seq, attn_impl, moe_impl, remat)
     param_bytes, state_bytes = shapes.param_bytes, shapes.state_bytes
   else:
     l1, l2 = layers
     f1, s1 = _compile_figures(compile_step.with_layers(cfg, l1), topology, mesh, batch, seq,
-                              attn_impl, moe_impl)
+                              attn_impl, moe_impl, remat)
     f2, s2 = _compile_figures(compile_step.with_layers(cfg, l2), topology, mesh, batch, seq,
-                              attn_impl, moe_impl)
+                              attn_impl, moe_impl, remat)
     figs = fig_lib.extrapolate_layers(f1, l1, f2, l2, cfg.n_layers)
     t = (cfg.n_layers - l1) / (l2 - l1)
     param_bytes = s1.param_bytes + (s2.param_bytes - s1.param_bytes) * t
     state_bytes = s1.state_bytes + (s2.state_bytes - s1.state_bytes) * t
   result = Analysis(cfg.name, topology, dict(mesh), batch, seq, attn_impl, moe_impl,
                     cfg.n_layers, layers, figs, float(param_bytes), float(state_bytes),
-                    time.perf_counter() - t0, family.train_flops_per_token(cfg, seq))
+                    time.perf_counter() - t0, family.train_flops_per_token(cfg, seq), remat)
   if path:
     os.makedirs(cache_dir, exist_ok=True)
     tmp = path + f".tmp{os.getpid()}"

@@ -123,7 +123,7 @@ def _tree_bytes(tree) -> int:
 
 
 def train_step_fn(cfg: ModelConfig, mesh, batch: int, seq: int, attn_impl: str = "xla",
-                  moe_impl: str = "xla"):
+                  moe_impl: str = "xla", remat: bool = False):
   """(jitted step(state, batch) -> (state, metrics), StepShapes) for `cfg` on `mesh`."""
   # Imported here: the trainer pulls in checkpointing etc., not needed to parse flags.
   from gemini import sharding  # pylint: disable=import-outside-toplevel
@@ -134,7 +134,7 @@ def train_step_fn(cfg: ModelConfig, mesh, batch: int, seq: int, attn_impl: str =
   tc = TrainConfig(batch_size=batch, seq_len=seq)
   opt = optimizer.make_optimizer(tc)
   sched = optimizer.lr_schedule(tc)
-  model = model_fns.gemini_model(cfg, seq, attn_impl=attn_impl, moe_impl=moe_impl)
+  model = model_fns.gemini_model(cfg, seq, attn_impl=attn_impl, moe_impl=moe_impl, remat=remat)
   params = jax.eval_shape(model.init, jax.random.key(0))
   abstract = jax.eval_shape(lambda p: step_lib.init_state(p, opt, 0), params)
   st_sh = state_shardings(abstract, sharding.param_shardings(params, mesh), mesh)
@@ -194,14 +194,15 @@ _OOM = re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\)")
 
 
 def compile_train_step(cfg: ModelConfig, topology: str, mesh_axes: Dict[str, int], batch: int,
-                       seq: int, attn_impl: str = "xla", moe_impl: str = "xla") -> CompileResult:
+                       seq: int, attn_impl: str = "xla", moe_impl: str = "xla",
+                       remat: bool = False) -> CompileResult:
   """Compiles the train step on real TPU devices.
 
   When the compiler rejects the program as larger than the chip's HBM (CompileTimeHbmOom),
   the result carries the HBM it said was needed instead of a Compiled; anything else raises.
   """
   mesh = tpu_mesh(topology, mesh_axes)
-  jitted, shapes = train_step_fn(cfg, mesh, batch, seq, attn_impl, moe_impl)
+  jitted, shapes = train_step_fn(cfg, mesh, batch, seq, attn_impl, moe_impl, remat)
   lowered = jitted.trace(shapes.state, shapes.batch).lower()
   t0 = time.time()
   try:

@@ -8,6 +8,7 @@ collectives, the roofline step time and MFU. With --plan: the mesh planner's tab
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import List, Optional, Tuple
 
@@ -37,6 +38,13 @@ def parse_compile_layers(text: str, cfg) -> Optional[Tuple[int, int]]:
   return (l1, l2)
 
 
+def with_dispatch(cfg, dispatch: str):
+  """`cfg` with moe.dispatch replaced ("" keeps the preset's)."""
+  if not dispatch or not cfg.moe.enabled:
+    return cfg
+  return cfg.replace(moe=dataclasses.replace(cfg.moe, dispatch=dispatch))
+
+
 def format_analysis(a: an.Analysis) -> str:
   """The per-chip report of one compiled step (multi-line text)."""
   f, e, chip = a.figures, a.estimate(), a.chip
@@ -44,7 +52,8 @@ def format_analysis(a: an.Analysis) -> str:
   lines = [
       f"{a.config} on {a.topology} ({a.chips} chips, {chip.name}), mesh "
       f"{compile_step.format_mesh(a.mesh)}, batch {a.batch} x seq {a.seq} = "
-      f"{a.tokens_per_step:,} tokens/step, attention={a.attn_impl}, moe={a.moe_impl}",
+      f"{a.tokens_per_step:,} tokens/step, attention={a.attn_impl}, moe={a.moe_impl}"
+      + (", remat" if a.remat else ""),
       f"  {a.note.upper() if a.extrapolated else a.note}"
       + ("" if not a.cached else "  [from cache]")
       + ("" if a.cached else f"  (compile {a.compile_seconds:.0f} s)"),
@@ -131,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--plan", action="store_true", help="run the mesh planner")
   p.add_argument("--attn_impl", default="xla", choices=("xla", "flash", "ring"))
   p.add_argument("--moe_impl", default="xla", choices=("xla", "pallas"))
+  p.add_argument("--moe_dispatch", default="", choices=("", "dropless", "capacity"),
+                 help="override the preset's moe.dispatch")
+  p.add_argument("--remat", action="store_true", help="recompute each layer in the backward")
   p.add_argument("--compile_layers", default="auto",
                  help="'auto' (1 and 2 layers, extrapolated, for uniform models > 4 layers), "
                       "'all', or 'L1,L2'")
@@ -142,14 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
   args = build_parser().parse_args(argv)
   try:
-    cfg = get_config(args.config)
+    cfg = with_dispatch(get_config(args.config), args.moe_dispatch)
     chips = hardware.num_chips(args.topology)
     seq = args.seq or min(4096, cfg.max_seq_len)
     batch = args.batch or chips
     layers = parse_compile_layers(args.compile_layers, cfg)
     if args.plan:
       p = planner.plan(cfg, args.topology, batch, seq, attn_impl=args.attn_impl,
-                       moe_impl=args.moe_impl, max_compiles=args.max_compiles,
+                       moe_impl=args.moe_impl, remat=args.remat,
+                       max_compiles=args.max_compiles,
                        compile_layers=layers, cache_dir=args.cache_dir, log=_log)
       print(format_plan(p))
       for c in p.candidates:
@@ -158,7 +171,8 @@ def main(argv: Optional[List[str]] = None) -> int:
       return 0
     mesh = compile_step.parse_mesh(args.mesh) if args.mesh else {"fsdp": chips}
     a = an.analyze(cfg, args.topology, mesh, batch, seq, attn_impl=args.attn_impl,
-                   moe_impl=args.moe_impl, compile_layers=layers, cache_dir=args.cache_dir,
+                   moe_impl=args.moe_impl, remat=args.remat, compile_layers=layers,
+                   cache_dir=args.cache_dir,
                    log=_log)
     print(format_analysis(a))
     return 0

@@ -84,12 +84,14 @@ def state_bytes_per_device(params, mesh: Dict[str, int]) -> float:
 
 
 def activation_bytes_per_device(cfg: ModelConfig, mesh: Dict[str, int], batch: int, seq: int,
-                                attn_impl: str = "xla") -> float:
+                                attn_impl: str = "xla", remat: bool = False) -> float:
   """A rough count of what the backward pass keeps per device (no rematerialisation):
   per token and layer, bf16 residual/norm outputs (3D), q and attention output (2H Dh / t),
   k and v (2K Dh), the MLP's gate/up/product (3F / t, top-k experts for MoE), and for the
   XLA attention the f32 scores + bf16 probabilities over the whole key length; plus the f32
-  logits and their gradient. Only orders the meshes to compile; the compiler decides."""
+  logits and their gradient. With remat only each layer's bf16 input is kept, plus one
+  layer's worth while it is recomputed. Only orders the meshes to compile; the compiler
+  decides."""
   d, f, t, e, c = (mesh[a] for a in AXES)
   tokens = batch * seq / (d * f * e * c)
   hidden = cfg.moe.top_k * cfg.moe.d_ff if cfg.moe.enabled else cfg.d_ff
@@ -97,7 +99,9 @@ def activation_bytes_per_device(cfg: ModelConfig, mesh: Dict[str, int], batch: i
                          + 2 * cfg.n_kv_heads * cfg.head_dim + 3 * hidden / t)
   if attn_impl == "xla":
     per_token_layer += 6 * cfg.n_heads / t * seq
-  return tokens * (cfg.n_layers * per_token_layer + 8 * cfg.vocab_size / t)
+  kept = (cfg.n_layers * 2 * cfg.d_model + per_token_layer if remat
+          else cfg.n_layers * per_token_layer)
+  return tokens * (kept + 8 * cfg.vocab_size / t)
 
 
 def analytic_seconds(cfg: ModelConfig, params, mesh: Dict[str, int], chip: hardware.Chip,
@@ -180,7 +184,7 @@ def _mem(c: Candidate) -> float:
 
 
 def plan(cfg: ModelConfig, topology: str, batch: int, seq: int, *, attn_impl: str = "xla",
-         moe_impl: str = "xla", max_compiles: int = 4,
+         moe_impl: str = "xla", remat: bool = False, max_compiles: int = 4,
          compile_layers: Optional[Tuple[int, int]] = None, cache_dir: Optional[str] = None,
          include_naive: bool = True, cache_only: bool = False, log=lambda s: None) -> Plan:
   """The ranked plan (see the module docstring)."""
@@ -195,7 +199,8 @@ def plan(cfg: ModelConfig, topology: str, batch: int, seq: int, *, attn_impl: st
                      f"{chips} chips")
   cands = [Candidate(m, state_bytes_per_device(params, m),
                      analytic_seconds(cfg, params, m, chip, chips, batch, seq),
-                     activation_bytes_per_device(cfg, m, batch, seq, attn_impl)) for m in meshes]
+                     activation_bytes_per_device(cfg, m, batch, seq, attn_impl, remat))
+           for m in meshes]
   for c in cands:
     if c.state_bytes > chip.hbm_bytes:
       c.status = f"state alone {c.state_bytes / 2**30:.1f} GiB > HBM (not compiled)"
@@ -215,7 +220,7 @@ def plan(cfg: ModelConfig, topology: str, batch: int, seq: int, *, attn_impl: st
     log(f"[{i + 1}/{len(chosen)}] compiling {cfg.name} on {topology} mesh "
         f"{an.compile_step.format_mesh(c.mesh)} ...")
     c.analysis = an.analyze(cfg, topology, c.mesh, batch, seq, attn_impl=attn_impl,
-                            moe_impl=moe_impl, compile_layers=compile_layers,
+                            moe_impl=moe_impl, remat=remat, compile_layers=compile_layers,
                             cache_dir=cache_dir, cache_only=cache_only, log=log)
     e = c.analysis.estimate()
     c.status = ("fits" if e.fits else

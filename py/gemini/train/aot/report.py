@@ -25,6 +25,20 @@ class Row:
   attn_impl: str = "xla"
   mesh: Optional[Tuple[Tuple[str, int], ...]] = None   # fixed mesh; None = run the planner
   why: str = ""
+  moe_impl: str = "xla"          # "pallas": grouped-matmul kernels + expert-parallel exchange
+  dispatch: str = ""             # moe.dispatch override ("" = the preset's)
+  remat: bool = False            # recompute each decoder layer in the backward pass
+
+  @property
+  def path(self) -> str:
+    """How the step was built, for the table: attention, MoE path, remat."""
+    cfg = get_config(self.config)
+    parts = [f"{self.attn_impl} attn"]
+    if cfg.moe.enabled:
+      parts.append(f"{self.moe_impl} MoE {self.dispatch or cfg.moe.dispatch}")
+    if self.remat:
+      parts.append("remat")
+    return ", ".join(parts)
 
 
 # Slices sized so the f32 weights + AdamW state (12 bytes/param) take a fraction of the
@@ -58,23 +72,21 @@ class Result:
 def run(rows, *, max_compiles: int = 2, compile_layers: str = "auto",
         cache_dir: Optional[str] = None, cache_only: bool = False, log=print) -> List[Result]:
   """Runs every row; a row that fails to compile is reported with its error, not raised."""
-  from gemini.train.aot.main import parse_compile_layers  # pylint: disable=import-outside-toplevel
+  from gemini.train.aot import main as main_lib  # pylint: disable=import-outside-toplevel
   out = []
   for row in rows:
-    cfg = get_config(row.config)
-    layers = parse_compile_layers(compile_layers, cfg)
+    cfg = main_lib.with_dispatch(get_config(row.config), row.dispatch)
+    layers = main_lib.parse_compile_layers(compile_layers, cfg)
+    kw = dict(attn_impl=row.attn_impl, moe_impl=row.moe_impl, remat=row.remat,
+              compile_layers=layers, cache_dir=cache_dir, cache_only=cache_only, log=log)
     try:
       if row.mesh is not None:
         log(f"compiling {row.config} on {row.topology} mesh {dict(row.mesh)} ...")
-        a = an.analyze(cfg, row.topology, dict(row.mesh), row.batch, row.seq,
-                       attn_impl=row.attn_impl, compile_layers=layers, cache_dir=cache_dir,
-                       cache_only=cache_only, log=log)
+        a = an.analyze(cfg, row.topology, dict(row.mesh), row.batch, row.seq, **kw)
         out.append(Result(row, None, a))
       else:
-        p = planner.plan(cfg, row.topology, row.batch, row.seq, attn_impl=row.attn_impl,
-                         max_compiles=max_compiles, compile_layers=layers,
-                         cache_dir=cache_dir, include_naive=False, cache_only=cache_only,
-                         log=log)
+        p = planner.plan(cfg, row.topology, row.batch, row.seq, max_compiles=max_compiles,
+                         include_naive=False, **kw)
         pick = p.best or p.closest
         out.append(Result(row, p, pick.analysis))
     except an.NotCached:
@@ -91,13 +103,13 @@ def _gib(x: float) -> str:
 
 def markdown(results: List[Result]) -> str:
   """The report table plus one line per row on how it was compiled."""
-  head = ("member", "slice", "batch x seq", "attention", "best mesh", "GiB/chip (HBM)",
+  head = ("member", "slice", "batch x seq", "path", "best mesh", "GiB/chip (HBM)",
           "step (ms)", "bound", "tokens/s", "MFU", "fits")
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   notes = []
   for r in results:
     row = r.row
-    cells = [row.config, f"{row.topology}", f"{row.batch} x {row.seq:,}", row.attn_impl]
+    cells = [row.config, f"{row.topology}", f"{row.batch} x {row.seq:,}", row.path]
     if r.analysis is None:
       cells += ["-"] * 6 + [r.error if r.error.startswith("not compiled") else f"error: {r.error}"]
     else:
@@ -109,8 +121,10 @@ def markdown(results: List[Result]) -> str:
                 f"**no** ({a.figures.total_bytes / a.chip.hbm_bytes:.1f}x HBM)"]
       notes.append(f"- {row.config} on {row.topology} ({row.why}): {a.note}; "
                    + (r.plan.verdict() if r.plan else "fixed mesh")
-                   + f"; compiled FLOPs/chip {a.figures.flops:.2e}, ICI "
-                   f"{a.figures.collectives.total_ici_bytes / 2**30:,.1f} GiB/chip/step.")
+                   + f"; compiled FLOPs/chip {a.figures.flops:.2e} (model "
+                   f"{a.model_flops_per_token * a.tokens_per_step / a.chips:.2e}), ICI "
+                   f"{a.figures.collectives.total_ici_bytes / 2**30:,.1f} GiB/chip/step; "
+                   f"compile {a.compile_seconds / 60:.0f} min on 2 shared cores.")
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
