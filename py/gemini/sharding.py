@@ -134,6 +134,15 @@ def batch_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:
   return NamedSharding(mesh, logical_to_spec(logical[:len(shape)], shape, mesh))
 
 
+def kernel_interpret(mesh: Optional[Mesh]):
+  """`interpret` for Pallas kernels run on `mesh`: False (real Mosaic kernels) when its
+  devices are TPUs, else None (the kernels' own default: interpret off TPU). The default
+  backend alone is wrong for ahead-of-time compiles of TPU topologies from a CPU host."""
+  if mesh is not None and mesh.devices.flat[0].platform == "tpu":
+    return False
+  return None
+
+
 def constrain(x: jax.Array, logical: Sequence[Optional[str]], mesh: Optional[Mesh]) -> jax.Array:
   """with_sharding_constraint by logical names; identity when mesh is None."""
   if mesh is None:

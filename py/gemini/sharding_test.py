@@ -107,3 +107,12 @@ def test_param_axes_name_every_decoder_matrix():
     if leaf.ndim >= 2 and "router" not in jax.tree_util.keystr(path):
       assert all(a is not None for a in ax[:1]), jax.tree_util.keystr(path)
   assert axes["layers"][0]["moe"]["w_down"] == ("experts", "expert_mlp", "embed")
+
+
+def test_kernels_are_real_tpu_kernels_on_tpu_meshes_only():
+  # AOT compiles for a TPU topology run on a CPU host: the mesh, not the backend, decides.
+  from gemini import testing  # pylint: disable=import-outside-toplevel
+  assert sharding.kernel_interpret(None) is None
+  assert sharding.kernel_interpret(sharding.make_mesh({"data": 8})) is None
+  tpu = sharding.make_mesh({"fsdp": 4}, testing.tpu_topology("v5e:2x2"))
+  assert sharding.kernel_interpret(tpu) is False

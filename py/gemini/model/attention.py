@@ -107,7 +107,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
     return dot_product_attention(q, k, v, mask)
   if impl == "flash":
     from pallas.ring_attention import ops  # Lazy: the model must import without the kernels.
-    kw = _kernel_kwargs(ops.flash_attention, bidir_ids, impl, {"causal": causal})
+    kw = _kernel_kwargs(ops.flash_attention, bidir_ids, impl,
+                        {"causal": causal, "interpret": sharding.kernel_interpret(mesh)})
     if mesh is not None:
       return _flash_on_mesh(ops.flash_attention, q, k, v, segment_ids, mesh, kw)
     return ops.flash_attention(q, k, v, segment_ids=segment_ids, **kw)
@@ -116,7 +117,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
       raise ValueError("attention impl='ring' needs a mesh with a 'context' axis")
     from pallas.ring_attention import ops
     kw = _kernel_kwargs(ops.ring_attention, bidir_ids, impl,
-                        {"mesh": mesh, "axis_name": "context", "causal": causal})
+                        {"mesh": mesh, "axis_name": "context", "causal": causal,
+                         "interpret": sharding.kernel_interpret(mesh)})
     if "batch_axes" in inspect.signature(ops.ring_attention).parameters:
       kw["batch_axes"] = _batch_axes(q.shape[0], mesh)
     return ops.ring_attention(q, k, v, segment_ids=segment_ids, **kw)

@@ -175,6 +175,7 @@ def _token_axes(bs: Tuple[int, int], mesh) -> Tuple[str, ...]:
 
 def _pallas_ffn(params, xt, routing, cfg, mesh, bs):
   """The Pallas grouped-matmul / expert-parallel path (pallas/moe/README.md)."""
+  from gemini import sharding  # pylint: disable=g-import-not-at-top
   try:
     from pallas.moe import ops as pallas_moe_ops  # pylint: disable=g-import-not-at-top
   except ImportError as err:
@@ -184,7 +185,8 @@ def _pallas_ffn(params, xt, routing, cfg, mesh, bs):
       xt, routing.expert_ids, routing.gates, params["w_gate"], params["w_up"],
       params["w_down"], activation=cfg.activation, mesh=mesh, mode=cfg.moe.dispatch,
       capacity_factor=cfg.moe.capacity_factor,
-      token_axes=None if mesh is None else _token_axes(bs, mesh))
+      token_axes=None if mesh is None else _token_axes(bs, mesh),
+      interpret=sharding.kernel_interpret(mesh))
   return y.astype(xt.dtype), jnp.asarray(pm["tokens_dropped"], jnp.int32)
 
 

@@ -118,6 +118,8 @@ def cache_key(cfg: ModelConfig, topology: str, mesh: Dict[str, int], batch: int,
            attn_impl, moe_impl, list(compiled_layers)]
   if remat:  # Appended only when set, so entries compiled before the option stay valid.
     parts.append("remat")
+  if attn_impl != "xla" or moe_impl != "xla":
+    parts.append("mosaic")   # Kernels compiled for the TPU (earlier entries interpreted them).
   blob = json.dumps(parts)
   return hashlib.sha256(blob.encode()).hexdigest()[:32]
 

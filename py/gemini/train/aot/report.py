@@ -44,14 +44,24 @@ class Row:
 # Slices sized so the f32 weights + AdamW state (12 bytes/param) take a fraction of the
 # slice's HBM; sequences of 2048 (the XLA attention keeps S x S scores per head for the
 # backward pass, which dominates memory beyond that; 1M tokens go through ring attention).
+# remat where the planner's activation estimate (or a compile without it) exceeds HBM.
+# MoE members run the Pallas expert-parallel path with capacity dispatch: XLA's dropless
+# lax.ragged_dot is partitioned densely on TPU (~88x the model FLOPs, 109 GiB/chip for
+# Flash-Lite), and the dropless exchange's worst-case receive buffer (experts x tokens rows)
+# is what its gmm kernels are sized (and costed) for; see the README for the measurement.
+_MOE = dict(moe_impl="pallas", dispatch="capacity")
 FAMILY_ROWS = (
     Row("nano1", "v5e:4x4", 16, 2048, why="1.8B dense: a 16-chip v5e slice"),
-    Row("nano2", "v5e:4x4", 16, 2048, why="3.3B dense"),
-    Row("flash_lite", "v5e:8x8", 64, 2048, why="14B MoE (16 experts, top-1)"),
-    Row("flash", "v5p:4x4x4", 64, 2048, why="67B MoE (32 experts, top-2): one v5p cube"),
-    Row("pro", "v5p:8x8x8", 256, 2048, why="837B MoE (64 experts): 10 TB of train state"),
-    Row("ultra", "v5p:8x8x8", 256, 2048, why="464B dense: 5.6 TB of train state"),
-    Row("pro", "v5p:8x8x8", 8, 1 << 20, attn_impl="ring",
+    Row("nano2", "v5e:4x4", 16, 2048, remat=True,
+        why="3.3B dense; without remat 17-19 GiB/chip at every compiled mesh"),
+    Row("flash_lite", "v5e:8x8", 64, 2048, remat=True, **_MOE,
+        why="14B MoE (16 experts, top-1)"),
+    Row("flash", "v5p:4x4x4", 64, 2048, **_MOE,
+        why="67B MoE (32 experts, top-2): one v5p cube"),
+    Row("pro", "v5p:8x8x8", 256, 2048, remat=True, **_MOE,
+        why="837B MoE (64 experts): 10 TB of train state"),
+    Row("ultra", "v5p:8x8x8", 256, 2048, remat=True, why="464B dense: 5.6 TB of train state"),
+    Row("pro", "v5p:8x8x8", 8, 1 << 20, attn_impl="ring", remat=True, **_MOE,
         mesh=(("context", 64), ("expert", 8)),
         why="Pro at 1M tokens: sequence over 64-way ring attention, batch and experts over 8"),
 )

@@ -41,8 +41,8 @@ def main(argv: Optional[List[str]] = None) -> int:
   md = ("# Gemini family: train steps compiled for TPU slices\n\n"
         "Per-chip figures from the TPU compiler (libtpu, ahead of time, nothing allocated); "
         "step time is the roofline max(compute, HBM, ICI) from published chip peaks "
-        "(py/gemini/train/aot/hardware.py). f32 master weights + AdamW state, no "
-        "rematerialisation.\n\n" + report.markdown(results) + "\n![scale](scale_report.png)\n")
+        "(py/gemini/train/aot/hardware.py). f32 master weights + AdamW state; "
+        "per-layer rematerialisation only where the path column says remat.\n\n" + report.markdown(results) + "\n![scale](scale_report.png)\n")
   md_path = os.path.join(out_dir, "scale_report.md")
   with open(md_path, "w") as f:
     f.write(md)
