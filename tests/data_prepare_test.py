@@ -12,7 +12,9 @@ from gemini.data import decontaminate, prepare, sources, tokenizer
 from gemini.data.loader import Loader, Shard
 
 ARGS = ["--sources=bible,fortunes,code", "--max_mb_per_source=0.04", "--vocab_size=700",
-        "--tokenizer_mb=0.2", "--images=6", "--heldout_per_source=3"]
+        "--tokenizer_mb=0.2", "--images=6", "--heldout_per_source=3",
+        "--max_record_tokens=300"]
+MAX_RECORD = 300
 
 
 def read_jsonl(path):
@@ -35,12 +37,25 @@ def test_manifest_and_shards_decode_to_clean_text(corpus):
     docs = read_jsonl(os.path.join(out, "clean", f"{name}.jsonl"))
     assert info["docs"] == len(docs) > 0
     shards = [Shard(os.path.join(out, p)) for p in info["shards"]]
-    records = [s.tokens(i) for s in shards for i in range(len(s))]
-    assert len(records) == len(docs)
-    assert sum(len(r) for r in records) == info["tokens"]
-    for r, d in list(zip(records, docs))[:20]:
+    records = [np.asarray(s.tokens(i)) for s in shards for i in range(len(s))]
+    assert len(records) == info["records"] >= len(docs)
+    assert max(len(r) for r in records) <= MAX_RECORD
+    # A record starting with <bos> starts a document; the next ones continue it, each
+    # repeating the previous record's last token (no next-token pair is lost at a cut).
+    joined = []
+    for r in records:
+      if r[0] == tokenizer.BOS:
+        joined.append(r)
+      else:
+        assert r[0] == joined[-1][-1]
+        joined[-1] = np.concatenate([joined[-1], r[1:]])
+    assert len(joined) == len(docs)
+    assert sum(len(r) for r in joined) == info["tokens"]
+    for r, d in list(zip(joined, docs))[:20]:
       assert r[0] == tokenizer.BOS and r[-1] == tokenizer.EOS and r.max() < 700
       assert tok.decode(r) == d["text"].lstrip(" ")
+  code = m["sources"]["code"]
+  assert code["records"] > code["docs"]   # The stdlib files were really split.
   # Raw docs were written too, and filtering removed something real (short fortunes).
   raw = read_jsonl(os.path.join(out, "docs", "fortunes.jsonl"))
   assert len(raw) > m["sources"]["fortunes"]["docs"]

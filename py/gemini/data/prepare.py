@@ -41,6 +41,10 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
   p.add_argument("--tokenizer_mb", type=float, default=1.5,
                  help="MB of clean text (evenly sampled documents) to train SentencePiece on")
   p.add_argument("--shard_mb", type=float, default=32.0)
+  p.add_argument("--max_record_tokens", type=int, default=512,
+                 help="split longer documents into consecutive records of at most this many "
+                 "tokens (0: never), so a packed batch mixes several documents and sources "
+                 "instead of one long book or source file filling many batches in a row")
   p.add_argument("--images", type=int, default=256,
                  help="fashion-mnist image+caption records for the multimodal shard (0 = none)")
   p.add_argument("--allow_missing", type=lambda s: s.lower() in ("1", "true", "yes"),
@@ -63,6 +67,21 @@ def write_jsonl(path: str, docs) -> None:
   with open(path, "w", encoding="utf-8") as f:
     for d in docs:
       f.write(json.dumps(d, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def split_record(ids: np.ndarray, max_tokens: int) -> List[np.ndarray]:
+  """ids [N] -> consecutive pieces of at most max_tokens (one piece if max_tokens <= 0).
+
+  Why: the loader packs documents in order, so a 10k-token source file would fill ten
+  1k-token batches in a row; as pieces it is shuffled like any short document. Pieces
+  overlap by one token, so every next-token pair of the document is in exactly one piece.
+  """
+  if max_tokens <= 0 or len(ids) <= max_tokens:
+    return [ids]
+  if max_tokens < 2:
+    raise ValueError(f"--max_record_tokens={max_tokens}: a record needs >= 2 tokens (or 0)")
+  step = max_tokens - 1
+  return [ids[i:i + max_tokens] for i in range(0, len(ids) - 1, step)]
 
 
 def multimodal_records(tok: tokenizer.Tokenizer, n: int):
@@ -130,10 +149,11 @@ def main(argv: List[str]) -> dict:
   max_bytes = int(a.shard_mb * (1 << 20))
   for name, ds in list(cleaned.items()) + [("heldout", heldout)]:
     ids = tok.encode_batch([d["text"] for d in ds])
-    paths = shard_writer.write_shards((np.array(x) for x in ids), os.path.join(out, "shards", name),
+    records = [r for x in ids for r in split_record(np.array(x), a.max_record_tokens)]
+    paths = shard_writer.write_shards(iter(records), os.path.join(out, "shards", name),
                                       tok.vocab_size, max_bytes)
     entry = {"shards": [os.path.relpath(p, out) for p in paths], "docs": len(ds),
-             "tokens": int(sum(len(x) for x in ids))}
+             "records": len(records), "tokens": int(sum(len(x) for x in ids))}
     if name == "heldout":
       manifest["heldout"] = entry
     else:

@@ -19,9 +19,13 @@ def manifest_path(root: str) -> str:
 
 
 def ensure_corpus(root: str, log=print) -> str:
-  """Runs `gemini.data.prepare --out=root` unless root/manifest.json exists; returns root."""
-  if os.path.exists(manifest_path(root)):
+  """Runs `gemini.data.prepare --out=root` unless root/manifest.json exists and was made with
+  prepare's current defaults (a corpus from an older prepare is made again); returns root."""
+  stale = _stale_flags(root)
+  if stale is None:
     return root
+  if stale:
+    log(f"re-preparing {root}: it was made with older prepare settings ({stale})")
   log(f"preparing the bundled corpus and tokenizer in {root} (first run only)")
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
   subprocess.run([sys.executable, "-m", "gemini.data.prepare", f"--out={root}"], env=env,
@@ -29,6 +33,21 @@ def ensure_corpus(root: str, log=print) -> str:
   if not os.path.exists(manifest_path(root)):
     raise FileNotFoundError(f"gemini.data.prepare finished but wrote no {manifest_path(root)}")
   return root
+
+
+def _stale_flags(root: str):
+  """None if root holds a corpus made with prepare's defaults; else "" (no corpus) or the
+  first differing flag as "name: had X, now Y"."""
+  if not os.path.exists(manifest_path(root)):
+    return ""
+  from gemini.data import prepare  # pylint: disable=import-outside-toplevel
+  want = {k: v for k, v in vars(prepare.parse_args([f"--out={root}"])).items()
+          if k not in ("out", "cache_dir")}
+  have = read_manifest(root).get("flags", {})
+  for k, v in sorted(want.items()):
+    if have.get(k) != v:
+      return f"{k}: had {have.get(k)!r}, now {v!r}"
+  return None
 
 
 def read_manifest(root: str) -> dict:
@@ -50,6 +69,14 @@ def train_shards(root: str) -> Dict[str, List[str]]:
   if not out:
     raise ValueError(f"{manifest_path(root)}: no training sources under 'sources'")
   return out
+
+
+def heldout_shards(root: str) -> List[str]:
+  """Shard paths (absolute) of the held-out split (never trained on, decontaminated)."""
+  paths = read_manifest(root).get("heldout", {}).get("shards", [])
+  if not paths:
+    raise ValueError(f"{manifest_path(root)}: no held-out shards under 'heldout'")
+  return [p if os.path.isabs(p) else os.path.join(root, p) for p in paths]
 
 
 def tokenizer_path(root: str) -> str:

@@ -3,14 +3,16 @@
 1. Prepares the bundled corpus and its SentencePiece tokenizer if absent (gemini.data).
 2. Prints samples from the untrained model, trains nano_tiny (~6M parameters) with the
    progress line (loss, tokens/s, MFU, ETA), prints samples again.
-3. Prints the final loss next to the corpus's unigram entropy (the loss of the best
-   context-free model): learning from context shows as a loss well below it.
+3. Prints the loss on fixed held-out batches (never trained on) before and after, next to
+   the corpus's unigram entropy (the loss of the best context-free model): learning from
+   context shows as a held-out loss well below it.
 4. Leaves checkpoints, metrics.jsonl and loss.png in --workdir.
 Training stops early to keep the whole demo within --budget_minutes (default 9).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
@@ -37,6 +39,8 @@ _BUDGET = flags.DEFINE_float("budget_minutes", 9.0, "Wall-clock budget of the wh
                              "corpus preparation included: training stops early to meet it.")
 _FRESH = flags.DEFINE_bool("fresh", True, "Start over: delete this demo's previous checkpoints, "
                            "metrics and plot in --workdir.")
+_EVAL_BATCHES = flags.DEFINE_integer("eval_batches", 16, "Held-out batches evaluated before "
+                                     "and after training.")
 _SAMPLE_TOKENS = flags.DEFINE_integer("sample_tokens", 40, "Tokens generated per prompt.")
 
 PROMPTS = ("In the beginning", "ROMEO:", "def read_file(path):", "The meaning of the word")
@@ -75,6 +79,8 @@ def run(argv) -> None:
   from gemini.train.metrics import loss_curve, read_metrics  # pylint: disable=import-outside-toplevel
   from gemini.train.model_fns import gemini_model  # pylint: disable=import-outside-toplevel
   from gemini.train.peak import measure_matmul_peak  # pylint: disable=import-outside-toplevel
+  from gemini.data.loader import Loader  # pylint: disable=import-outside-toplevel
+  from gemini.train.evaluate import evaluate, take_batches  # pylint: disable=import-outside-toplevel
   from gemini.train.train_config import TrainConfig  # pylint: disable=import-outside-toplevel
   from gemini.train.trainer import Trainer, use_compilation_cache  # pylint: disable=import-outside-toplevel
 
@@ -103,6 +109,15 @@ def run(argv) -> None:
   trainer = Trainer(gemini_model(cfg, tc.seq_len), tc, mesh, loader, workdir, peak_flops=peak,
                     log=lambda s: print(s, flush=True), reference_loss=entropy)
   trainer.init_or_restore()
+  held = Loader(sources={"heldout": corpus.heldout_shards(root)}, batch_size=tc.batch_size,
+                seq_len=tc.seq_len, seed=0)
+  eval_batches = take_batches(held, _EVAL_BATCHES.value)
+  held.close()
+  heldout_loss = lambda: evaluate(trainer.model.make_loss(trainer.mesh), trainer.state["params"],
+                                  eval_batches, trainer.global_batch)
+  before = heldout_loss()
+  print(f"held-out loss before training: {before['loss']:.3f} nats/token over "
+        f"{before['tokens']:,} tokens", flush=True)
   samples(trainer.state["params"], cfg, tok, "before training")
   deadline = t_start + 60 * _BUDGET.value - 45   # Leave time for samples and the summary.
   trainer.run(stop=lambda: time.perf_counter() > deadline)
@@ -110,10 +125,16 @@ def run(argv) -> None:
   samples(trainer.state["params"], cfg, tok, f"after {trainer.step} steps")
   curve = loss_curve(read_metrics(trainer.metrics.path))
   tail = [l for _, l in curve[-10:]]
-  final = sum(tail) / len(tail)
-  print(f"final loss (mean of the last {len(tail)} steps): {final:.3f} nats/token; "
-        f"corpus unigram entropy: {entropy:.3f} nats/token "
-        f"({abs(entropy - final):.3f} {'below' if final < entropy else 'ABOVE'} it)")
+  after = heldout_loss()
+  gap = entropy - after["loss"]
+  print(f"train loss (mean of the last {len(tail)} logged steps): "
+        f"{sum(tail) / len(tail):.3f} nats/token\n"
+        f"held-out loss: {before['loss']:.3f} before -> {after['loss']:.3f} after "
+        f"{trainer.step} steps (top-1 accuracy {after['accuracy']:.1%}), over "
+        f"{after['tokens']:,} tokens\n"
+        f"corpus unigram entropy: {entropy:.3f} nats/token -> the held-out loss is "
+        f"{abs(gap):.3f} nats/token {'below' if gap > 0 else 'ABOVE'} it "
+        f"(perplexity {math.exp(after['loss']):,.0f} vs {math.exp(entropy):,.0f})")
   print(f"checkpoints: {os.path.join(workdir, 'checkpoints')}; metrics: {trainer.metrics.path}; "
         f"plot: {os.path.join(workdir, 'loss.png')}; total {time.perf_counter() - t_start:.0f} s")
   loader.close()
