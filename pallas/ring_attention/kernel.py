@@ -21,6 +21,7 @@ All accumulation is f32 (online softmax: running max m, normaliser l, output acc
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -140,6 +141,18 @@ def _k_tok(tok):
   return tok.seg[:, None, :], tok.pos[:, None, :]
 
 
+def _cost(q, k, v, matmuls: int, outs) -> pl.CostEstimate:
+  """What XLA's cost_analysis should count for a kernel doing `matmuls` [Sq,Dh]x[Dh,Sk]-sized
+  products per (batch, head): every block, as XLA counts its own attention (causally masked
+  blocks included); without it the attention FLOPs of a ring step are invisible."""
+  b, h, sq, d = q.shape
+  sk = k.shape[2]
+  io = sum(x.size * x.dtype.itemsize for x in (q, k, v)) + sum(
+      math.prod(o.shape) * jnp.dtype(o.dtype).itemsize for o in outs)
+  return pl.CostEstimate(flops=2 * matmuls * b * h * sq * sk * d, transcendentals=b * h * sq * sk,
+                         bytes_accessed=io)
+
+
 def flash_fwd(q, k, v, q_tok: Tokens, k_tok: Tokens, *, causal: bool, sm_scale: float,
               block_q: int, block_k: int, interpret, out_dtype=None):
   """Forward kernel. q [B,H,Sq,Dh], k/v [B,K,Sk,Dh]; Sq % block_q == Sk % block_k == 0.
@@ -162,12 +175,13 @@ def flash_fwd(q, k, v, q_tok: Tokens, k_tok: Tokens, *, causal: bool, sm_scale: 
       out_specs=[qspec, lspec],
       scratch_shapes=[pltpu.VMEM((block_q, 1), _F32), pltpu.VMEM((block_q, 1), _F32),
                       pltpu.VMEM((block_q, d), _F32)])
+  out_shape = [jax.ShapeDtypeStruct(q.shape, out_dtype or q.dtype),
+               jax.ShapeDtypeStruct((b, h, sq, 1), _F32)]
   return pl.pallas_call(
-      kernel, grid_spec=grid_spec,
-      out_shape=[jax.ShapeDtypeStruct(q.shape, out_dtype or q.dtype),
-                 jax.ShapeDtypeStruct((b, h, sq, 1), _F32)],
+      kernel, grid_spec=grid_spec, out_shape=out_shape,
       compiler_params=pltpu.CompilerParams(
           dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
+      cost_estimate=_cost(q, k, v, 2, out_shape),     # q k^T, p v
       interpret=interpret, name="flash_fwd",
   )(block_summary(q_tok, block_q), block_summary(k_tok, block_k), q, k, v,
     *_q_tok(q_tok), *_k_tok(k_tok))
@@ -259,6 +273,7 @@ def flash_bwd(q, k, v, do, lse, delta, q_tok: Tokens, k_tok: Tokens, *, causal: 
       out_shape=jax.ShapeDtypeStruct(q.shape, out_dtype or q.dtype),
       compiler_params=pltpu.CompilerParams(
           dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
+      cost_estimate=_cost(q, k, v, 3, [q]),            # q k^T, do v^T, ds k
       interpret=interpret, name="flash_bwd_dq",
   )(*summaries, q, k, v, do, lse, delta, *toks)
 
@@ -280,6 +295,7 @@ def flash_bwd(q, k, v, do, lse, delta, q_tok: Tokens, k_tok: Tokens, *, causal: 
                  jax.ShapeDtypeStruct(v.shape, out_dtype or v.dtype)],
       compiler_params=pltpu.CompilerParams(
           dimension_semantics=("parallel", "parallel", "parallel", "arbitrary", "arbitrary")),
+      cost_estimate=_cost(q, k, v, 4, [k, v]),         # q k^T, p^T do, do v^T, ds^T q
       interpret=interpret, name="flash_bwd_dkv",
   )(*summaries, q, k, v, do, lse, delta, *toks)
   return dq, dk, dv
