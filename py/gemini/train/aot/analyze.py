@@ -28,7 +28,7 @@ from gemini import family
 from gemini.config import ModelConfig
 from gemini.train.aot import compile_step, figures as fig_lib, hardware
 
-CACHE_VERSION = 4   # Bump when what a cached entry means changes.
+CACHE_VERSION = 5   # Bump when what a cached entry means changes (5: temporaries floor).
 
 
 def default_cache_dir() -> str:

@@ -121,7 +121,12 @@ def extrapolate_layers(f1: StepFigures, l1: int, f2: StepFigures, l2: int,
   if not l1 < l2:
     raise ValueError(f"extrapolate_layers: need l1 < l2, got {l1}, {l2}")
   t = (layers - l1) / (l2 - l1)
-  return f1.combine(f2, 1.0 - t, t)
+  out = f1.combine(f2, 1.0 - t, t)
+  # Temporaries are a peak, not a sum: with remat the peak is one layer's recomputation,
+  # and compile-to-compile scheduling noise can make the 2-layer peak the smaller one. A
+  # deeper program needs at least the peak either compile needed.
+  out.temp_bytes = max(out.temp_bytes, f1.temp_bytes, f2.temp_bytes)
+  return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -205,9 +205,10 @@ def plan(cfg: ModelConfig, topology: str, batch: int, seq: int, *, attn_impl: st
     if c.state_bytes > chip.hbm_bytes:
       c.status = f"state alone {c.state_bytes / 2**30:.1f} GiB > HBM (not compiled)"
   # Meshes whose rough state + activation estimate fits come first, fastest first.
+  # Equal times (compute-bound meshes all tie) go to the one estimated to need less memory.
   fitting = sorted([c for c in cands if not c.status],
                    key=lambda c: (c.state_bytes + c.activation_bytes > chip.hbm_bytes,
-                                  c.analytic_seconds))
+                                  c.analytic_seconds, c.state_bytes + c.activation_bytes))
   chosen = fitting[:max_compiles]
   if not chosen:   # Nothing can fit: compile the least memory-hungry to report by how much.
     chosen = sorted(cands, key=lambda c: c.state_bytes)[:1]

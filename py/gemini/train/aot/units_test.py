@@ -61,6 +61,15 @@ def test_extrapolation_is_linear_in_layers():
     figures.extrapolate_layers(f1, 2, f2, 2, 96)
 
 
+def test_extrapolated_temporaries_never_below_a_compiled_peak():
+  # The 2-layer compile peaked lower than the 1-layer one (remat, scheduling): the slope is
+  # negative, but 96 layers still need the larger peak, not a negative number.
+  f1 = figures.StepFigures(15, 15, 15, 30, 15, 15, 15, _figs(15).collectives)
+  f2 = figures.StepFigures(20, 20, 20, 28, 20, 20, 20, _figs(20).collectives)
+  f = figures.extrapolate_layers(f1, 1, f2, 2, 96)
+  assert f.temp_bytes == 30 and f.flops == pytest.approx(490)
+
+
 def test_roofline_picks_the_slowest_resource_and_mfu_follows():
   chip = hardware.Chip("test", peak_bf16_flops=1e12, hbm_bytes=1000, hbm_bandwidth=1e9,
                        ici_bandwidth=1e8)
@@ -166,6 +175,7 @@ def test_report_table_and_png_from_analyses(tmp_path):
   lines = [l for l in md.splitlines() if l.startswith("| nano1") or l.startswith("| ultra")]
   assert len(lines) == 3
   assert lines[0].endswith("| yes |") and "fsdp=4" in lines[0]
+  assert "| ≤" in lines[0]          # compiled 1e12 < model 1e10 x 4096 / 4: an upper bound
   assert "**no**" in lines[1] and "| n/a |" in lines[1]     # refused program: no MFU
   assert "error: boom" in lines[2]
   assert "extrapolated" in md
