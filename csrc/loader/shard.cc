@@ -1,15 +1,10 @@
 #include "csrc/loader/shard.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <cstring>
 #include <sstream>
 
 #include "csrc/common/crc32c.h"
+#include "csrc/common/mapped_file.h"
 
 namespace gemini::loader {
 namespace {
@@ -30,10 +25,6 @@ std::string Hex(uint32_t v) {
 
 }  // namespace
 
-Shard::~Shard() {
-  if (map_ != nullptr) munmap(map_, size_);
-}
-
 void Shard::Fail(const std::string& where, uint64_t offset, const std::string& what) const {
   std::ostringstream s;
   s << "shard '" << path_ << "': " << where << " at byte offset " << offset << ": " << what;
@@ -43,26 +34,12 @@ void Shard::Fail(const std::string& where, uint64_t offset, const std::string& w
 std::shared_ptr<Shard> Shard::Open(const std::string& path, bool verify) {
   std::shared_ptr<Shard> s(new Shard());
   s->path_ = path;
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) s->Fail("file", 0, std::string("cannot open: ") + std::strerror(errno));
-  struct stat st;
-  if (fstat(fd, &st) != 0) {
-    int e = errno;
-    ::close(fd);
-    s->Fail("file", 0, std::string("cannot stat: ") + std::strerror(e));
+  try {
+    s->bytes_ = MappedFile::Open(path);
+  } catch (const MappedFileError& e) {
+    // Shard messages have always said "mmap failed"; "cannot open/stat" read as MappedFile's.
+    s->Fail("file", 0, e.step() == "mmap" ? "mmap failed: " + e.reason() : e.detail());
   }
-  s->size_ = static_cast<uint64_t>(st.st_size);
-  if (s->size_ > 0) {
-    void* m = mmap(nullptr, s->size_, PROT_READ, MAP_SHARED, fd, 0);
-    if (m == MAP_FAILED) {
-      int e = errno;
-      ::close(fd);
-      s->Fail("file", 0, std::string("mmap failed: ") + std::strerror(e));
-    }
-    s->map_ = m;
-    s->base_ = static_cast<const uint8_t*>(m);
-  }
-  ::close(fd);
   s->Parse(verify);
   return s;
 }
@@ -71,18 +48,16 @@ std::shared_ptr<Shard> Shard::FromBytes(const std::string& bytes, const std::str
                                         bool verify) {
   std::shared_ptr<Shard> s(new Shard());
   s->path_ = name;
-  s->owned_.resize((bytes.size() + 7) / 8 + 1);
-  std::memcpy(s->owned_.data(), bytes.data(), bytes.size());
-  s->base_ = reinterpret_cast<const uint8_t*>(s->owned_.data());
-  s->size_ = bytes.size();
+  s->bytes_ = MappedFile::Copy(bytes);
   s->Parse(verify);
   return s;
 }
 
 void Shard::Parse(bool verify) {
-  const uint8_t* h = base_;
-  if (size_ < kHeaderSize)
-    Fail("header", 0, "truncated: file has " + std::to_string(size_) + " bytes, header needs 64");
+  const uint8_t* h = bytes_.data();
+  const uint64_t size = bytes_.size();
+  if (size < kHeaderSize)
+    Fail("header", 0, "truncated: file has " + std::to_string(size) + " bytes, header needs 64");
   if (std::memcmp(h, kMagic, 8) != 0) Fail("header", 0, "bad magic (expected 'GEMSHARD')");
   const uint32_t version = Load<uint32_t>(h + 8);
   if (version != kVersion)
@@ -99,18 +74,18 @@ void Shard::Parse(bool verify) {
   const uint64_t file_size = Load<uint64_t>(h + 32);
   vocab_size_ = Load<uint32_t>(h + 40);
   const uint32_t index_crc = Load<uint32_t>(h + 44);
-  if (file_size != size_) {
-    Fail("file", size_ < file_size ? size_ : file_size,
-         (size_ < file_size ? "truncated: " : "trailing bytes: ") + std::string("header says ") +
-             std::to_string(file_size) + " bytes, file has " + std::to_string(size_));
+  if (file_size != size) {
+    Fail("file", size < file_size ? size : file_size,
+         (size < file_size ? "truncated: " : "trailing bytes: ") + std::string("header says ") +
+             std::to_string(file_size) + " bytes, file has " + std::to_string(size));
   }
-  if (index_offset < kHeaderSize || index_offset % 8 != 0 || index_offset > size_ ||
-      n > (size_ - index_offset) / kIndexEntrySize ||
-      index_offset + n * kIndexEntrySize != size_)
+  if (index_offset < kHeaderSize || index_offset % 8 != 0 || index_offset > size ||
+      n > (size - index_offset) / kIndexEntrySize ||
+      index_offset + n * kIndexEntrySize != size)
     Fail("header", 24, "index (offset " + std::to_string(index_offset) + ", " +
                            std::to_string(n) + " entries) does not end at the file end " +
-                           std::to_string(size_));
-  const uint8_t* idx = base_ + index_offset;
+                           std::to_string(size));
+  const uint8_t* idx = bytes_.data() + index_offset;
   const uint32_t got_index_crc = Crc32c(idx, n * kIndexEntrySize);
   if (got_index_crc != index_crc)
     Fail("index", index_offset, "index CRC mismatch (stored " + Hex(index_crc) +
@@ -129,7 +104,7 @@ void Shard::Parse(bool verify) {
       Fail(where, index_offset + i * kIndexEntrySize,
            "record bytes [" + std::to_string(r.offset) + ", +" + std::to_string(r.length) +
                ") outside the data area [64, " + std::to_string(index_offset) + ")");
-    const uint8_t* p = base_ + r.offset;
+    const uint8_t* p = bytes_.data() + r.offset;
     if (verify) {
       const uint32_t got = Crc32c(p, r.length);
       if (got != r.crc)
@@ -173,7 +148,7 @@ std::vector<MediaView> Shard::media(uint64_t i) const {
   const Record& r = Get(i);
   std::vector<MediaView> out;
   if (r.kind != kMultimodal) return out;
-  const uint8_t* p = base_ + r.offset;
+  const uint8_t* p = bytes_.data() + r.offset;
   const std::string where = "record " + std::to_string(i);
   for (uint32_t k = 0; k < r.num_media; ++k) {
     const uint8_t* d = p + 16 + kMediaDescSize * k;
@@ -214,7 +189,7 @@ std::vector<MediaView> Shard::media(uint64_t i) const {
 
 void Shard::VerifyRecord(uint64_t i) const {
   const Record& r = Get(i);
-  const uint32_t got = Crc32c(base_ + r.offset, r.length);
+  const uint32_t got = Crc32c(bytes_.data() + r.offset, r.length);
   if (got != r.crc)
     Fail("record " + std::to_string(i), r.offset,
          "CRC mismatch (stored " + Hex(r.crc) + ", computed " + Hex(got) + ")");

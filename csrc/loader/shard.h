@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "csrc/common/mapped_file.h"
+
 namespace gemini::loader {
 
 inline constexpr char kMagic[8] = {'G', 'E', 'M', 'S', 'H', 'A', 'R', 'D'};
@@ -51,14 +53,13 @@ class Shard {
   // Validates an in-memory copy of a file (fuzzing, tests); `name` is used in errors.
   static std::shared_ptr<Shard> FromBytes(const std::string& bytes, const std::string& name,
                                           bool verify = true);
-  ~Shard();
   Shard(const Shard&) = delete;
   Shard& operator=(const Shard&) = delete;
 
   const std::string& path() const { return path_; }
   uint64_t num_records() const { return records_.size(); }
   uint32_t vocab_size() const { return vocab_size_; }
-  uint64_t file_size() const { return size_; }
+  uint64_t file_size() const { return bytes_.size(); }
   uint32_t kind(uint64_t i) const { return Get(i).kind; }
   uint64_t offset(uint64_t i) const { return Get(i).offset; }
   uint64_t length(uint64_t i) const { return Get(i).length; }
@@ -80,10 +81,7 @@ class Shard {
   const Record& Get(uint64_t i) const;
 
   std::string path_;
-  const uint8_t* base_ = nullptr;
-  uint64_t size_ = 0;
-  void* map_ = nullptr;                 // mmap'd region (Open) ...
-  std::vector<uint64_t> owned_;         // ... or an 8-aligned copy (FromBytes).
+  MappedFile bytes_;  // The mapped file (Open) or an 8-aligned copy (FromBytes).
   uint32_t vocab_size_ = 0;
   std::vector<Record> records_;
 };

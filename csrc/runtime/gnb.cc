@@ -1,16 +1,11 @@
 #include "csrc/runtime/gnb.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <sstream>
 
 #include "csrc/common/crc32c.h"
+#include "csrc/common/mapped_file.h"
 
 namespace gemini::runtime {
 namespace {
@@ -277,26 +272,11 @@ ModelConfig ParseConfigJson(const std::string& json, const std::string& where) {
 std::unique_ptr<GnbFile> GnbFile::Open(const std::string& path, bool check_data_crc) {
   std::unique_ptr<GnbFile> f(new GnbFile());
   f->path_ = path;
-  int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) Fail(path, std::string("cannot open: ") + std::strerror(errno));
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    int e = errno;
-    ::close(fd);
-    Fail(path, std::string("cannot stat: ") + std::strerror(e));
+  try {
+    f->bytes_ = MappedFile::Open(path);
+  } catch (const MappedFileError& e) {
+    Fail(path, e.detail());  // As FormatError: the runtime's one exception for bad input.
   }
-  f->size_ = static_cast<uint64_t>(st.st_size);
-  if (f->size_ > 0) {
-    void* m = ::mmap(nullptr, f->size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (m == MAP_FAILED) {
-      int e = errno;
-      ::close(fd);
-      Fail(path, std::string("cannot mmap: ") + std::strerror(e));
-    }
-    f->map_ = m;
-    f->base_ = static_cast<const uint8_t*>(m);
-  }
-  ::close(fd);
   f->Parse(check_data_crc);
   return f;
 }
@@ -305,15 +285,9 @@ std::unique_ptr<GnbFile> GnbFile::FromBytes(const std::string& bytes, const std:
                                             bool check_data_crc) {
   std::unique_ptr<GnbFile> f(new GnbFile());
   f->path_ = name;
-  f->owned_ = bytes;
-  f->base_ = reinterpret_cast<const uint8_t*>(f->owned_.data());
-  f->size_ = f->owned_.size();
+  f->bytes_ = MappedFile::Copy(bytes);
   f->Parse(check_data_crc);
   return f;
-}
-
-GnbFile::~GnbFile() {
-  if (map_ != nullptr) ::munmap(map_, size_);
 }
 
 const TensorView& GnbFile::Get(const std::string& name) const {
@@ -324,11 +298,13 @@ const TensorView& GnbFile::Get(const std::string& name) const {
 
 void GnbFile::Parse(bool check_data_crc) {
   const std::string& w = path_;
-  if (size_ < kPrefixBytes)
-    Fail(w, "file is " + std::to_string(size_) + " bytes, shorter than the 48-byte header prefix (truncated?)");
-  if (std::memcmp(base_, kMagic, 8) != 0) Fail(w, "magic is not \"GEMINANO\" (not a .gnb file)");
-  auto u32 = [&](uint64_t off) { uint32_t v; std::memcpy(&v, base_ + off, 4); return v; };
-  auto u64 = [&](uint64_t off) { uint64_t v; std::memcpy(&v, base_ + off, 8); return v; };
+  const uint8_t* base = bytes_.data();
+  const uint64_t size = bytes_.size();
+  if (size < kPrefixBytes)
+    Fail(w, "file is " + std::to_string(size) + " bytes, shorter than the 48-byte header prefix (truncated?)");
+  if (std::memcmp(base, kMagic, 8) != 0) Fail(w, "magic is not \"GEMINANO\" (not a .gnb file)");
+  auto u32 = [&](uint64_t off) { uint32_t v; std::memcpy(&v, base + off, 4); return v; };
+  auto u64 = [&](uint64_t off) { uint64_t v; std::memcpy(&v, base + off, 8); return v; };
   uint32_t version = u32(8);
   if (version != kVersion)
     Fail(w, "version=" + std::to_string(version) + ", this runtime reads version " + std::to_string(kVersion));
@@ -336,13 +312,13 @@ void GnbFile::Parse(bool check_data_crc) {
   uint32_t tok_kind = u32(28);
   uint64_t tok_bytes = u64(32);
   uint32_t n_tensors = u32(40);
-  if (file_bytes != size_)
-    Fail(w, "file_bytes=" + std::to_string(file_bytes) + " but the file has " + std::to_string(size_) +
+  if (file_bytes != size)
+    Fail(w, "file_bytes=" + std::to_string(file_bytes) + " but the file has " + std::to_string(size) +
                 " bytes (truncated or extended)");
-  if (header_bytes < kPrefixBytes + 4 || header_bytes > size_)
-    Fail(w, "header_bytes=" + std::to_string(header_bytes) + " out of range [52, " + std::to_string(size_) + "]");
+  if (header_bytes < kPrefixBytes + 4 || header_bytes > size)
+    Fail(w, "header_bytes=" + std::to_string(header_bytes) + " out of range [52, " + std::to_string(size) + "]");
   uint32_t stored = u32(header_bytes - 4);
-  uint32_t computed = Crc32c(base_, header_bytes - 4);
+  uint32_t computed = Crc32c(base, header_bytes - 4);
   if (stored != computed) {
     char buf[96];
     std::snprintf(buf, sizeof(buf), "header CRC-32C mismatch: stored 0x%08x, computed 0x%08x", stored, computed);
@@ -350,7 +326,7 @@ void GnbFile::Parse(bool check_data_crc) {
   }
   if (tok_kind > kTokBpe) Fail(w, "tokenizer_kind=" + std::to_string(tok_kind) + " unknown (0..2)");
   tok_kind_ = static_cast<TokenizerKind>(tok_kind);
-  Cursor cur(base_ + kPrefixBytes, header_bytes - 4 - kPrefixBytes, w);
+  Cursor cur(base + kPrefixBytes, header_bytes - 4 - kPrefixBytes, w);
   std::string cfg_json = cur.Bytes(config_bytes, "config");
   tokenizer_ = cur.Bytes(tok_bytes, "tokenizer");
   config_ = ParseConfigJson(cfg_json, w);
@@ -379,13 +355,13 @@ void GnbFile::Parse(bool check_data_crc) {
     t.crc = cur.Read<uint32_t>("tensor crc32c");
     if (offset % kAlign != 0 || offset < data_start)
       Fail(w, "tensor '" + t.name + "': offset=" + std::to_string(offset) + " not 64-byte aligned inside the data section");
-    if (t.nbytes > size_ || offset > size_ - t.nbytes)
+    if (t.nbytes > size || offset > size - t.nbytes)
       Fail(w, "tensor '" + t.name + "': data [" + std::to_string(offset) + ", +" + std::to_string(t.nbytes) +
-                  ") runs past the end of the file (" + std::to_string(size_) + " bytes)");
+                  ") runs past the end of the file (" + std::to_string(size) + " bytes)");
     uint64_t want = ExpectedBytes(t, w);
     if (want != t.nbytes)
       Fail(w, "tensor '" + t.name + "': nbytes=" + std::to_string(t.nbytes) + " but its dtype and shape need " + std::to_string(want));
-    t.data = base_ + offset;
+    t.data = base + offset;
     if (check_data_crc) {
       uint32_t c = Crc32c(t.data, t.nbytes);
       if (c != t.crc) {

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "csrc/common/mapped_file.h"
+
 namespace gemini::runtime {
 
 // Every refusal of bad input: the message names the file, the field and the value.
@@ -54,7 +56,6 @@ class GnbFile {
   // Same on a copy of `bytes` (tests, the fuzz target); `name` is used in messages.
   static std::unique_ptr<GnbFile> FromBytes(const std::string& bytes, const std::string& name,
                                             bool check_data_crc = true);
-  ~GnbFile();
 
   const ModelConfig& config() const { return config_; }
   TokenizerKind tokenizer_kind() const { return tok_kind_; }
@@ -63,7 +64,7 @@ class GnbFile {
   // The named tensor; throws FormatError naming the file when missing.
   const TensorView& Get(const std::string& name) const;
   const std::string& path() const { return path_; }
-  uint64_t file_bytes() const { return size_; }
+  uint64_t file_bytes() const { return bytes_.size(); }
 
  private:
   GnbFile() = default;
@@ -71,10 +72,7 @@ class GnbFile {
   void CheckModelShapes() const;
 
   std::string path_;
-  const uint8_t* base_ = nullptr;
-  uint64_t size_ = 0;
-  void* map_ = nullptr;           // mmap'd region, or null
-  std::string owned_;             // FromBytes storage
+  MappedFile bytes_;  // The mapped file (Open) or a copy (FromBytes).
   ModelConfig config_;
   TokenizerKind tok_kind_ = kTokNone;
   std::string tokenizer_;
