@@ -1,6 +1,6 @@
 """Pallas kernel: x[m, k] @ W_int4[k, n], dequantising each weight tile in the kernel.
 
-Operands as `ops.int4_matmul` lays them out (see gemini/quant/int4.py for the packing):
+Operands as `ops.int4_matmul` lays them out (see weight.py for the packing):
   x       [2, Mp, Kh]        x's two K halves (Kh = Kp/2), compute dtype
   packed  uint8 [Kh, Np]     low nibble: row i of the first half, high: row i of the second
   scales  f32 [2, Kh/G, Np]  per-group scales of each half

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from gemini.quant import int4
-from pallas.int4_matmul import ops, reference
+from pallas.int4_matmul import ops, reference, weight
 
 
 @pytest.mark.parametrize("m,k,n,group,scale_dtype", [
@@ -19,7 +18,7 @@ from pallas.int4_matmul import ops, reference
 ])
 def test_kernel_matches_reference(m, k, n, group, scale_dtype):
   rng = np.random.default_rng(m * k + n)
-  w = int4.quantize(jnp.asarray(rng.standard_normal((k, n)), jnp.float32), group, scale_dtype)
+  w = weight.quantize(jnp.asarray(rng.standard_normal((k, n)), jnp.float32), group, scale_dtype)
   x = jnp.asarray(rng.standard_normal((m, k)), jnp.float32)
   want = np.asarray(reference.int4_matmul(x, w))
   got = np.asarray(ops.int4_matmul(x, w, interpret=True))
@@ -30,7 +29,7 @@ def test_kernel_matches_reference(m, k, n, group, scale_dtype):
 def test_several_k_steps_accumulate():
   rng = np.random.default_rng(0)
   k, n, m = 2048, 128, 8
-  w = int4.quantize(jnp.asarray(rng.standard_normal((k, n)), jnp.float32), 32)
+  w = weight.quantize(jnp.asarray(rng.standard_normal((k, n)), jnp.float32), 32)
   x = jnp.asarray(rng.standard_normal((m, k)), jnp.float32)
   tm, tn, tk = ops.choose_tiles(m, n, w.k_padded // 2, 32)
   assert w.k_padded // 2 // tk == 2  # two reduction steps really run
@@ -40,7 +39,7 @@ def test_several_k_steps_accumulate():
 
 def test_bf16_activations_close_to_reference():
   rng = np.random.default_rng(1)
-  w = int4.quantize(jnp.asarray(rng.standard_normal((96, 40)), jnp.float32), 32)
+  w = weight.quantize(jnp.asarray(rng.standard_normal((96, 40)), jnp.float32), 32)
   x = jnp.asarray(rng.standard_normal((4, 96)), jnp.bfloat16)
   want = np.asarray(reference.int4_matmul(x, w))
   got = np.asarray(ops.int4_matmul(x, w, interpret=True))
@@ -55,10 +54,10 @@ def test_compiles_for_tpu_v5e_inside_shard_map():
   devices = testing.tpu_topology("v5e:2x2")
   mesh = jax.sharding.Mesh(np.asarray(devices).reshape(4), ("model",))
   m, k, n, g = 16, 2048, 4 * 512, 32
-  w = jax.eval_shape(lambda: int4.quantize(jnp.zeros((k, n)), g, "bfloat16"))
+  w = jax.eval_shape(lambda: weight.quantize(jnp.zeros((k, n)), g, "bfloat16"))
 
   def local(x, packed, scales):  # column-parallel: each chip holds N/4 columns
-    return ops.int4_matmul(x, int4.Int4Weight(packed, scales, k, g), interpret=False)
+    return ops.int4_matmul(x, weight.Int4Weight(packed, scales, k, g), interpret=False)
 
   f = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(None, "model"), P(None, "model")),
                     out_specs=P(None, "model"), check_vma=False)

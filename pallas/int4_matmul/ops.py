@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gemini.quant.int4 import Int4Weight
+from pallas.int4_matmul.weight import Int4Weight
 from pallas.int4_matmul import kernel
 
 

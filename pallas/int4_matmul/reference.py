@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gemini.quant.int4 import Int4Weight, dequantize
+from pallas.int4_matmul.weight import Int4Weight, dequantize
 
 
 def int4_matmul(x: jax.Array, w: Int4Weight) -> jax.Array:
