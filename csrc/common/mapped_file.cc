@@ -10,6 +10,25 @@
 #include <utility>
 
 namespace gemini {
+namespace {
+
+const char* FileTypeName(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "an unknown file type";
+}
+
+// Refuses anything but a regular file, naming what it is.
+void CheckRegular(const std::string& path, mode_t mode) {
+  if (!S_ISREG(mode))
+    throw MappedFileError(path, "open",
+                          std::string("not a regular file (") + FileTypeName(mode) + ")");
+}
+
+}  // namespace
 
 MappedFileError::MappedFileError(const std::string& path, const std::string& step,
                                  const std::string& reason)
@@ -20,14 +39,22 @@ MappedFileError::MappedFileError(const std::string& path, const std::string& ste
 
 MappedFile MappedFile::Open(const std::string& path) {
   MappedFile f;
-  // O_CLOEXEC: a thread forking a child between open and close must not leak the descriptor.
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw MappedFileError(path, "open", std::strerror(errno));
+  // A FIFO, device or directory is refused before it is opened (opening a FIFO for reading
+  // waits for a writer; opening a device can have effects). The open below is O_NONBLOCK and
+  // its fstat checks again, so a path swapped in between cannot block either.
   struct stat st;
+  if (::stat(path.c_str(), &st) == 0) CheckRegular(path, st.st_mode);
+  // O_CLOEXEC: a thread forking a child between open and close must not leak the descriptor.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) throw MappedFileError(path, "open", std::strerror(errno));
   if (::fstat(fd, &st) != 0) {
     int e = errno;  // close() may overwrite errno.
     ::close(fd);
     throw MappedFileError(path, "stat", std::strerror(e));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    CheckRegular(path, st.st_mode);
   }
   f.size_ = static_cast<uint64_t>(st.st_size);
   if (f.size_ > 0) {

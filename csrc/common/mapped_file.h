@@ -32,7 +32,9 @@ class MappedFile {
  public:
   // Maps `path` read-only; the descriptor is closed again before returning. An empty file
   // maps nothing (mmap refuses length 0): data() is null, size() 0, and the reader's own
-  // size checks refuse it. Throws MappedFileError when open, fstat or mmap fails.
+  // size checks refuse it. Throws MappedFileError when open, fstat or mmap fails, and (step
+  // "open", reason "not a regular file (a FIFO)" etc.) for anything but a regular file:
+  // FIFOs, devices, sockets and directories are refused without blocking.
   static MappedFile Open(const std::string& path);
   // A private copy of `bytes`, 8-aligned like a mapping's start, so views the readers take in
   // place (token ids at 8-aligned record offsets) stay aligned for in-memory input too.

@@ -1,7 +1,9 @@
 // MappedFile on real files in the test's temp dir: bytes as written, an empty file, a missing
-// file's error naming the path, a directory, in-memory copies and moves. Prints the plain
+// file's error naming the path, a directory, a FIFO and a device refused without
+// blocking, in-memory copies and moves. Prints the plain
 // "N passed, N failed".
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdint>
@@ -82,14 +84,27 @@ int main() {
     Expect(e.detail() == std::string("cannot open: ") + std::strerror(ENOENT), "detail");
   }
 
-  // A directory opens read-only but cannot be mapped (unless its size is 0: nothing to map).
+  // Non-regular files are refused up front, naming what they are; a FIFO without a writer
+  // must not block (a hang here is the bug: the test's timeout catches it).
   const std::string sub = dir + "/mapped_file_test_dir";
   ::mkdir(sub.c_str(), 0755);
-  try {
-    MappedFile m = MappedFile::Open(sub);
-    Expect(m.size() == 0, "directory: maps only when empty");
-  } catch (const MappedFileError& e) {
-    Expect(e.step() == "mmap" && e.path() == sub, std::string("directory: ") + e.what());
+  const std::string fifo = dir + "/mapped_file_test.fifo";
+  ::unlink(fifo.c_str());
+  if (::mkfifo(fifo.c_str(), 0644) != 0) {
+    std::printf("cannot mkfifo %s\n", fifo.c_str());
+    return 2;
+  }
+  const std::pair<std::string, std::string> special[] = {
+      {sub, "a directory"}, {fifo, "a FIFO"}, {"/dev/null", "a character device"}};
+  for (const auto& [p, kind] : special) {
+    try {
+      MappedFile::Open(p);
+      Expect(false, p + " is refused");
+    } catch (const MappedFileError& e) {
+      Expect(e.path() == p && e.step() == "open", p + ": path and step");
+      Expect(std::string(e.what()) == p + ": cannot open: not a regular file (" + kind + ")",
+             std::string("non-regular file message: ") + e.what());
+    }
   }
 
   {

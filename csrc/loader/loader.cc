@@ -39,6 +39,12 @@ Planner::Planner(std::vector<Source> sources, std::vector<Stage> stages, const O
     std::vector<uint64_t> st;
     uint64_t total = 0;
     for (const auto& sh : sources_[s].shards) {
+      if (opt_.vocab_size != 0 && sh->vocab_size() > opt_.vocab_size)
+        throw std::invalid_argument("loader: shard '" + sh->path() + "' of source '" +
+                                    sources_[s].name + "' has vocab_size " +
+                                    std::to_string(sh->vocab_size()) +
+                                    ", larger than the model's vocab_size " +
+                                    std::to_string(opt_.vocab_size));
       st.push_back(total);
       total += sh->num_records();
     }
@@ -153,7 +159,32 @@ std::vector<Piece> Planner::Plan() {
   return plan;
 }
 
-void Fill(const std::vector<Piece>& plan, int batch, int seq, int32_t* out) {
+namespace {
+
+// The first id of src[0, n) at or above `limit`, or n.
+template <typename T>
+int FirstAtOrAbove(const T* src, int n, uint32_t limit) {
+  for (int j = 0; j < n; ++j)
+    if (src[j] >= limit) return j;
+  return n;
+}
+
+// Copies a piece's inputs and targets (ids start .. start+len), refusing ids >= limit.
+template <typename T>
+void CopyPiece(const Piece& p, const T* src, uint32_t limit, const char* limit_name,
+               int32_t* tok, int32_t* tgt) {
+  const int bad = FirstAtOrAbove(src, p.len + 1, limit);
+  if (bad <= p.len) p.shard->BadTokenId(p.record, p.start + bad, src[bad], limit, limit_name);
+  for (int j = 0; j < p.len; ++j) {
+    tok[j] = static_cast<int32_t>(src[j]);
+    tgt[j] = static_cast<int32_t>(src[j + 1]);
+  }
+}
+
+}  // namespace
+
+void Fill(const std::vector<Piece>& plan, int batch, int seq, int32_t* out,
+          uint32_t vocab_size) {
   const size_t plane = static_cast<size_t>(batch) * seq;
   int32_t* tok = out;
   int32_t* tgt = out + plane;
@@ -163,19 +194,23 @@ void Fill(const std::vector<Piece>& plan, int batch, int seq, int32_t* out) {
   for (const Piece& p : plan) {
     const TokenView& v = p.shard->tokens(p.record);
     const size_t at = static_cast<size_t>(p.row) * seq + p.col;
-    if (v.width == 2) {
-      const uint16_t* src = static_cast<const uint16_t*>(v.data) + p.start;
-      for (int j = 0; j < p.len; ++j) {
-        tok[at + j] = src[j];
-        tgt[at + j] = src[j + 1];
-      }
-    } else {
-      const uint32_t* src = static_cast<const uint32_t*>(v.data) + p.start;
-      for (int j = 0; j < p.len; ++j) {
-        tok[at + j] = static_cast<int32_t>(src[j]);
-        tgt[at + j] = static_cast<int32_t>(src[j + 1]);
-      }
+    // Ids of 2^31 and above would turn negative in int32: the limit never exceeds that.
+    uint32_t limit = 0x80000000u;
+    const char* limit_name = "the int32 batch's limit";
+    if (p.shard->vocab_size() != 0 && p.shard->vocab_size() < limit) {
+      limit = p.shard->vocab_size();
+      limit_name = "the shard's vocab_size";
     }
+    if (vocab_size != 0 && vocab_size < limit) {
+      limit = vocab_size;
+      limit_name = "the model's vocab_size";
+    }
+    if (v.width == 2)
+      CopyPiece(p, static_cast<const uint16_t*>(v.data) + p.start, limit, limit_name, tok + at,
+                tgt + at);
+    else
+      CopyPiece(p, static_cast<const uint32_t*>(v.data) + p.start, limit, limit_name, tok + at,
+                tgt + at);
     std::fill(seg + at, seg + at + p.len, p.segment);
     for (int j = 0; j < p.len; ++j) pos[at + j] = j;
   }
@@ -264,7 +299,7 @@ void Loader::Work() {
     if (!b.error) {
       try {
         b.data = pool_->Get();
-        Fill(plan, opt_.batch, opt_.seq, b.data.get());
+        Fill(plan, opt_.batch, opt_.seq, b.data.get(), opt_.vocab_size);
       } catch (...) {
         b.error = std::current_exception();
       }
@@ -283,7 +318,7 @@ Batch Loader::Next() {
     Batch b;
     std::vector<Piece> plan = planner_.Plan();
     b.data = pool_->Get();
-    Fill(plan, opt_.batch, opt_.seq, b.data.get());
+    Fill(plan, opt_.batch, opt_.seq, b.data.get(), opt_.vocab_size);
     b.state_after = last_state_ = planner_.state();
     return b;
   }

@@ -36,6 +36,10 @@ struct Options {
   int process_index = 0, process_count = 1;
   int prefetch = 2;  // Batches produced ahead; 0 = synchronous in Next().
   int threads = 1;   // Packing threads when prefetch > 0.
+  // The model's vocabulary (0 = not given): shards whose header vocab_size is larger are
+  // refused up front, and every packed id must be below it (and below its shard's own
+  // nonzero vocab_size), so an id past the embedding table never reaches training.
+  uint32_t vocab_size = 0;
 };
 
 // Everything needed to continue the stream exactly (a few integers).
@@ -103,8 +107,10 @@ class BufferPool : public std::enable_shared_from_this<BufferPool> {
   std::vector<int32_t*> free_;
 };
 
-// Fills the [4, B, S] int32 buffer for a plan.
-void Fill(const std::vector<Piece>& plan, int batch, int seq, int32_t* out);
+// Fills the [4, B, S] int32 buffer for a plan. Throws ShardError (file, record, position,
+// value) for an id >= vocab_size (when nonzero) or >= its shard's nonzero vocab_size.
+void Fill(const std::vector<Piece>& plan, int batch, int seq, int32_t* out,
+          uint32_t vocab_size = 0);
 
 class Loader {
  public:

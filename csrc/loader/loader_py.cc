@@ -164,7 +164,7 @@ PYBIND11_MODULE(_loader, m) {
                            sources,
                        const std::vector<std::pair<int64_t, std::vector<double>>>& stages,
                        int batch, int seq, uint64_t seed, int process_index, int process_count,
-                       int prefetch, int threads) {
+                       int prefetch, int threads, uint32_t vocab_size) {
              std::vector<gemini::loader::Source> src;
              for (const auto& [name, shards] : sources) src.push_back({name, shards});
              std::vector<gemini::loader::Stage> st;
@@ -177,6 +177,7 @@ PYBIND11_MODULE(_loader, m) {
              o.process_count = process_count;
              o.prefetch = prefetch;
              o.threads = threads;
+             o.vocab_size = vocab_size;
              try {
                return std::make_unique<Loader>(std::move(src), std::move(st), o);
              } catch (const std::invalid_argument& e) {
@@ -185,7 +186,7 @@ PYBIND11_MODULE(_loader, m) {
            }),
            py::arg("sources"), py::arg("stages"), py::arg("batch"), py::arg("seq"),
            py::arg("seed") = 0, py::arg("process_index") = 0, py::arg("process_count") = 1,
-           py::arg("prefetch") = 2, py::arg("threads") = 1)
+           py::arg("prefetch") = 2, py::arg("threads") = 1, py::arg("vocab_size") = 0)
       .def("next",
            [](Loader& l) {
              Batch b;

@@ -1,12 +1,15 @@
 // C++ loader checks without Python: threaded prefetch gives the same stream as synchronous
-// packing, Restore() replays exactly, and Close() with batches in flight is clean. Built with
+// packing, Restore() replays exactly, Close() with batches in flight is clean, and token ids
+// past the vocabulary are refused by the reader and the loader. Built with
 // -fsanitize=thread by hand (see the final report) to check the prefetch threads.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <random>
 #include <vector>
 
+#include "csrc/common/crc32c.h"
 #include "csrc/loader/encode.h"
 #include "csrc/loader/loader.h"
 
@@ -52,9 +55,79 @@ std::vector<std::vector<int32_t>> Take(Loader& l, int n) {
   return out;
 }
 
+// A checksum-valid shard whose header claims vocab_size `vocab` while record 1 holds id 65535
+// at position 2 (encoded with vocab 0, then the header patched and its CRC recomputed).
+std::string HostileVocabShard(uint32_t vocab) {
+  std::vector<DocIn> docs(3);
+  docs[0].tokens = {1, 2, 3, 4};
+  docs[1].tokens = {5, 6, 65535, 7};
+  docs[2].tokens = {8, 9, 10};
+  std::string d = EncodeShard(docs, 0);
+  std::memcpy(&d[40], &vocab, 4);
+  const uint32_t crc = gemini::Crc32c(d.data(), 60);
+  std::memcpy(&d[60], &crc, 4);
+  return d;
+}
+
+template <typename F>
+std::string ErrorOf(F f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+bool Has(const std::string& s, const std::string& part) {
+  if (s.find(part) != std::string::npos) return true;
+  std::fprintf(stderr, "message '%s' lacks '%s'\n", s.c_str(), part.c_str());
+  return false;
+}
+
+// Token ids >= vocab_size: refused by the reader (verify=true: on open; verify=false: by
+// VerifyRecord) and by the loader while packing, naming file, record, position and value.
+void TestTokenIdsPastTheVocabulary() {
+  const std::string bytes = HostileVocabShard(8192);
+  const std::string want = "shard 'v.gshd': record 1 at byte offset ";
+  const std::string what = "token id 65535 at position 2 is >= the shard's vocab_size 8192";
+  std::string e = ErrorOf([&] { Shard::FromBytes(bytes, "v.gshd"); });
+  CHECK(Has(e, want) && Has(e, what));
+
+  auto lax = Shard::FromBytes(bytes, "v.gshd", /*verify=*/false);
+  CHECK(Has(ErrorOf([&] { lax->VerifyRecord(1); }), what));
+  CHECK(ErrorOf([&] { lax->VerifyRecord(0); }).empty());
+  Options o;
+  o.batch = 1;
+  o.seq = 16;  // Every record lands in the first batch.
+  o.prefetch = 0;
+  Loader sync({Source{"s", {lax}}}, {}, o);
+  CHECK(Has(ErrorOf([&] { sync.Next(); }), what));
+  o.prefetch = 2;
+  Loader threaded({Source{"s", {lax}}}, {}, o);
+  CHECK(Has(ErrorOf([&] { threaded.Next(); }), what));
+
+  // A shard of unknown vocabulary (0) against the model's vocab_size given to the loader.
+  auto unknown = Shard::FromBytes(HostileVocabShard(0), "u.gshd");
+  o.vocab_size = 8192;
+  Loader model({Source{"s", {unknown}}}, {}, o);
+  CHECK(Has(ErrorOf([&] { model.Next(); }), "token id 65535 at position 2 is >= the model's vocab_size 8192"));
+  // A shard tokenized with a larger vocabulary than the model's is refused up front.
+  auto big = Shard::FromBytes(HostileVocabShard(70000), "big.gshd");
+  CHECK(Has(ErrorOf([&] { Loader l({Source{"s", {big}}}, {}, o); }),
+            "shard 'big.gshd' of source 's' has vocab_size 70000, larger than the model's vocab_size 8192"));
+  // In range everywhere: loads, and the batch holds the ids as written.
+  o.vocab_size = 70000;
+  Loader ok({Source{"s", {big}}}, {}, o);
+  Batch b = ok.Next();
+  std::vector<int32_t> toks(b.data.get(), b.data.get() + 16);  // 8 pairs per epoch: two epochs.
+  CHECK(std::count(toks.begin(), toks.end(), 65535) == 2);
+}
+
 }  // namespace
 
 int main() {
+  TestTokenIdsPastTheVocabulary();
   std::vector<Stage> stages = {{10, {1.0, 3.0}}, {-1, {2.0, 1.0}}};
   Options sync;
   sync.batch = 3;

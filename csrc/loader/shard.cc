@@ -134,7 +134,27 @@ void Shard::Parse(bool verify) {
       Fail(where, index_offset + i * kIndexEntrySize + 16,
            "unknown record kind " + std::to_string(r.kind));
     }
+    // Ids are checked with the CRC (both read every byte): an id past the vocabulary would
+    // index past the embedding table.
+    if (verify) CheckTokenIds(i, vocab_size_, "the shard's vocab_size");
   }
+}
+
+void Shard::BadTokenId(uint64_t i, uint64_t position, uint32_t id, uint32_t limit,
+                       const std::string& limit_name) const {
+  const Record& r = Get(i);
+  const uint64_t at = static_cast<const uint8_t*>(r.tokens.data) - bytes_.data() +
+                      position * r.tokens.width;
+  Fail("record " + std::to_string(i), at,
+       "token id " + std::to_string(id) + " at position " + std::to_string(position) +
+           " is >= " + limit_name + " " + std::to_string(limit));
+}
+
+void Shard::CheckTokenIds(uint64_t i, uint32_t limit, const std::string& limit_name) const {
+  if (limit == 0) return;
+  const TokenView& t = Get(i).tokens;
+  for (uint64_t j = 0; j < t.count; ++j)
+    if (t.At(j) >= limit) BadTokenId(i, j, t.At(j), limit, limit_name);
 }
 
 const Shard::Record& Shard::Get(uint64_t i) const {
@@ -193,6 +213,7 @@ void Shard::VerifyRecord(uint64_t i) const {
   if (got != r.crc)
     Fail("record " + std::to_string(i), r.offset,
          "CRC mismatch (stored " + Hex(r.crc) + ", computed " + Hex(got) + ")");
+  CheckTokenIds(i, vocab_size_, "the shard's vocab_size");
 }
 
 }  // namespace gemini::loader

@@ -48,7 +48,9 @@ struct MediaView {
 
 class Shard {
  public:
-  // Maps `path` read-only and validates header, index and (verify=true) every record's CRC.
+  // Maps `path` read-only and validates header, index and (verify=true) every record's CRC
+  // and token ids (each < vocab_size when the header's vocab_size is nonzero). Anything but
+  // a regular file (FIFO, device, directory) is refused without blocking.
   static std::shared_ptr<Shard> Open(const std::string& path, bool verify = true);
   // Validates an in-memory copy of a file (fuzzing, tests); `name` is used in errors.
   static std::shared_ptr<Shard> FromBytes(const std::string& bytes, const std::string& name,
@@ -65,8 +67,15 @@ class Shard {
   uint64_t length(uint64_t i) const { return Get(i).length; }
   const TokenView& tokens(uint64_t i) const { return Get(i).tokens; }
   std::vector<MediaView> media(uint64_t i) const;
-  // Recomputes record i's CRC against the index (for verify=false users).
+  // Recomputes record i's CRC against the index and checks its token ids against
+  // vocab_size (for verify=false users).
   void VerifyRecord(uint64_t i) const;
+  // Throws ShardError for the first token id of record i that is >= `limit` (0 = no limit),
+  // naming the file, record, position and value; `limit_name` says whose limit it is.
+  void CheckTokenIds(uint64_t i, uint32_t limit, const std::string& limit_name) const;
+  // The error CheckTokenIds throws, for callers that found the bad id themselves.
+  [[noreturn]] void BadTokenId(uint64_t i, uint64_t position, uint32_t id, uint32_t limit,
+                               const std::string& limit_name) const;
 
  private:
   struct Record {

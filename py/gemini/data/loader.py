@@ -92,7 +92,10 @@ class Loader:
 
   def __init__(self, sources: Mapping[str, Sequence[str]], batch_size: int, seq_len: int,
                mixture: Optional[Mixture] = None, seed: int = 0, process_index: int = 0,
-               process_count: int = 1, prefetch: int = 2, threads: int = 1, verify: bool = True):
+               process_count: int = 1, prefetch: int = 2, threads: int = 1, verify: bool = True,
+               vocab_size: int = 0):
+    """`vocab_size`: the model's vocabulary (0 = unchecked); a shard with a larger header
+    vocab_size is refused here and any packed id >= it raises ShardError from next()."""
     self.names = list(sources)
     if not self.names:
       raise ValueError("Loader: no sources")
@@ -106,7 +109,7 @@ class Loader:
     self.batch_size, self.seq_len = int(batch_size), int(seq_len)
     self._l = _loader.Loader(shards, mixture.resolve(self.names), self.batch_size, self.seq_len,
                              int(seed), int(process_index), int(process_count), int(prefetch),
-                             int(threads))
+                             int(threads), int(vocab_size))
 
   @staticmethod
   def from_manifest(manifest_path: str, batch_size: int, seq_len: int,
