@@ -1,5 +1,6 @@
 #include "csrc/runtime/gnb.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <sstream>
@@ -51,128 +52,76 @@ class Cursor {
   const std::string& where_;
 };
 
-// ---- A flat JSON object parser: {"key": "str" | number | true | false | null, ...}. ----
-class Json {
- public:
-  Json(const std::string& s, const std::string& where) : s_(s), where_(where) {}
-  std::map<std::string, std::string> ParseObject(std::map<std::string, char>* kinds) {
-    std::map<std::string, std::string> out;
-    Ws();
-    Expect('{');
-    Ws();
-    if (Peek() == '}') { ++i_; return out; }
-    while (true) {
-      Ws();
-      std::string key = String();
-      Ws();
-      Expect(':');
-      Ws();
-      char c = Peek();
-      if (c == '"') {
-        out[key] = String();
-        (*kinds)[key] = 's';
-      } else {
-        size_t start = i_;
-        while (i_ < s_.size() && std::strchr(",} \n\r\t", s_[i_]) == nullptr) ++i_;
-        out[key] = s_.substr(start, i_ - start);
-        (*kinds)[key] = 'v';
-        if (out[key].empty()) Err("empty value for key '" + key + "'");
-      }
-      Ws();
-      if (Peek() == ',') { ++i_; continue; }
-      Expect('}');
-      return out;
-    }
-  }
-
- private:
-  char Peek() {
-    if (i_ >= s_.size()) Err("unexpected end of the config JSON");
-    return s_[i_];
-  }
-  void Ws() { while (i_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[i_]))) ++i_; }
-  void Expect(char c) {
-    if (Peek() != c) Err(std::string("expected '") + c + "' at byte " + std::to_string(i_));
-    ++i_;
-  }
-  [[noreturn]] void Err(const std::string& m) { Fail(where_, "config: " + m); }
-  static void Utf8(uint32_t cp, std::string* out) {
-    if (cp < 0x80) { out->push_back(static_cast<char>(cp)); }
-    else if (cp < 0x800) { out->push_back(static_cast<char>(0xC0 | (cp >> 6))); out->push_back(static_cast<char>(0x80 | (cp & 0x3F))); }
-    else if (cp < 0x10000) { out->push_back(static_cast<char>(0xE0 | (cp >> 12))); out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F))); out->push_back(static_cast<char>(0x80 | (cp & 0x3F))); }
-    else { out->push_back(static_cast<char>(0xF0 | (cp >> 18))); out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F))); out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F))); out->push_back(static_cast<char>(0x80 | (cp & 0x3F))); }
-  }
-  uint32_t Hex4() {
-    if (i_ + 4 > s_.size()) Err("truncated \\u escape");
-    uint32_t v = 0;
-    for (int k = 0; k < 4; ++k) {
-      char c = s_[i_++];
-      v <<= 4;
-      if (c >= '0' && c <= '9') v |= c - '0';
-      else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
-      else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
-      else Err("bad \\u escape");
-    }
-    return v;
-  }
-  std::string String() {
-    Expect('"');
-    std::string out;
-    while (true) {
-      char c = Peek();
-      ++i_;
-      if (c == '"') return out;
-      if (c != '\\') { out.push_back(c); continue; }
-      char e = Peek();
-      ++i_;
-      switch (e) {
-        case 'n': out.push_back('\n'); break;
-        case 't': out.push_back('\t'); break;
-        case 'r': out.push_back('\r'); break;
-        case 'b': out.push_back('\b'); break;
-        case 'f': out.push_back('\f'); break;
-        case 'u': {
-          uint32_t cp = Hex4();
-          if (cp >= 0xD800 && cp < 0xDC00 && i_ + 6 <= s_.size() && s_[i_] == '\\' && s_[i_ + 1] == 'u') {
-            i_ += 2;
-            uint32_t lo = Hex4();
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-          }
-          Utf8(cp, &out);
-          break;
-        }
-        default: out.push_back(e);
-      }
-    }
-  }
-  const std::string& s_;
-  const std::string& where_;
-  size_t i_ = 0;
-};
-
-uint64_t ShapeProduct(const TensorView& t) {
-  uint64_t n = 1;
-  for (uint64_t d : t.shape) n *= d;
-  return n;
+// a * b, or a refusal when the product does not fit 64 bits.
+uint64_t Mul(uint64_t a, uint64_t b, const TensorView& t, const std::string& where) {
+  uint64_t r;
+  if (__builtin_mul_overflow(a, b, &r))
+    Fail(where, "tensor '" + t.name + "': shape's byte count overflows 64 bits");
+  return r;
 }
 
 uint64_t ExpectedBytes(const TensorView& t, const std::string& where) {
+  uint64_t n = 1;
+  for (uint64_t d : t.shape) n = Mul(n, d, t, where);
   switch (t.dtype) {
-    case kF32: return ShapeProduct(t) * 4;
+    case kF32: return Mul(n, 4, t, where);
     case kF16:
-    case kBF16: return ShapeProduct(t) * 2;
+    case kBF16: return Mul(n, 2, t, where);
     case kInt4F16:
     case kInt4BF16: {
       if (t.shape.size() != 2) Fail(where, "tensor '" + t.name + "': int4 tensors are 2-D [N, K], ndim=" + std::to_string(t.shape.size()));
       uint32_t g = t.group_size;
       if (g != 32 && g != 64 && g != 128)
         Fail(where, "tensor '" + t.name + "': group_size=" + std::to_string(g) + " not in {32, 64, 128}");
-      uint64_t n = t.shape[0], k = t.shape[1];
-      uint64_t kp = (k + g - 1) / g * g;
-      return n * kp / 2 + 2 * n * (kp / g);
+      const uint64_t rows = t.shape[0], kp = (t.shape[1] + g - 1) / g * g;  // dims <= 2^32
+      return Mul(rows, kp / 2 + 2 * (kp / g), t, where);
     }
   }
   Fail(where, "tensor '" + t.name + "': dtype=" + std::to_string(t.dtype) + " unknown (0..4)");
+}
+
+// Refuses NaN or infinite values where the runtime multiplies by them: f32 tensors (norm
+// scales) and the f16/bf16 scales of int4 tensors. Read alongside the CRC (same bytes).
+void CheckFinite(const TensorView& t, const std::string& where) {
+  if (t.dtype == kF32) {
+    for (uint64_t i = 0; i < t.nbytes / 4; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, t.data + 4 * i, 4);
+      if ((bits & 0x7F800000u) == 0x7F800000u)
+        Fail(where, "tensor '" + t.name + "': element " + std::to_string(i) + " is NaN or infinite");
+    }
+  } else if (t.dtype == kInt4F16 || t.dtype == kInt4BF16) {
+    const uint64_t kp = (t.shape[1] + t.group_size - 1) / t.group_size * t.group_size;
+    const uint64_t packed = t.shape[0] * kp / 2, scales = (t.nbytes - packed) / 2;
+    const uint16_t mask = t.dtype == kInt4F16 ? 0x7C00 : 0x7F80;
+    for (uint64_t i = 0; i < scales; ++i) {
+      uint16_t bits;
+      std::memcpy(&bits, t.data + packed + 2 * i, 2);
+      if ((bits & mask) == mask)
+        Fail(where, "tensor '" + t.name + "': scale " + std::to_string(i) + " is NaN or infinite");
+    }
+  }
+}
+
+bool EndsWith(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// Why a well-known tensor name is not expected (or nothing for an unknown name).
+std::string UnusedHint(const std::string& name, const ModelConfig& c) {
+  if (name == "unembed") return " (tie_embeddings is true)";
+  if (!c.qk_norm && (EndsWith(name, ".q_norm") || EndsWith(name, ".k_norm")))
+    return " (qk_norm is false)";
+  if (name.rfind("layers.", 0) == 0) return " (n_layers=" + std::to_string(c.n_layers) + ")";
+  return " (unknown name)";
+}
+
+std::string ShapeText(const std::vector<uint64_t>& shape) {
+  std::ostringstream s;
+  s << "[";
+  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
+  s << "]";
+  return s.str();
 }
 
 }  // namespace
@@ -189,84 +138,6 @@ std::string FormatError::Printable(const std::string& s) {
     }
   }
   return out;
-}
-
-ModelConfig ParseConfigJson(const std::string& json, const std::string& where) {
-  std::map<std::string, char> kinds;
-  auto kv = Json(json, where).ParseObject(&kinds);
-  auto get = [&](const char* key) -> const std::string& {
-    auto it = kv.find(key);
-    if (it == kv.end()) Fail(where, std::string("config: missing key '") + key + "'");
-    return it->second;
-  };
-  auto integer = [&](const char* key) {
-    const std::string& v = get(key);
-    char* end = nullptr;
-    long long x = std::strtoll(v.c_str(), &end, 10);
-    if (kinds[key] != 'v' || *end != '\0' || x < -1 || x > (1LL << 31))
-      Fail(where, std::string("config: '") + key + "' = " + v + " is not a valid integer");
-    return static_cast<int>(x);
-  };
-  auto number = [&](const char* key) {
-    const std::string& v = get(key);
-    char* end = nullptr;
-    double x = std::strtod(v.c_str(), &end);
-    if (kinds[key] != 'v' || *end != '\0' || !std::isfinite(x))
-      Fail(where, std::string("config: '") + key + "' = " + v + " is not a number");
-    return x;
-  };
-  auto boolean = [&](const char* key) {
-    const std::string& v = get(key);
-    if (kinds[key] != 'v' || (v != "true" && v != "false"))
-      Fail(where, std::string("config: '") + key + "' = " + v + " is not true/false");
-    return v == "true";
-  };
-  auto str = [&](const char* key) {
-    const std::string& v = get(key);
-    if (kinds[key] != 's') Fail(where, std::string("config: '") + key + "' is not a string");
-    return v;
-  };
-  ModelConfig c;
-  c.name = str("name");
-  c.vocab_size = integer("vocab_size");
-  c.d_model = integer("d_model");
-  c.n_layers = integer("n_layers");
-  c.n_heads = integer("n_heads");
-  c.n_kv_heads = integer("n_kv_heads");
-  c.head_dim = integer("head_dim");
-  c.d_ff = integer("d_ff");
-  c.max_seq_len = integer("max_seq_len");
-  c.group_size = integer("group_size");
-  c.bos_id = integer("bos_id");
-  c.eos_id = integer("eos_id");
-  c.rope_base = number("rope_base");
-  c.norm_eps = number("norm_eps");
-  c.logit_softcap = number("logit_softcap");
-  c.tie_embeddings = boolean("tie_embeddings");
-  c.add_bos = boolean("add_bos");
-  c.activation = str("activation");
-  c.chat_template = str("chat_template");
-  auto positive = [&](const char* key, int v) {
-    if (v <= 0) Fail(where, std::string("config: '") + key + "' = " + std::to_string(v) + " must be > 0");
-  };
-  positive("vocab_size", c.vocab_size);
-  positive("d_model", c.d_model);
-  positive("n_layers", c.n_layers);
-  positive("n_heads", c.n_heads);
-  positive("n_kv_heads", c.n_kv_heads);
-  positive("head_dim", c.head_dim);
-  positive("d_ff", c.d_ff);
-  positive("max_seq_len", c.max_seq_len);
-  if (c.n_heads % c.n_kv_heads != 0)
-    Fail(where, "config: n_heads=" + std::to_string(c.n_heads) + " is not a multiple of n_kv_heads=" + std::to_string(c.n_kv_heads));
-  if (c.head_dim % 2 != 0) Fail(where, "config: head_dim=" + std::to_string(c.head_dim) + " must be even (RoPE)");
-  if (c.activation != "gelu" && c.activation != "silu")
-    Fail(where, "config: activation='" + c.activation + "' not gelu|silu");
-  if (c.group_size != 32 && c.group_size != 64 && c.group_size != 128)
-    Fail(where, "config: group_size=" + std::to_string(c.group_size) + " not in {32, 64, 128}");
-  if (c.bos_id >= c.vocab_size || c.eos_id >= c.vocab_size)
-    Fail(where, "config: bos_id/eos_id out of the vocabulary");
-  return c;
 }
 
 std::unique_ptr<GnbFile> GnbFile::Open(const std::string& path, bool check_data_crc) {
@@ -312,6 +183,7 @@ void GnbFile::Parse(bool check_data_crc) {
   uint32_t tok_kind = u32(28);
   uint64_t tok_bytes = u64(32);
   uint32_t n_tensors = u32(40);
+  if (u32(44) != 0) Fail(w, "reserved=" + std::to_string(u32(44)) + ", must be 0");
   if (file_bytes != size)
     Fail(w, "file_bytes=" + std::to_string(file_bytes) + " but the file has " + std::to_string(size) +
                 " bytes (truncated or extended)");
@@ -330,12 +202,14 @@ void GnbFile::Parse(bool check_data_crc) {
   std::string cfg_json = cur.Bytes(config_bytes, "config");
   tokenizer_ = cur.Bytes(tok_bytes, "tokenizer");
   config_ = ParseConfigJson(cfg_json, w);
+  ValidateTokenizer(tok_kind_, tokenizer_, config_, w);
   if (n_tensors > 1000000) Fail(w, "n_tensors=" + std::to_string(n_tensors) + " implausible");
   uint64_t data_start = (header_bytes + kAlign - 1) / kAlign * kAlign;
   for (uint32_t i = 0; i < n_tensors; ++i) {
     TensorView t;
     uint16_t nlen = cur.Read<uint16_t>("tensor name_len");
     t.name = cur.Bytes(nlen, "tensor name");
+    if (t.name.empty()) Fail(w, "tensor " + std::to_string(i) + " has an empty name");
     uint8_t dtype = cur.Read<uint8_t>("tensor dtype");
     uint8_t ndim = cur.Read<uint8_t>("tensor ndim");
     t.group_size = cur.Read<uint32_t>("tensor group_size");
@@ -344,6 +218,8 @@ void GnbFile::Parse(bool check_data_crc) {
     if (ndim < 1 || ndim > 4)
       Fail(w, "tensor '" + t.name + "': ndim=" + std::to_string(ndim) + " not in 1..4");
     t.dtype = static_cast<DType>(dtype);
+    if (dtype != kInt4F16 && dtype != kInt4BF16 && t.group_size != 0)
+      Fail(w, "tensor '" + t.name + "': group_size=" + std::to_string(t.group_size) + " on a non-int4 tensor (must be 0)");
     for (int d = 0; d < ndim; ++d) {
       uint64_t v = cur.Read<uint64_t>("tensor shape");
       if (v == 0 || v > (1ULL << 32))
@@ -369,6 +245,7 @@ void GnbFile::Parse(bool check_data_crc) {
         std::snprintf(buf, sizeof(buf), ": data CRC-32C mismatch (stored 0x%08x, computed 0x%08x)", t.crc, c);
         Fail(w, "tensor '" + t.name + "'" + buf);
       }
+      CheckFinite(t, w);
     }
     if (index_.count(t.name)) Fail(w, "tensor '" + t.name + "' appears twice in the table");
     index_[t.name] = tensors_.size();
@@ -376,44 +253,53 @@ void GnbFile::Parse(bool check_data_crc) {
   }
   if (cur.pos() != header_bytes - 4 - kPrefixBytes)
     Fail(w, "tensor table ends at byte " + std::to_string(cur.pos() + kPrefixBytes) + " but header_bytes says " + std::to_string(header_bytes - 4));
+  CheckNoAliasing();
   CheckModelShapes();
+}
+
+void GnbFile::CheckNoAliasing() const {
+  std::vector<const TensorView*> by_offset;
+  for (const TensorView& t : tensors_) by_offset.push_back(&t);
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const TensorView* a, const TensorView* b) { return a->data < b->data; });
+  for (size_t i = 1; i < by_offset.size(); ++i) {
+    const TensorView& a = *by_offset[i - 1];
+    const TensorView& b = *by_offset[i];
+    if (b.data < a.data + a.nbytes)
+      Fail(path_, "tensors '" + a.name + "' and '" + b.name + "' overlap: data [" +
+                      std::to_string(a.data - bytes_.data()) + ", +" + std::to_string(a.nbytes) +
+                      ") and [" + std::to_string(b.data - bytes_.data()) + ", +" +
+                      std::to_string(b.nbytes) + ")");
+  }
 }
 
 void GnbFile::CheckModelShapes() const {
   const ModelConfig& c = config_;
-  auto expect = [&](const std::string& name, std::vector<uint64_t> shape, bool int4) {
-    const TensorView& t = Get(name);
-    bool is_int4 = t.dtype == kInt4F16 || t.dtype == kInt4BF16;
-    if (int4 != is_int4 || (!int4 && t.dtype != kF32))
-      Fail(path_, "tensor '" + name + "': dtype=" + std::to_string(t.dtype) + ", expected " + (int4 ? "int4 (3|4)" : "f32 (0)"));
-    if (t.shape != shape) {
-      std::ostringstream s;
-      s << "tensor '" << name << "': shape [";
-      for (size_t i = 0; i < t.shape.size(); ++i) s << (i ? ", " : "") << t.shape[i];
-      s << "] but the config needs [";
-      for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
-      s << "]";
-      Fail(path_, s.str());
-    }
-    if (int4 && static_cast<int>(t.group_size) != c.group_size)
-      Fail(path_, "tensor '" + name + "': group_size=" + std::to_string(t.group_size) + " but config group_size=" + std::to_string(c.group_size));
-  };
-  uint64_t D = c.d_model, H = c.n_heads, K = c.n_kv_heads, Dh = c.head_dim, F = c.d_ff, V = c.vocab_size;
-  expect("embed", {V, D}, true);
-  for (int i = 0; i < c.n_layers; ++i) {
-    std::string p = "layers." + std::to_string(i) + ".";
-    expect(p + "attn_norm", {D}, false);
-    expect(p + "wq", {H * Dh, D}, true);
-    expect(p + "wk", {K * Dh, D}, true);
-    expect(p + "wv", {K * Dh, D}, true);
-    expect(p + "wo", {D, H * Dh}, true);
-    expect(p + "mlp_norm", {D}, false);
-    expect(p + "w_gate", {F, D}, true);
-    expect(p + "w_up", {F, D}, true);
-    expect(p + "w_down", {D, F}, true);
+  const std::vector<TensorSpec> spec = ExpectedTensors(c);
+  std::map<std::string, const TensorSpec*> want;
+  for (const TensorSpec& t : spec) want[t.name] = &t;
+  for (const TensorView& t : tensors_)
+    if (!want.count(t.name))
+      Fail(path_, "tensor '" + t.name + "' is not part of the model the config describes" +
+                      UnusedHint(t.name, c));
+  for (const TensorSpec& s : spec) {
+    auto it = index_.find(s.name);
+    if (it == index_.end())
+      Fail(path_, "missing tensor '" + s.name + "' (the config's model has " +
+                      std::to_string(spec.size()) + " tensors, the file " +
+                      std::to_string(tensors_.size()) + ")");
+    const TensorView& t = tensors_[it->second];
+    const bool is_int4 = t.dtype == kInt4F16 || t.dtype == kInt4BF16;
+    if (s.int4 != is_int4 || (!s.int4 && t.dtype != kF32))
+      Fail(path_, "tensor '" + s.name + "': dtype=" + std::to_string(t.dtype) + ", expected " +
+                      (s.int4 ? "int4 (3|4)" : "f32 (0)"));
+    if (t.shape != s.shape)
+      Fail(path_, "tensor '" + s.name + "': shape " + ShapeText(t.shape) +
+                      " but the config needs " + ShapeText(s.shape));
+    if (s.int4 && static_cast<int>(t.group_size) != c.group_size)
+      Fail(path_, "tensor '" + s.name + "': group_size=" + std::to_string(t.group_size) +
+                      " but config group_size=" + std::to_string(c.group_size));
   }
-  expect("final_norm", {D}, false);
-  if (!c.tie_embeddings) expect("unembed", {V, D}, true);
 }
 
 }  // namespace gemini::runtime

@@ -10,6 +10,7 @@
 #include <sstream>
 #include <string>
 
+#include "csrc/runtime/cli_flags.h"
 #include "csrc/runtime/generate.h"
 #include "csrc/runtime/gnb.h"
 #include "csrc/runtime/kernels.h"
@@ -27,72 +28,32 @@ const char kUsage[] =
     "       [--chat] [--temperature 0] [--top_k 0] [--top_p 1] [--seed 0] [--threads 1]\n"
     "       [--kernel auto|avx2|scalar] [--print_ids]\n";
 
-struct Flags {
-  std::map<std::string, std::string> values;
-  bool Has(const std::string& k) const { return values.count(k) > 0; }
-  std::string Get(const std::string& k, const std::string& d) const {
-    auto it = values.find(k);
-    return it == values.end() ? d : it->second;
-  }
-  long Int(const std::string& k, long d) const {
-    if (!Has(k)) return d;
-    char* end;
-    long v = std::strtol(values.at(k).c_str(), &end, 10);
-    if (*end != '\0') throw std::invalid_argument("--" + k + "=" + values.at(k) + " is not an integer");
-    return v;
-  }
-  double Float(const std::string& k, double d) const {
-    if (!Has(k)) return d;
-    char* end;
-    double v = std::strtod(values.at(k).c_str(), &end);
-    if (*end != '\0') throw std::invalid_argument("--" + k + "=" + values.at(k) + " is not a number");
-    return v;
-  }
-};
+// Flag name -> takes a value.
+const std::map<std::string, bool> kKnownFlags = {
+    {"model", true},  {"prompt", true}, {"prompt_ids", true}, {"max_tokens", true},
+    {"temperature", true}, {"top_k", true}, {"top_p", true}, {"seed", true},
+    {"threads", true}, {"kernel", true}, {"chat", false}, {"print_ids", false}};
 
-Flags Parse(int argc, char** argv) {
-  static const std::map<std::string, bool> known = {
-      {"model", true}, {"prompt", true}, {"prompt_ids", true}, {"max_tokens", true},
-      {"temperature", true}, {"top_k", true}, {"top_p", true}, {"seed", true},
-      {"threads", true}, {"kernel", true}, {"chat", false}, {"print_ids", false}};
-  Flags f;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--help" || a == "-h") { std::fputs(kUsage, stdout); std::exit(0); }
-    if (a.rfind("--", 0) != 0) throw std::invalid_argument("unexpected argument '" + a + "'");
-    a = a.substr(2);
-    std::string value;
-    size_t eq = a.find('=');
-    if (eq != std::string::npos) { value = a.substr(eq + 1); a = a.substr(0, eq); }
-    auto it = known.find(a);
-    if (it == known.end()) throw std::invalid_argument("unknown flag --" + a);
-    if (it->second && eq == std::string::npos) {
-      if (i + 1 >= argc) throw std::invalid_argument("--" + a + " needs a value");
-      value = argv[++i];
-    }
-    f.values[a] = it->second ? value : "1";
-  }
-  return f;
-}
-
-std::vector<int> ParseIds(const std::string& s) {
-  std::vector<int> ids;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    char* end;
-    long v = std::strtol(item.c_str(), &end, 10);
-    if (item.empty() || *end != '\0') throw std::invalid_argument("--prompt_ids: '" + item + "' is not an integer");
-    ids.push_back(static_cast<int>(v));
-  }
-  return ids;
-}
+constexpr int64_t kIntMax = 2147483647;
+constexpr int64_t kMaxThreads = 1024;
 
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
-    Flags flags = Parse(argc, argv);
+    Flags flags = Flags::Parse(argc, argv, kKnownFlags);
+    if (flags.help()) {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    // Every number is range-checked before the model loads (ids once the vocabulary is known).
+    const int64_t max_tokens = flags.Int("max_tokens", 64, 1, kIntMax);
+    SamplingParams sp;
+    sp.temperature = static_cast<float>(flags.Float("temperature", 0.0, 0.0, 1e6));
+    sp.top_k = static_cast<int>(flags.Int("top_k", 0, 0, kIntMax));
+    sp.top_p = static_cast<float>(flags.Float("top_p", 1.0, 0.0, 1.0, /*lo_open=*/true));
+    sp.seed = flags.Uint64("seed", 0);
+    const int threads = static_cast<int>(flags.Int("threads", 1, 1, kMaxThreads));
     if (!flags.Has("model") || (!flags.Has("prompt") && !flags.Has("prompt_ids"))) {
       std::fputs(kUsage, stderr);
       return 2;
@@ -105,7 +66,8 @@ int main(int argc, char** argv) {
     if (file->tokenizer_kind() != kTokNone) tok = Tokenizer::Create(file->tokenizer_kind(), file->tokenizer_bytes(), file->path());
     std::vector<int> prompt;
     if (flags.Has("prompt_ids")) {
-      prompt = ParseIds(flags.Get("prompt_ids", ""));
+      for (int64_t id : flags.IntList("prompt_ids", 0, cfg.vocab_size - 1))
+        prompt.push_back(static_cast<int>(id));
     } else {
       if (!tok) throw std::invalid_argument(file->path() + " has no tokenizer; use --prompt_ids");
       std::string text = flags.Get("prompt", "");
@@ -119,18 +81,15 @@ int main(int argc, char** argv) {
       std::vector<int> ids = tok->Encode(text);
       prompt.insert(prompt.end(), ids.begin(), ids.end());
     }
-    long max_tokens = flags.Int("max_tokens", 64);
-    if (max_tokens < 1) throw std::invalid_argument("--max_tokens must be >= 1");
-    SamplingParams sp;
-    sp.temperature = static_cast<float>(flags.Float("temperature", 0.0));
-    sp.top_k = static_cast<int>(flags.Int("top_k", 0));
-    sp.top_p = static_cast<float>(flags.Float("top_p", 1.0));
-    sp.seed = static_cast<uint64_t>(flags.Int("seed", 0));
+    if (prompt.empty()) throw std::invalid_argument("the prompt is empty (no token ids)");
     Sampler sampler(sp);
-    ThreadPool pool(static_cast<int>(flags.Int("threads", 1)));
-    int max_len = static_cast<int>(prompt.size() + max_tokens);
-    if (max_len > cfg.max_seq_len)
-      throw std::invalid_argument("prompt + max_tokens = " + std::to_string(max_len) + " exceeds max_seq_len=" + std::to_string(cfg.max_seq_len));
+    ThreadPool pool(threads);
+    const int64_t total = static_cast<int64_t>(prompt.size()) + max_tokens;
+    if (total > cfg.max_seq_len)
+      throw std::invalid_argument("prompt (" + std::to_string(prompt.size()) + " tokens) + --max_tokens=" +
+                                  std::to_string(max_tokens) + " = " + std::to_string(total) +
+                                  " exceeds max_seq_len=" + std::to_string(cfg.max_seq_len));
+    const int max_len = static_cast<int>(total);
     Session session(*model, max_len, &pool);
     bool print_ids = flags.Has("print_ids");
     GenerateStats st;

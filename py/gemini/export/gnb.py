@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import struct
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from csrc.runtime import _gnb
 from gemini import crc32c as crc_lib
 from gemini.config import ModelConfig
 from gemini.quant.int4 import Int4Weight, int4_values
@@ -135,57 +137,25 @@ def write(path: str, config: dict, tokenizer_kind: int, tokenizer: bytes,
   return len(data)
 
 
-def _fail(path: str, msg: str):
-  raise ValueError(f"{path}: {msg}")
-
-
 def decode(data: bytes, path: str = "<bytes>", *, check_data: bool = True) -> GnbFile:
-  """Parses and validates a whole file (the Python twin of csrc/runtime/gnb.cc's reader)."""
-  if len(data) < PREFIX.size:
-    _fail(path, f"file is {len(data)} bytes, shorter than the {PREFIX.size}-byte header prefix")
-  (magic, version, header_bytes, file_bytes, config_bytes, tok_kind, tok_bytes, n_tensors,
-   _) = PREFIX.unpack_from(data, 0)
-  if magic != MAGIC:
-    _fail(path, f"magic is {magic!r}, expected {MAGIC!r} (not a .gnb file)")
-  if version != VERSION:
-    _fail(path, f"version is {version}, this reader supports version {VERSION}")
-  if file_bytes != len(data):
-    _fail(path, f"file_bytes field says {file_bytes} but the file has {len(data)} bytes "
-                "(truncated or extended)")
-  if header_bytes < PREFIX.size + 4 or header_bytes > len(data):
-    _fail(path, f"header_bytes={header_bytes} out of range")
-  (want,) = struct.unpack_from("<I", data, header_bytes - 4)
-  got = crc_lib.crc32c(data[:header_bytes - 4])
-  if got != want:
-    _fail(path, f"header CRC-32C mismatch: stored {want:#010x}, computed {got:#010x}")
+  """Parses a whole file after validating it with the runtime's reader (csrc/runtime/gnb.h via
+  `csrc.runtime._gnb`): one validation for nano_run and Python, FORMAT.md's Errors section.
+  Raises ValueError naming the file, the field and the value; `check_data=False` skips the
+  tensor data CRCs."""
+  data = bytes(data)
+  table = _gnb.parse(data, path, check_data)["tensors"]
+  _, _, _, _, config_bytes, tok_kind, tok_bytes, _, _ = PREFIX.unpack_from(data, 0)
   pos = PREFIX.size
-  config = json.loads(data[pos:pos + config_bytes].decode())
-  pos += config_bytes
-  tokenizer = bytes(data[pos:pos + tok_bytes])
-  pos += tok_bytes
-  tensors = {}
-  for _ in range(n_tensors):
-    (nlen,) = struct.unpack_from("<H", data, pos)
-    name = data[pos + 2:pos + 2 + nlen].decode()
-    pos += 2 + nlen
-    dtype, ndim, group = struct.unpack_from("<BBI", data, pos)
-    pos += 6
-    shape = struct.unpack_from(f"<{ndim}Q", data, pos)
-    pos += 8 * ndim
-    offset, nbytes, crc = struct.unpack_from("<QQI", data, pos)
-    pos += 20
-    if offset % ALIGN or offset + nbytes > len(data):
-      _fail(path, f"tensor {name!r}: offset={offset} nbytes={nbytes} misaligned or past the end")
-    blob = bytes(data[offset:offset + nbytes])
-    if check_data and crc_lib.crc32c(blob) != crc:
-      _fail(path, f"tensor {name!r}: data CRC-32C mismatch")
-    tensors[name] = Tensor(name, dtype, tuple(shape), group, blob)
+  config = json.loads(data[pos:pos + config_bytes].decode())  # As written (validated above).
+  tokenizer = data[pos + config_bytes:pos + config_bytes + tok_bytes]
+  tensors = {name: Tensor(name, dtype, tuple(shape), group, data[off:off + nbytes])
+             for name, dtype, shape, group, off, nbytes in table}
   return GnbFile(config, tok_kind, tokenizer, tensors)
 
 
 def read(path: str, **kw) -> GnbFile:
-  with open(path, "rb") as f:
-    return decode(f.read(), path, **kw)
+  """decode() of the file at `path` (a FIFO, device or directory is refused, never waited on)."""
+  return decode(_gnb.read_file(os.fspath(path)), str(path), **kw)
 
 
 def int4_from_tensor(t: Tensor):
