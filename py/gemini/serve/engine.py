@@ -1,0 +1,170 @@
+"""The JAX serving engine, in the shape JetStream's engines have:
+
+    prefill(params, tokens) -> Prefix          a prompt's KV row + next-token logits
+    insert(prefix, state, slot) -> state       the row into slot `slot` of the decode state
+    generate(params, state, controls) -> state, tokens   one token for every slot
+
+The decode state is a fixed batch of `n_slots` cache rows (model_backend) plus each slot's
+next-token logits [n_slots, V]; every slot has its own write offset, so requests join and leave
+between decode steps. Prompts are prefilled in chunks of `chunk` tokens (`prefill_steps` yields
+between chunks so the scheduler can interleave decode steps); the last partial chunk is
+left-padded (segment 0, never attended) to the smallest of `chunk_buckets`, so the compiled
+shapes are: one decode step, one insert, one prefill per bucket and one prefix restore per
+power-of-two snapshot length — never one per request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Iterator, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gemini.config import ModelConfig
+from gemini.serve import model_backend, prefix_cache, sampling
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+  n_slots: int = 8
+  max_len: int = 512              # cache positions per slot (prompt incl. padding + output)
+  chunk: int = 64
+  chunk_buckets: Tuple[int, ...] = (8, 16, 32, 64)
+  prefix_entries: int = 32        # 0 disables the prefix cache
+
+  def __post_init__(self):
+    if self.chunk_buckets[-1] != self.chunk or list(self.chunk_buckets) != sorted(self.chunk_buckets):
+      raise ValueError(f"EngineConfig.chunk_buckets={self.chunk_buckets} must be ascending and end "
+                       f"at chunk={self.chunk}")
+    if self.n_slots < 1 or self.max_len < self.chunk:
+      raise ValueError(f"EngineConfig: n_slots={self.n_slots} must be >= 1 and "
+                       f"max_len={self.max_len} >= chunk={self.chunk}")
+
+
+@dataclasses.dataclass
+class Prefix:
+  """A prefilled prompt: its batch-1 cache row and the logits for the first new token."""
+  row: dict
+  logits: jax.Array       # f32 [V]
+  length: int             # prompt tokens
+  cached: int             # of which were restored from the prefix cache
+
+
+def padded_length(n: int, cfg: EngineConfig) -> int:
+  """Cache positions a prompt of n tokens occupies (full chunks + the bucketed remainder)."""
+  full, rem = divmod(n, cfg.chunk)
+  return full * cfg.chunk + (0 if rem == 0 else min(b for b in cfg.chunk_buckets if b >= rem))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnums=(1,))
+def _generate(params, state, temperature, top_k, top_p, seeds, counters, mask_bits, forced, cfg):
+  tokens = sampling.sample_rows(state["logits"], temperature, top_k, top_p, seeds, counters,
+                                mask_bits, forced)
+  logits, cache = model_backend.decode_slots(params, tokens, state["cache"], cfg)
+  return {"cache": cache, "logits": logits}, tokens
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _insert(state, row, logits, slot):
+  return {"cache": model_backend.set_row(state["cache"], row, slot),
+          "logits": state["logits"].at[slot].set(logits.astype(state["logits"].dtype))}
+
+
+class Engine:
+  """Functional engine + the prefix cache (see the module docstring)."""
+
+  def __init__(self, params, cfg: ModelConfig, ecfg: EngineConfig = EngineConfig()):
+    if ecfg.max_len > cfg.max_seq_len:
+      raise ValueError(f"EngineConfig.max_len={ecfg.max_len} > model max_seq_len={cfg.max_seq_len}")
+    self.params, self.cfg, self.ecfg = params, cfg, ecfg
+    self.vocab = cfg.vocab_size
+    self.prefix_cache = prefix_cache.PrefixCache(ecfg.prefix_entries)
+    self._empty_row = model_backend.init_row(cfg, ecfg.max_len)
+
+  # -- the JetStream face ---------------------------------------------------------------
+
+  def init_state(self) -> dict:
+    return {"cache": model_backend.init_slots(self.cfg, self.ecfg.n_slots, self.ecfg.max_len),
+            "logits": jnp.zeros((self.ecfg.n_slots, self.vocab), jnp.float32)}
+
+  def prefill(self, params, tokens: Sequence[int]) -> Prefix:
+    steps = self.prefill_steps(params, tokens)
+    while True:
+      try:
+        next(steps)
+      except StopIteration as done:
+        return done.value
+
+  def insert(self, prefix: Prefix, state: dict, slot: int) -> dict:
+    return _insert(state, prefix.row, prefix.logits, jnp.int32(slot))
+
+  def generate(self, params, state: dict, controls: "Controls") -> Tuple[dict, np.ndarray]:
+    state, tokens = _generate(params, state, controls.temperature, controls.top_k, controls.top_p,
+                              controls.seeds, controls.counters, controls.mask_bits,
+                              controls.forced, cfg=self.cfg)
+    return state, np.asarray(tokens)
+
+  # -- chunked prefill with the prefix cache ---------------------------------------------
+
+  def prefill_steps(self, params, tokens: Sequence[int]) -> Iterator[None]:
+    """Generator: yields after every chunk; its return value is the Prefix."""
+    tokens = [int(t) for t in tokens]
+    if not tokens:
+      raise ValueError("prefill: empty prompt")
+    need = padded_length(len(tokens), self.ecfg)
+    if need > self.ecfg.max_len:
+      raise ValueError(f"prompt of {len(tokens)} tokens needs {need} cache positions > "
+                       f"max_len {self.ecfg.max_len}")
+    hit = self.prefix_cache.lookup(tokens)
+    if hit is not None and len(hit.tokens) == len(tokens):
+      return Prefix(model_backend.untrim_row(self._empty_row, hit.snapshot), hit.logits,
+                    len(tokens), len(tokens))
+    if hit is not None:
+      row, done = model_backend.untrim_row(self._empty_row, hit.snapshot), len(hit.tokens)
+    else:
+      row, done = self._empty_row, 0
+    cached, logits, c = done, None, self.ecfg.chunk
+    while done < len(tokens):
+      part = tokens[done:done + c]
+      width = c if len(part) == c else min(b for b in self.ecfg.chunk_buckets if b >= len(part))
+      if model_backend.row_index(row) + width > self.ecfg.max_len:
+        raise ValueError(f"prompt of {len(tokens)} tokens (after a cached prefix of {cached}) "
+                         f"does not fit max_len {self.ecfg.max_len}")
+      pad = width - len(part)
+      toks = np.zeros((1, width), np.int32)
+      seg = np.zeros((1, width), np.int32)
+      pos = np.zeros((1, width), np.int32)
+      toks[0, pad:] = part
+      seg[0, pad:] = 1
+      pos[0, pad:] = np.arange(done, done + len(part))
+      logits, row = model_backend.prefill_row(params, jnp.asarray(toks), jnp.asarray(seg),
+                                              jnp.asarray(pos), row, cfg=self.cfg)
+      done += len(part)
+      if len(part) == c or done == len(tokens):
+        length = prefix_cache.bucket(model_backend.row_index(row))
+        length = min(length, self.ecfg.max_len)
+        self.prefix_cache.store(tokens[:done], model_backend.trim_row(row, length=length), logits)
+      yield
+    return Prefix(row, logits, len(tokens), cached)
+
+
+@dataclasses.dataclass
+class Controls:
+  """Per-slot sampling inputs of one generate step (numpy, length n_slots)."""
+  temperature: np.ndarray
+  top_k: np.ndarray
+  top_p: np.ndarray
+  seeds: np.ndarray
+  counters: np.ndarray
+  mask_bits: np.ndarray
+  forced: np.ndarray
+
+  @staticmethod
+  def idle(n_slots: int, vocab: int) -> "Controls":
+    return Controls(np.zeros(n_slots, np.float32), np.zeros(n_slots, np.int32),
+                    np.ones(n_slots, np.float32), np.zeros(n_slots, np.uint32),
+                    np.zeros(n_slots, np.int32), sampling.all_allowed(n_slots, vocab),
+                    np.full(n_slots, -1, np.int32))

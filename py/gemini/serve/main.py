@@ -1,0 +1,78 @@
+"""The serving target:
+
+  tools/bazel run //py/gemini/serve -- --gguf=smollm2 --port 8000
+  tools/bazel run //py/gemini/serve -- --checkpoint=/tmp/gemini-demo --config=nano_tiny \
+      --tokenizer=/tmp/gemini-demo/corpus/tokenizer/spm.model
+  tools/bazel run //py/gemini/serve -- --gnb=/tmp/smollm2.gnb
+
+Listens on 127.0.0.1 unless --host says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app as absl_app
+from absl import flags
+
+from gemini.serve import app as app_lib
+from gemini.serve import backends, engine, loading, metrics as metrics_lib
+
+_CKPT = flags.DEFINE_string("checkpoint", "", "training workdir or its checkpoints/ folder")
+_CONFIG = flags.DEFINE_string("config", "nano_tiny", "preset of the --checkpoint model")
+_TOK = flags.DEFINE_string("tokenizer", "", "SentencePiece model of the --checkpoint model")
+_GGUF = flags.DEFINE_string("gguf", "", "'smollm2' or a Llama-architecture .gguf path")
+_GNB = flags.DEFINE_string("gnb", "", ".gnb file: served by the native int4 runtime")
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "listen address")
+_PORT = flags.DEFINE_integer("port", 8000, "listen port")
+_SLOTS = flags.DEFINE_integer("slots", 8, "concurrent sequences decoded together (jax)")
+_MAX_LEN = flags.DEFINE_integer("max_len", 1024, "cache positions per slot (jax)")
+_CHUNK = flags.DEFINE_integer("chunk", 64, "prefill chunk (jax)")
+_THREADS = flags.DEFINE_integer("threads", 2, "native runtime threads")
+_MODEL_ID = flags.DEFINE_string("model_id", "", "model name in the APIs (default: from the source)")
+_KEYS = flags.DEFINE_list("api_keys", [], "accepted API keys (empty = no auth)")
+_MAX_TOKENS = flags.DEFINE_integer("max_tokens", 1024, "cap on a request's max_tokens")
+_QUEUE = flags.DEFINE_integer("max_queue", 64, "waiting requests before 429")
+
+
+def build_backend(m: metrics_lib.Metrics):
+  chosen = [f for f in (_CKPT.value, _GGUF.value, _GNB.value) if f]
+  if len(chosen) != 1:
+    raise SystemExit("give exactly one of --checkpoint=DIR, --gguf=smollm2|PATH, --gnb=FILE")
+  if _GNB.value:
+    name = _MODEL_ID.value or os.path.splitext(os.path.basename(_GNB.value))[0]
+    return backends.NativeBackend(_GNB.value, threads=_THREADS.value, model_id=name,
+                                  max_queue=_QUEUE.value, metrics=m)
+  if _GGUF.value:
+    params, cfg, tok = loading.load_gguf(_GGUF.value)
+    name = _MODEL_ID.value or ("smollm2-135m" if _GGUF.value == "smollm2" else cfg.name)
+  else:
+    if not _TOK.value:
+      raise SystemExit("--checkpoint needs --tokenizer=PATH (the corpus' spm.model)")
+    params, cfg, tok = loading.load_checkpoint(_CKPT.value, _CONFIG.value, _TOK.value)
+    name = _MODEL_ID.value or cfg.name
+  max_len = min(_MAX_LEN.value, cfg.max_seq_len)
+  chunk = min(_CHUNK.value, max_len)
+  buckets = tuple(b for b in (8, 16, 32, 64, 128, 256) if b < chunk) + (chunk,)
+  ecfg = engine.EngineConfig(n_slots=_SLOTS.value, max_len=max_len, chunk=chunk,
+                             chunk_buckets=buckets)
+  return backends.JaxBackend(params, cfg, tok, ecfg, model_id=name, metrics=m,
+                             max_queue=_QUEUE.value)
+
+
+def main(argv):
+  del argv
+  import uvicorn
+  m = metrics_lib.Metrics()
+  backend = build_backend(m)
+  cfg = app_lib.ServerConfig(model_id=backend.model_id, api_keys=tuple(_KEYS.value),
+                             max_tokens=_MAX_TOKENS.value)
+  print(f"serving {backend.model_id} ({type(backend).__name__}) on http://{_HOST.value}:{_PORT.value}",
+        flush=True)
+  uvicorn.run(app_lib.create_app(backend, cfg, metrics=m), host=_HOST.value, port=_PORT.value,
+              log_level="info")
+  backend.stop()
+
+
+if __name__ == "__main__":
+  absl_app.run(main)

@@ -1,0 +1,137 @@
+"""The one place the serving engine touches the model's KV cache layout.
+
+The engine needs a cache of `n_slots` rows where every row has its own write offset (requests
+join and leave at different lengths), and row get/set so a prefilled prompt can be inserted into
+a slot. `gemini.model.decode` keeps a per-row `index [B]` with k/v stacked `[L,B,T,K,Dh]`
+(slot axis 1 for k/v, 0 for everything else) once the stacked core lands; a cache with a scalar
+`index []` and a per-layer list is the older layout. Both are handled here:
+
+- stacked layout: the batched cache is decode's own; rows are tree slices.
+- list layout: the batched cache is n_slots stacked batch-1 caches (a leading slot axis on every
+  leaf) and the batched step is `vmap` of decode_step over it, which gives each row its own index.
+
+Everything else in serve/ calls only `init_slots`, `init_row`, `prefill_row`, `decode_slots`,
+`get_row`, `set_row`, `row_index` and `trim_row`/`untrim_row` (the prefix cache's snapshots).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from gemini.config import ModelConfig
+from gemini.model import decode
+
+
+def stacked_layout(cfg: ModelConfig) -> bool:
+  """True if decode.init_cache gives the stacked [L,B,T,K,Dh] cache with a per-row index."""
+  shapes = jax.eval_shape(lambda: decode.init_cache(cfg, 2, 8))
+  return "layers" not in shapes and shapes["index"].shape == (2,)
+
+
+def _slot_axis(path) -> int:
+  """Slot axis of a leaf of the stacked cache: 1 for k/v, 0 for the rest."""
+  name = getattr(path[0], "key", None)
+  return 1 if name in ("k", "v") else 0
+
+
+def init_row(cfg: ModelConfig, max_len: int) -> dict:
+  """An empty batch-1 cache (one slot)."""
+  return decode.init_cache(cfg, 1, max_len)
+
+
+def init_slots(cfg: ModelConfig, n_slots: int, max_len: int) -> dict:
+  """The engine's batched cache of n_slots rows, every row empty."""
+  if stacked_layout(cfg):
+    return decode.init_cache(cfg, n_slots, max_len)
+  row = init_row(cfg, max_len)
+  return jax.tree.map(lambda x: jnp.broadcast_to(x, (n_slots,) + x.shape), row)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def prefill_row(params, tokens, segment_ids, positions, row, cfg: ModelConfig):
+  """One prompt chunk tokens/segment_ids/positions int32 [1,S] into a batch-1 cache row.
+  -> (logits of the chunk's last column f32 [V], row)."""
+  logits, row = decode.prefill(params, {"tokens": tokens, "segment_ids": segment_ids,
+                                        "positions": positions}, row, cfg)
+  return logits[0, -1], row
+
+
+def prefill_row_media(params, batch: dict, row, cfg: ModelConfig):
+  """A whole multimodal prompt (batch of one row, media arrays included) into a row; not
+  jitted per shape bucket, media prompts compile per layout."""
+  logits, row = _jit_prefill_batch(params, batch, row, cfg=cfg)
+  return logits[0, -1], row
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _jit_prefill_batch(params, batch, row, cfg):
+  return decode.prefill(params, batch, row, cfg)
+
+
+def decode_slots(params, tokens, cache, cfg: ModelConfig):
+  """tokens int32 [n_slots] -> (logits f32 [n_slots,V], cache); each row at its own offset."""
+  if _is_stacked(cache):
+    return decode.decode_step(params, tokens, cache, cfg)
+
+  def one(tok, row):
+    logits, row = decode.decode_step(params, tok[None], row, cfg)
+    return logits[0], row
+
+  return jax.vmap(one)(tokens, cache)
+
+
+def _is_stacked(cache) -> bool:
+  return "layers" not in cache
+
+
+def get_row(cache, slot):
+  """Row `slot` of the batched cache as a batch-1 cache."""
+  if _is_stacked(cache):
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: jax.lax.dynamic_slice_in_dim(x, slot, 1, _slot_axis(p)), cache)
+  return jax.tree.map(lambda x: x[slot], cache)
+
+
+def set_row(cache, row, slot):
+  """The batched cache with row `slot` replaced by the batch-1 cache `row`."""
+  if _is_stacked(cache):
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x, r: jax.lax.dynamic_update_slice_in_dim(x, r.astype(x.dtype), slot,
+                                                            _slot_axis(p)), cache, row)
+  return jax.tree.map(lambda x, r: x.at[slot].set(r.astype(x.dtype)), cache, row)
+
+
+def row_index(row) -> int:
+  """Tokens (incl. padding) written into a batch-1 row: its write offset."""
+  return int(jnp.reshape(row["index"], (-1,))[0])
+
+
+def _time_axis(x) -> int:
+  """Axis of T in a batch-1 row leaf (k/v [L,1,T,K,Dh] or [1,T,K,Dh], the rest [1,T]); -1 for
+  leaves without one (index, next_position, segment)."""
+  if x.ndim >= 4:
+    return x.ndim - 3
+  return 1 if x.ndim == 2 else -1
+
+
+@functools.partial(jax.jit, static_argnames=("length",))
+def trim_row(row, length: int):
+  """The first `length` cache positions of a batch-1 row (a prefix-cache snapshot)."""
+  def cut(x):
+    ax = _time_axis(x)
+    return x if ax < 0 else jax.lax.slice_in_dim(x, 0, length, axis=ax)
+  return jax.tree.map(cut, row)
+
+
+@jax.jit
+def untrim_row(empty_row, snapshot):
+  """An empty full-length row with a snapshot from trim_row written at its start."""
+  def put(e, s):
+    ax = _time_axis(e)
+    if ax < 0:
+      return s.astype(e.dtype)
+    return jax.lax.dynamic_update_slice_in_dim(e, s.astype(e.dtype), 0, ax)
+  return jax.tree.map(put, empty_row, snapshot)

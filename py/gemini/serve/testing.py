@@ -1,0 +1,84 @@
+"""Test helpers: a tiny random model with a small SentencePiece vocabulary, and a uvicorn
+server on 127.0.0.1 in a background thread."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import socket
+import threading
+import time
+
+import jax
+
+from gemini.config import get_config
+from gemini.data import tokenizer as sp_tokenizer
+from gemini.model import transformer
+from gemini.serve import app as app_lib
+from gemini.serve import backends, engine, metrics as metrics_lib
+from gemini.serve import tokenizer as tokenizer_lib
+
+
+def train_small_tokenizer(out_dir: str, vocab_size: int = 600) -> str:
+  """A SentencePiece model with the fixed specials, trained on a few stdlib modules (~seconds)."""
+  path = os.path.join(out_dir, "spm.model")
+  if os.path.exists(path):
+    return path
+  files = sorted(glob.glob(os.path.join(os.path.dirname(os.__file__), "json", "*.py")))
+  texts = [open(f, encoding="utf-8").read() for f in files]
+  texts.append("The capital of France is Paris. Hello world! What is the weather like? " * 20)
+  return sp_tokenizer.train(texts, out_dir, vocab_size=vocab_size, max_sentences=5000)
+
+
+def tiny_cfg(vocab_size: int, **kw):
+  base = dataclasses.replace(get_config("nano_tiny"), name="serve_tiny", vocab_size=vocab_size,
+                             n_layers=2, d_model=64, n_heads=2, n_kv_heads=1, head_dim=32,
+                             d_ff=128, max_seq_len=512)
+  return dataclasses.replace(base, **kw)
+
+
+def tiny_backend(tmp_dir: str, *, n_slots: int = 4, max_len: int = 384, seed: int = 0,
+                 metrics=None, prefix_entries: int = 32):
+  tok = tokenizer_lib.SentencePieceTokenizer(train_small_tokenizer(tmp_dir))
+  cfg = tiny_cfg(tok.vocab_size)
+  params = transformer.init_params(cfg, jax.random.key(seed))
+  ecfg = engine.EngineConfig(n_slots=n_slots, max_len=max_len, chunk=32,
+                             chunk_buckets=(8, 16, 32), prefix_entries=prefix_entries)
+  return backends.JaxBackend(params, cfg, tok, ecfg, model_id="tiny", metrics=metrics)
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+class ServerThread:
+  """uvicorn serving `app` on 127.0.0.1:<free port> until stop()."""
+
+  def __init__(self, app, port: int = 0):
+    import uvicorn
+    self.port = port or free_port()
+    self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                log_level="warning", lifespan="off"))
+    self.thread = threading.Thread(target=self.server.run, daemon=True)
+    self.thread.start()
+    deadline = time.monotonic() + 30
+    while not self.server.started:
+      if time.monotonic() > deadline or not self.thread.is_alive():
+        raise RuntimeError("uvicorn did not start")
+      time.sleep(0.02)
+    self.url = f"http://127.0.0.1:{self.port}"
+
+  def stop(self):
+    self.server.should_exit = True
+    self.thread.join(timeout=10)
+
+
+def serve_tiny(tmp_dir: str, server_cfg: app_lib.ServerConfig = None, **kw):
+  """(backend, ServerThread) for the tiny model."""
+  m = metrics_lib.Metrics()
+  be = tiny_backend(tmp_dir, metrics=m, **kw)
+  cfg = server_cfg or app_lib.ServerConfig(model_id="tiny")
+  return be, ServerThread(app_lib.create_app(be, cfg, metrics=m))
