@@ -341,28 +341,37 @@ def good_model(tmp_path_factory):
   return str(path)
 
 
+# Each case is valid but for the one value (prompt + max_tokens fits max_seq_len=64).
 CLI_CASES = [
     (["--prompt_ids", "4294967297"], "--prompt_ids=4294967297: item 0 '4294967297' must be an integer in [0, 63]"),
     (["--prompt_ids", "1,-1"], "--prompt_ids=1,-1: item 1 '-1' must be an integer in [0, 63]"),
-    (["--prompt_ids", "1,,2"], "item 1 '' must be an integer"),
-    (["--prompt_ids", "1,2,"], "item 2 '' must be an integer"),
-    (["--prompt_ids", "64"], "item 0 '64' must be an integer in [0, 63]"),
-    (["--prompt_ids", "1", "--max_tokens", "4294967297"], "--max_tokens=4294967297: must be an integer in [1, 2147483647]"),
-    (["--prompt_ids", "1", "--max_tokens", "-3"], "--max_tokens=-3: must be an integer in [1, 2147483647]"),
-    (["--prompt_ids", "1", "--max_tokens", "12abc"], "--max_tokens=12abc: must be an integer"),
-    (["--prompt_ids", "1", "--max_tokens", "100"], "exceeds max_seq_len=64"),
-    (["--prompt_ids", "1", "--threads", "0"], "--threads=0: must be an integer in [1, 1024]"),
-    (["--prompt_ids", "1", "--threads", "99999999999"], "--threads=99999999999: must be an integer in [1, 1024]"),
-    (["--prompt_ids", "1", "--top_k", "-1"], "--top_k=-1: must be an integer in [0, 2147483647]"),
-    (["--prompt_ids", "1", "--seed", "-1"], "--seed=-1: must be an integer in [0, 18446744073709551615]"),
-    (["--prompt_ids", "1", "--top_p", "nan"], "--top_p=nan: must be a number in (0, 1]"),
-    (["--prompt_ids", "1", "--temperature", "-0.5"], "--temperature=-0.5: must be a number in [0, 1e+06]"),
+    (["--prompt_ids", "1,,2"], "--prompt_ids=1,,2: item 1 '' must be an integer in [0, 63]"),
+    (["--prompt_ids", "1,2,"], "--prompt_ids=1,2,: item 2 '' must be an integer in [0, 63]"),
+    (["--prompt_ids", "64"], "--prompt_ids=64: item 0 '64' must be an integer in [0, 63]"),
+    (["--max_tokens", "4294967297"], "--max_tokens=4294967297: must be an integer in [1, 2147483647]"),
+    (["--max_tokens", "-3"], "--max_tokens=-3: must be an integer in [1, 2147483647]"),
+    (["--max_tokens", "12abc"], "--max_tokens=12abc: must be an integer in [1, 2147483647]"),
+    (["--max_tokens", "100"], "prompt (1 tokens) + --max_tokens=100 = 101 exceeds max_seq_len=64"),
+    (["--threads", "0"], "--threads=0: must be an integer in [1, 256]"),
+    (["--threads", "99999999999"], "--threads=99999999999: must be an integer in [1, 256]"),
+    (["--top_k", "-1"], "--top_k=-1: must be an integer in [0, 2147483647]"),
+    (["--top_k", "4294967297"], "--top_k=4294967297: must be an integer in [0, 2147483647]"),
+    (["--seed", "-1"], "--seed=-1: must be an integer in [0, 18446744073709551615]"),
+    (["--top_p", "nan"], "--top_p=nan: must be a number in (0, 1]"),
+    (["--temperature", "-0.5"], "--temperature=-0.5: must be a number in [0, 1e+06]"),
 ]
+
+
+def _cli_args(args):
+  """The case's flags over a valid base (prompt 1, 4 new tokens)."""
+  base = {"--prompt_ids": "1", "--max_tokens": "4"}
+  base.update(dict(zip(args[::2], args[1::2])))
+  return [x for kv in base.items() for x in kv]
 
 
 @pytest.mark.parametrize("args,want", CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
 def test_nano_run_cli_integers_are_range_checked(good_model, args, want):
-  out = _run([_nano_run(), "--model", good_model] + args)
+  out = _run([_nano_run(), "--model", good_model] + _cli_args(args))
   assert out.returncode == 1 and want in out.stderr, out.stderr
 
 

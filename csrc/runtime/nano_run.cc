@@ -35,7 +35,7 @@ const std::map<std::string, bool> kKnownFlags = {
     {"threads", true}, {"kernel", true}, {"chat", false}, {"print_ids", false}};
 
 constexpr int64_t kIntMax = 2147483647;
-constexpr int64_t kMaxThreads = 1024;
+constexpr int64_t kMaxThreads = 256;  // ThreadPool's own bound
 
 }  // namespace
 
