@@ -89,8 +89,7 @@ def sampled_targets(key: jax.Array, teacher_logits: jax.Array, n: int,
   value -inf (and id 0). teacher_logits [..., V] -> (ids int32 [..., n], values f32 [..., n])."""
   logp = jax.nn.log_softmax(teacher_logits.astype(jnp.float32), axis=-1)
   logq = jax.nn.log_softmax(logp / proposal_temperature, axis=-1)
-  draws = jax.random.categorical(key, logq, axis=-1, shape=(n,) + logp.shape[:-1])
-  draws = jnp.moveaxis(draws, 0, -1).astype(jnp.int32)                 # [..., n]
+  draws = _inverse_cdf_draws(key, logq, n)                               # [..., n]
   logw = (jnp.take_along_axis(logp, draws, -1) - jnp.take_along_axis(logq, draws, -1))
   srt = jnp.sort(draws, axis=-1)
   order = jnp.argsort(draws, axis=-1)
@@ -104,6 +103,16 @@ def sampled_targets(key: jax.Array, teacher_logits: jax.Array, n: int,
   values = jnp.where(first, jnp.log(merged / total), -jnp.inf)
   ids = jnp.where(first, srt, 0)
   return ids, values
+
+
+def _inverse_cdf_draws(key: jax.Array, logq: jax.Array, n: int) -> jax.Array:
+  """n i.i.d. ids from softmax(logq) per row by inverse-CDF search: memory O(V) per row
+  (Gumbel-max would materialise n x V noise). logq [..., V] -> int32 [..., n]."""
+  v = logq.shape[-1]
+  cdf = jnp.cumsum(jnp.exp(logq).reshape(-1, v), axis=-1)
+  u = jax.random.uniform(key, (cdf.shape[0], n)) * cdf[:, -1:]
+  idx = jax.vmap(lambda c, x: jnp.searchsorted(c, x, side="right"))(cdf, u)
+  return jnp.minimum(idx, v - 1).astype(jnp.int32).reshape(logq.shape[:-1] + (n,))
 
 
 def distill_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array, *,
