@@ -98,3 +98,10 @@ def subprocess_env():
   env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
   env.pop("XLA_FLAGS", None)
   return env
+
+
+class ChatBytes(ByteTokenizer):
+  """ByteTokenizer with the ChatML turn specials as ids 257/258."""
+
+  def token_to_id(self, tok):
+    return {"<|im_start|>": 257, "<|im_end|>": 258}.get(tok)
