@@ -1,0 +1,1 @@
+"""Evaluation harness: lm-evaluation-harness request types over our models, tasks, metrics."""

