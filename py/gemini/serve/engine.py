@@ -118,14 +118,16 @@ class Engine:
     if need > self.ecfg.max_len:
       raise ValueError(f"prompt of {len(tokens)} tokens needs {need} cache positions > "
                        f"max_len {self.ecfg.max_len}")
-    hit = self.prefix_cache.lookup(tokens)
-    if hit is not None and len(hit.tokens) == len(tokens):
+    hit, reuse = self.prefix_cache.lookup(tokens)
+    if hit is not None and reuse == len(tokens):
       return Prefix(model_backend.untrim_row(self._empty_row, hit.snapshot), hit.logits,
                     len(tokens), len(tokens))
+    row, done = self._empty_row, 0
     if hit is not None:
-      row, done = model_backend.untrim_row(self._empty_row, hit.snapshot), len(hit.tokens)
-    else:
-      row, done = self._empty_row, 0
+      row, done = model_backend.untrim_row(self._empty_row, hit.snapshot), reuse
+      if reuse < len(hit.tokens):
+        row = model_backend.truncate_row(row, jnp.int32(reuse))
+    aligned = done if hit is None or reuse < len(hit.tokens) else hit.aligned
     cached, logits, c = done, None, self.ecfg.chunk
     while done < len(tokens):
       part = tokens[done:done + c]
@@ -142,11 +144,14 @@ class Engine:
       pos[0, pad:] = np.arange(done, done + len(part))
       logits, row = model_backend.prefill_row(params, jnp.asarray(toks), jnp.asarray(seg),
                                               jnp.asarray(pos), row, cfg=self.cfg)
+      if pad == 0 and aligned == done:
+        aligned += len(part)
       done += len(part)
       if len(part) == c or done == len(tokens):
         length = prefix_cache.bucket(model_backend.row_index(row))
         length = min(length, self.ecfg.max_len)
-        self.prefix_cache.store(tokens[:done], model_backend.trim_row(row, length=length), logits)
+        self.prefix_cache.store(tokens[:done], model_backend.trim_row(row, length=length), logits,
+                                aligned)
       yield
     return Prefix(row, logits, len(tokens), cached)
 

@@ -66,16 +66,25 @@ def test_batched_greedy_equals_generate_and_no_recompiles(model):
 def test_prefix_cache_saves_prefill_and_keeps_outputs(model):
   params, _ = model
   eng = _engine(model)
-  base = list(range(10, 50))                        # 40 tokens: two full chunks + 8
+  base = list(range(10, 48))                        # 38 tokens: two full chunks + 6 (padded to 8)
   first = eng.prefill(params, base)
   assert first.cached == 0
   follow = base + [7, 8, 9]
   second = eng.prefill(params, follow)
-  assert second.cached == 40 and eng.prefix_cache.stats.tokens_saved == 40
+  assert second.cached == 38 and eng.prefix_cache.stats.tokens_saved == 38
   fresh = _engine(model, prefix_entries=0).prefill(params, follow)
   np.testing.assert_allclose(np.asarray(second.logits), np.asarray(fresh.logits), atol=1e-4)
-  partial = eng.prefill(params, base[:35] + [1, 2])  # shares the first two chunks (32 tokens)
+  # Shares 35 tokens with `base`, whose snapshot is position-aligned for its two full chunks:
+  # 32 reused (the row truncated there), the rest prefilled.
+  odd = base[:35] + [1, 2]
+  partial = eng.prefill(params, odd)
   assert partial.cached == 32
+  fresh = _engine(model, prefix_entries=0).prefill(params, odd)
+  np.testing.assert_allclose(np.asarray(partial.logits), np.asarray(fresh.logits), atol=1e-4)
+  # Decoding from the truncated row equals decoding from a fresh prefill.
+  state = eng.insert(partial, eng.init_state(), 1)
+  state, toks = eng.generate(params, state, E.Controls.idle(4, model[1].vocab_size))
+  assert int(toks[1]) == _reference(model, odd, 1)[0]
 
 
 def _run(sched, tok_ids, **params):

@@ -11,7 +11,8 @@ a slot. `gemini.model.decode` keeps a per-row `index [B]` with k/v stacked `[L,B
   leaf) and the batched step is `vmap` of decode_step over it, which gives each row its own index.
 
 Everything else in serve/ calls only `init_slots`, `init_row`, `prefill_row`, `decode_slots`,
-`get_row`, `set_row`, `row_index` and `trim_row`/`untrim_row` (the prefix cache's snapshots).
+`get_row`, `set_row`, `row_index`, `trim_row`/`untrim_row` (the prefix cache's snapshots) and
+`truncate_row` (keep a snapshot's first n tokens).
 """
 
 from __future__ import annotations
@@ -135,3 +136,16 @@ def untrim_row(empty_row, snapshot):
       return s.astype(e.dtype)
     return jax.lax.dynamic_update_slice_in_dim(e, s.astype(e.dtype), 0, ax)
   return jax.tree.map(put, empty_row, snapshot)
+
+
+@jax.jit
+def truncate_row(row, n):
+  """A batch-1 row whose first n cache positions hold tokens 0..n-1 (no padding among them),
+  cut back to those n: later positions are marked unwritten and the write offset is n."""
+  t = row["segment_ids"].shape[-1]
+  out = dict(row)
+  out["segment_ids"] = jnp.where(jnp.arange(t) < n, row["segment_ids"], 0)
+  out["index"] = jnp.full_like(row["index"], n)
+  out["next_position"] = jnp.full_like(row["next_position"], n)
+  out["segment"] = jnp.ones_like(row["segment"])
+  return out
