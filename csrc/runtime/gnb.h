@@ -67,8 +67,8 @@ ModelConfig ParseConfigJson(const std::string& json, const std::string& where);
 // rope_base > 1, logit_softcap 0 or >= 1, all finite, bos/eos ids in the vocabulary or -1.
 void ValidateConfig(const ModelConfig& config, const std::string& where);
 
-// One tensor a config's model has: the single list the reader checks files against and the
-// loader binds by name. f32 vectors (norm scales) or int4 matrices [N, K].
+// One tensor a config's model has: the single list the reader checks files against and
+// Model::Random generates (benchmarks). f32 vectors (norm scales) or int4 matrices [N, K].
 struct TensorSpec {
   std::string name;
   bool int4 = false;

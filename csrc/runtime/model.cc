@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -73,20 +74,19 @@ std::unique_ptr<Model> Model::Random(const ModelConfig& c, uint64_t seed, const 
   std::unique_ptr<Model> m(new Model());
   m->config_ = c;
   m->kernels_ = &kernels;
-  const int D = c.d_model, H = c.n_heads, K = c.n_kv_heads, Dh = c.head_dim, F = c.d_ff,
-            V = c.vocab_size, g = c.group_size;
-  struct Shape { int n, k; };
-  std::vector<Shape> shapes = {{V, D}};
-  if (!c.tie_embeddings) shapes.push_back({V, D});
-  for (int i = 0; i < c.n_layers; ++i) {
-    std::vector<Shape> l = {{H * Dh, D}, {K * Dh, D}, {K * Dh, D}, {D, H * Dh}, {F, D}, {F, D}, {D, F}};
-    shapes.insert(shapes.end(), l.begin(), l.end());
-  }
+  const int g = c.group_size;
+  // The tensors a file of this config would hold (gnb.h's one list), generated in place.
+  const std::vector<TensorSpec> spec = ExpectedTensors(c);
   std::vector<Int4Matrix> mats;
+  size_t norm_floats = 0;
   uint64_t total = 0;
-  for (const Shape& s : shapes) {
+  for (const TensorSpec& t : spec) {
+    if (!t.int4) {
+      norm_floats += t.shape[0];
+      continue;
+    }
     Int4Matrix w;
-    w.n = s.n; w.k = s.k; w.group = g; w.kp = RoundUp(s.k, g);
+    w.n = static_cast<int>(t.shape[0]); w.k = static_cast<int>(t.shape[1]); w.group = g; w.kp = RoundUp(w.k, g);
     total += (MatrixBytes(w) + 63) / 64 * 64;
     mats.push_back(w);
   }
@@ -112,19 +112,32 @@ std::unique_ptr<Model> Model::Random(const ModelConfig& c, uint64_t seed, const 
     w.scales = sc;
     off += (MatrixBytes(w) + 63) / 64 * 64;
   }
-  m->owned_norms_.assign(static_cast<size_t>(D) * (2 * c.n_layers + 1), 1.0f);
-  size_t mi = 0;
-  m->embed_ = mats[mi++];
-  if (!c.tie_embeddings) m->unembed_ = mats[mi++];
+  m->owned_norms_.assign(norm_floats, 1.0f);
+  // Bound by name, as FromFile binds a file's tensors.
+  std::map<std::string, const Int4Matrix*> matrix;
+  std::map<std::string, const float*> norm;
+  size_t mi = 0, ni = 0;
+  for (const TensorSpec& t : spec) {
+    if (t.int4) {
+      matrix[t.name] = &mats[mi++];
+    } else {
+      norm[t.name] = m->owned_norms_.data() + ni;
+      ni += t.shape[0];
+    }
+  }
+  m->embed_ = *matrix.at("embed");
+  if (!c.tie_embeddings) m->unembed_ = *matrix.at("unembed");
   for (int i = 0; i < c.n_layers; ++i) {
+    const std::string p = "layers." + std::to_string(i) + ".";
     LayerWeights l;
-    l.attn_norm = m->owned_norms_.data() + static_cast<size_t>(2 * i) * D;
-    l.mlp_norm = m->owned_norms_.data() + static_cast<size_t>(2 * i + 1) * D;
-    l.wq = mats[mi++]; l.wk = mats[mi++]; l.wv = mats[mi++]; l.wo = mats[mi++];
-    l.w_gate = mats[mi++]; l.w_up = mats[mi++]; l.w_down = mats[mi++];
+    l.attn_norm = norm.at(p + "attn_norm");
+    l.mlp_norm = norm.at(p + "mlp_norm");
+    l.wq = *matrix.at(p + "wq"); l.wk = *matrix.at(p + "wk"); l.wv = *matrix.at(p + "wv");
+    l.wo = *matrix.at(p + "wo"); l.w_gate = *matrix.at(p + "w_gate");
+    l.w_up = *matrix.at(p + "w_up"); l.w_down = *matrix.at(p + "w_down");
     m->layers_.push_back(l);
   }
-  m->final_norm_ = m->owned_norms_.data() + static_cast<size_t>(2 * c.n_layers) * D;
+  m->final_norm_ = norm.at("final_norm");
   return m;
 }
 
