@@ -32,6 +32,7 @@ py::dict ConfigDict(const ModelConfig& c) {
   d["group_size"] = c.group_size; d["bos_id"] = c.bos_id; d["eos_id"] = c.eos_id;
   d["rope_base"] = c.rope_base; d["norm_eps"] = c.norm_eps; d["logit_softcap"] = c.logit_softcap;
   d["tie_embeddings"] = c.tie_embeddings; d["add_bos"] = c.add_bos;
+  d["qk_norm"] = c.qk_norm;
   d["activation"] = c.activation; d["chat_template"] = c.chat_template;
   return d;
 }

@@ -143,14 +143,13 @@ def decode(data: bytes, path: str = "<bytes>", *, check_data: bool = True) -> Gn
   Raises ValueError naming the file, the field and the value; `check_data=False` skips the
   tensor data CRCs."""
   data = bytes(data)
-  table = _gnb.parse(data, path, check_data)["tensors"]
+  parsed = _gnb.parse(data, path, check_data)
   _, _, _, _, config_bytes, tok_kind, tok_bytes, _, _ = PREFIX.unpack_from(data, 0)
-  pos = PREFIX.size
-  config = json.loads(data[pos:pos + config_bytes].decode())  # As written (validated above).
-  tokenizer = data[pos + config_bytes:pos + config_bytes + tok_bytes]
+  pos = PREFIX.size + config_bytes
   tensors = {name: Tensor(name, dtype, tuple(shape), group, data[off:off + nbytes])
-             for name, dtype, shape, group, off, nbytes in table}
-  return GnbFile(config, tok_kind, tokenizer, tensors)
+             for name, dtype, shape, group, off, nbytes in parsed["tensors"]}
+  # The config as the reader sees it: every key of FORMAT.md, optional ones at their defaults.
+  return GnbFile(parsed["config"], tok_kind, data[pos:pos + tok_bytes], tensors)
 
 
 def read(path: str, **kw) -> GnbFile:
