@@ -100,9 +100,11 @@ double Flags::Float(const std::string& name, double fallback, double lo, double 
                     bool lo_open) const {
   if (!Has(name)) return fallback;
   const std::string& s = values_.at(name);
+  // Decimal notation only (strtod alone would also take " 1", "0x1p-1", "inf", "nan").
+  const bool chars = !s.empty() && s.find_first_not_of("0123456789+-.eE") == std::string::npos;
   char* end = nullptr;
-  const double v = s.empty() ? 0.0 : std::strtod(s.c_str(), &end);
-  const bool parsed = !s.empty() && *end == '\0' && std::isfinite(v);
+  const double v = chars ? std::strtod(s.c_str(), &end) : 0.0;
+  const bool parsed = chars && *end == '\0' && std::isfinite(v);
   if (!parsed || v > hi || (lo_open ? v <= lo : v < lo))
     Refuse(name, s, "must be a number in " + std::string(lo_open ? "(" : "[") + Num(lo) + ", " +
                         Num(hi) + "]");

@@ -59,7 +59,7 @@ int main() {
                "--seed=" + v + ": must be an integer in [0, 18446744073709551615]", "seed " + v);
   auto P = [](const std::string& v) { return Make({"--p", v}).Float("p", 1, 0, 1, true); };
   Expect(P("0.5") == 0.5 && P("1") == 1.0, "floats");
-  for (const std::string v : {"0", "nan", "inf", "1.01", "0.5x", ""})
+  for (const std::string v : {"0", "nan", "inf", "1.01", "0.5x", "", " 0.5", "0x1p-1", "1e999"})
     Expect(Refusal([&] { P(v); }) == "--p=" + v + ": must be a number in (0, 1]", "--p=" + v);
   Expect(Refusal([&] { Make({"--bogus", "1"}); }) == "unknown flag --bogus", "unknown flag");
   Expect(Refusal([&] { Make({"--n"}); }) == "--n needs a value", "missing value");
