@@ -9,16 +9,19 @@ Use with absl:
     from absl import app
     from gemini import config_flags
     CONFIG = config_flags.define_config_flag()       # defines --config
-    def main(argv): cfg = config_flags.resolve(CONFIG.value, config_flags.overrides())
+    def main(argv): cfg = config_flags.resolve(CONFIG.value, config_flags.overrides(argv))
     app.run(main, flags_parser=config_flags.flags_parser)
 
-`flags_parser` strips the `--config.*` arguments (absl would reject them as unknown
-flags) before absl parses the rest; `overrides()` returns what it stripped.
+`flags_parser` keeps the `--config.*` arguments away from absl (which would reject them as
+unknown flags) and hands them on at the end of the argv `main` receives; `overrides(argv)`
+reads them from there. A config is also stored as JSON (`config_to_dict`/`config_from_dict`,
+e.g. in checkpoints), read with the same type checks. `parse_mesh` reads `--mesh=data=2,fsdp=4`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import typing
 from typing import Any, Dict, List, Sequence, Tuple
@@ -60,24 +63,38 @@ def split_overrides(argv: Sequence[str]) -> Tuple[List[str], Dict[str, str]]:
   return rest, found
 
 
-_LAST_OVERRIDES: Dict[str, str] = {}
-
-
 def flags_parser(argv: Sequence[str]) -> List[str]:
-  """An absl `flags_parser`: strips `--config.*`, then lets absl parse the rest."""
+  """An absl `flags_parser`: absl parses everything but `--config.*`; those follow the
+  remaining positional arguments (as `--config.KEY=VALUE`) in the argv given to main."""
   rest, found = split_overrides(argv)
-  _LAST_OVERRIDES.clear()
-  _LAST_OVERRIDES.update(found)
   try:
-    return flags.FLAGS(rest)
+    remaining = flags.FLAGS(rest)
   except flags.Error as e:
     sys.stderr.write(f"FATAL Flags parsing error: {e}\n")
     sys.exit(1)
+  return list(remaining) + [f"{_PREFIX}{k}={v}" for k, v in found.items()]
 
 
-def overrides() -> Dict[str, str]:
-  """The `--config.*` overrides seen by the last `flags_parser` call."""
-  return dict(_LAST_OVERRIDES)
+def overrides(argv: Sequence[str]) -> Dict[str, str]:
+  """The `--config.*` overrides in `argv` (what `flags_parser` handed to main)."""
+  return split_overrides(argv)[1]
+
+
+def parse_mesh(text: str, axes: Sequence[str] = ("data", "fsdp", "tensor", "expert",
+                                                 "context")) -> Dict[str, int]:
+  """"data=2,fsdp=4" -> {"data": 2, "fsdp": 4} (order kept); {} for "". ValueError names
+  the part that is not AXIS=N with AXIS one of `axes` and N >= 1, or an axis given twice."""
+  out: Dict[str, int] = {}
+  for part in filter(None, (p.strip() for p in text.split(","))):
+    name, sep, value = part.partition("=")
+    name = name.strip()
+    if not sep or name not in axes or not value.strip().isdigit() or int(value) < 1:
+      raise ValueError(f"--mesh={text!r}: part {part!r} is not AXIS=N with AXIS one of "
+                       f"{', '.join(axes)} and N >= 1")
+    if name in out:
+      raise ValueError(f"--mesh={text!r}: axis {name!r} given twice")
+    out[name] = int(value)
+  return out
 
 
 def resolve(preset: str, field_overrides: Dict[str, str] | None = None) -> config_lib.ModelConfig:
@@ -88,23 +105,78 @@ def resolve(preset: str, field_overrides: Dict[str, str] | None = None) -> confi
   return cfg
 
 
-def apply_override(cfg: Any, dotted: str, value: str) -> Any:
+def apply_override(cfg: Any, dotted: str, value: str, _flag: str = "") -> Any:
   """Returns `cfg` with the (possibly nested) field `dotted` set from string `value`."""
+  flag = _flag or f"{_PREFIX}{dotted}"   # The whole flag, for messages at any depth.
   head, _, tail = dotted.partition(".")
   fields = {f.name: f for f in dataclasses.fields(cfg)}
   if head not in fields:
-    raise ValueError(f"--config.{dotted}: {type(cfg).__name__} has no field {head!r}; "
+    raise ValueError(f"{flag}: {type(cfg).__name__} has no field {head!r}; "
                      f"fields are: {', '.join(fields)}")
   hints = typing.get_type_hints(type(cfg))
   current = getattr(cfg, head)
   if tail:
     if not dataclasses.is_dataclass(current):
-      raise ValueError(f"--config.{dotted}: field {head!r} is not a nested config")
-    return dataclasses.replace(cfg, **{head: apply_override(current, tail, value)})
+      raise ValueError(f"{flag}: field {head!r} is not a nested config")
+    return _replace(cfg, flag, **{head: apply_override(current, tail, value, flag)})
   if dataclasses.is_dataclass(current):
-    raise ValueError(f"--config.{dotted}: {head!r} is a nested config; set its fields, "
-                     f"e.g. --config.{dotted}.{dataclasses.fields(current)[0].name}=...")
-  return dataclasses.replace(cfg, **{head: _parse(value, hints[head], f"--config.{dotted}")})
+    raise ValueError(f"{flag}: {head!r} is a nested config; set its fields, "
+                     f"e.g. {flag}.{dataclasses.fields(current)[0].name}=...")
+  return _replace(cfg, flag, **{head: _parse(value, hints[head], flag)})
+
+
+def _replace(cfg: Any, flag: str, **kw) -> Any:
+  try:
+    return dataclasses.replace(cfg, **kw)
+  except ValueError as e:
+    if str(e).startswith("--"):
+      raise
+    raise ValueError(f"{flag}: {e}") from None
+
+
+def config_to_dict(cfg: Any) -> Dict[str, Any]:
+  """A (nested) config dataclass as a JSON-able dict (tuples become lists)."""
+  return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def config_from_dict(d: Dict[str, Any], cls: Any = config_lib.ModelConfig,
+                     where: str = "config") -> Any:
+  """`cls` from `config_to_dict` output: every value is type-checked against the field;
+  unknown keys are an error (naming `where` and the key); absent keys keep their defaults."""
+  if not isinstance(d, dict):
+    raise ValueError(f"{where}: expected an object for {cls.__name__}, got {type(d).__name__}")
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  hints = typing.get_type_hints(cls)
+  kw = {}
+  for key, value in d.items():
+    if key not in fields:
+      raise ValueError(f"{where}.{key}: {cls.__name__} has no field {key!r}")
+    typ = hints[key]
+    if dataclasses.is_dataclass(typ):
+      kw[key] = config_from_dict(value, typ, f"{where}.{key}")
+    else:
+      kw[key] = _from_json_value(value, typ, f"{where}.{key}")
+  try:
+    return cls(**kw)
+  except ValueError as e:
+    raise ValueError(f"{where}: {e}") from None
+
+
+def _from_json_value(value: Any, typ: Any, where: str) -> Any:
+  ok = {bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str)}
+  if typ in ok:
+    if not ok[typ](value):
+      raise ValueError(f"{where}={value!r}: expected {typ.__name__}")
+    return typ(value)
+  if typing.get_origin(typ) is tuple:
+    (inner, *_) = typing.get_args(typ)
+    if not isinstance(value, list):
+      raise ValueError(f"{where}={value!r}: expected a list")
+    return tuple(_from_json_value(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
+  raise ValueError(f"{where}: unsupported field type {typ}")
 
 
 def _parse(text: str, typ: Any, where: str) -> Any:

@@ -1,6 +1,6 @@
 """The bundled corpus for training: prepare it if absent, build its loader, measure it.
 
-Wraps engineer H3's `gemini.data` (prepare, Loader, Shard); see gemini/data/README.md.
+Built on `gemini.data` (prepare, Loader, Shard); see gemini/data/README.md.
 """
 
 from __future__ import annotations
@@ -87,15 +87,51 @@ def tokenizer_path(root: str) -> str:
   return path if os.path.isabs(path) else os.path.join(root, path)
 
 
-def make_corpus_loader(root: str, cfg, tc):
-  """A Loader over the corpus at `root` with tc's batch, seq_len, seed and staged mixture.
-  Every process reads the global batch (process_index=0, process_count=1)."""
-  from gemini.data.loader import Loader, Mixture, Stage  # pylint: disable=import-outside-toplevel
+def check_vocab(root: str, cfg) -> int:
+  """The corpus' vocabulary size, after checking that every shard header, the tokenizer and
+  the manifest agree on it and that the model's vocab_size covers it (it may be larger:
+  padded embedding rows are never a target). ValueError naming the file otherwise."""
+  from gemini.data.loader import Shard  # pylint: disable=import-outside-toplevel
   from gemini.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
-  vocab = read_manifest(root).get("vocab_size") or Tokenizer(tokenizer_path(root)).vocab_size
+  tok_path = tokenizer_path(root)
+  vocab = Tokenizer(tok_path).vocab_size if os.path.exists(tok_path) else None
+  listed = read_manifest(root).get("vocab_size")
+  if vocab is not None and listed is not None and listed != vocab:
+    raise ValueError(f"{manifest_path(root)}: vocab_size {listed} but the tokenizer {tok_path} "
+                     f"has {vocab} pieces")
+  vocab = vocab if vocab is not None else listed
+  for paths in list(train_shards(root).values()) + [heldout_shards_or_empty(root)]:
+    for path in paths:
+      got = Shard(path, verify=False).vocab_size
+      if vocab is None:
+        vocab = got
+      if got != vocab:
+        raise ValueError(f"{path}: shard vocab_size {got} but the corpus' tokenizer "
+                         f"{tok_path} has {vocab} pieces: the shard was made with another "
+                         "tokenizer")
+  if vocab is None:
+    raise ValueError(f"{manifest_path(root)}: no tokenizer, vocab_size or shard to take the "
+                     "vocabulary size from")
   if vocab > cfg.vocab_size:
-    raise ValueError(f"{manifest_path(root)}: corpus vocab_size {vocab} exceeds the model's "
-                     f"vocab_size {cfg.vocab_size} (--config.vocab_size)")
+    raise ValueError(f"{root}: the corpus' vocabulary has {vocab} ids but the model's "
+                     f"vocab_size is {cfg.vocab_size} (--config.vocab_size={vocab})")
+  return vocab
+
+
+def heldout_shards_or_empty(root: str) -> List[str]:
+  try:
+    return heldout_shards(root)
+  except ValueError:
+    return []
+
+
+def make_corpus_loader(root: str, cfg, tc, shard: int = 0, num_shards: int = 1,
+                       batch_size: int = 0):
+  """A Loader over the corpus at `root` with tc's seq_len, seed and staged mixture giving
+  `batch_size` (default tc.batch_size) rows of data shard `shard` of `num_shards`
+  (the C++ loader's process_index / process_count)."""
+  from gemini.data.loader import Loader, Mixture, Stage  # pylint: disable=import-outside-toplevel
+  check_vocab(root, cfg)
   shards = train_shards(root)
   mixture = None
   if tc.mixture_stages:
@@ -108,8 +144,8 @@ def make_corpus_loader(root: str, cfg, tc):
       until = tc.mixture_stages[i + 1][0] if i + 1 < len(tc.mixture_stages) else None
       stages.append(Stage(until_batch=until, weights=dict(weights)))
     mixture = Mixture(stages)
-  return Loader(sources=shards, batch_size=tc.batch_size, seq_len=tc.seq_len, mixture=mixture,
-                seed=tc.seed, process_index=0, process_count=1)
+  return Loader(sources=shards, batch_size=batch_size or tc.batch_size, seq_len=tc.seq_len,
+                mixture=mixture, seed=tc.seed, process_index=shard, process_count=num_shards)
 
 
 def unigram_entropy(root: str) -> float:

@@ -25,19 +25,17 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 
 from gemini import config_flags
+from gemini.train import train_flags
 
 CONFIG = config_flags.define_config_flag("nano_tiny")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/gemini-demo", "Checkpoints, metrics, plot.")
 _CORPUS = flags.DEFINE_string(
     "corpus_dir", os.path.join(os.path.expanduser("~"), ".cache", "gemini", "corpus"),
     "The bundled corpus (prepared here if absent).")
-_STEPS = flags.DEFINE_integer("steps", 0, "Training steps; 0 = as many as the budget leaves "
-                              "(estimated from the measured matmul peak), so the learning-rate "
-                              "schedule runs to its end instead of being cut off.")
-_BATCH = flags.DEFINE_integer("batch_size", 4, "Sequences per step (4 learnt more per second "
-                             "than 8 here: more updates for the same tokens).")
-_SEQ = flags.DEFINE_integer("seq_len", 128, "Tokens per sequence.")
-_LR = flags.DEFINE_float("lr", 3e-3, "Peak learning rate.")
+# steps=0: as many as the budget leaves (estimated from the measured matmul peak), so the
+# learning-rate schedule runs to its end instead of being cut off. Batch 4 learnt more per
+# second than 8 here (more updates for the same tokens).
+TRAIN = train_flags.define(steps=0, batch_size=4, checkpoint_every=100)
 _BUDGET = flags.DEFINE_float("budget_minutes", 9.0, "Wall-clock budget of the whole demo, "
                              "counted from when tools/bazel started (bootstrap, build and "
                              "corpus preparation included): training stops early to meet it.")
@@ -95,7 +93,6 @@ def samples(params, cfg, tok, title: str) -> None:
 
 
 def run(argv) -> None:
-  del argv
   logging.set_verbosity(logging.WARNING)
   t_start = time.perf_counter()
   t_invoked = t_start - invoked_seconds_ago()
@@ -108,14 +105,14 @@ def run(argv) -> None:
   from gemini.train.peak import measure_matmul_peak  # pylint: disable=import-outside-toplevel
   from gemini.data.loader import Loader  # pylint: disable=import-outside-toplevel
   from gemini.train.evaluate import evaluate, take_batches  # pylint: disable=import-outside-toplevel
-  from gemini.train.train_config import TrainConfig  # pylint: disable=import-outside-toplevel
   from gemini.train.trainer import Trainer, use_compilation_cache  # pylint: disable=import-outside-toplevel
+  from gemini.train.checkpoint import describe_model  # pylint: disable=import-outside-toplevel
 
   use_compilation_cache(os.path.join(os.path.expanduser("~"), ".cache", "gemini", "jax_cache"))
   root = corpus.ensure_corpus(_CORPUS.value)
   entropy = corpus.unigram_entropy(root)
   tok = Tokenizer(corpus.tokenizer_path(root))
-  cfg = config_flags.resolve(CONFIG.value, config_flags.overrides())
+  cfg = config_flags.resolve(CONFIG.value, config_flags.overrides(argv))
   workdir = _WORKDIR.value
   if _FRESH.value:
     shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
@@ -125,12 +122,13 @@ def run(argv) -> None:
   os.makedirs(workdir, exist_ok=True)
   peak = measure_matmul_peak()
   deadline = t_invoked + 60 * _BUDGET.value - 45   # Leave time for samples and the summary.
-  steps = _STEPS.value or steps_for_budget(
+  batch, seq = TRAIN["batch_size"].value, TRAIN["seq_len"].value
+  steps = TRAIN["steps"].value or steps_for_budget(
       deadline - time.perf_counter(), peak,
-      family.train_flops_per_token(cfg, _SEQ.value) * _BATCH.value * _SEQ.value)
-  tc = TrainConfig(steps=steps, batch_size=_BATCH.value, seq_len=_SEQ.value,
-                   lr=_LR.value, warmup_steps=min(30, steps // 10),
-                   checkpoint_every=100, log_every=10)
+      family.train_flops_per_token(cfg, seq) * batch * seq)
+  warmup = TRAIN["warmup_steps"]
+  tc = train_flags.train_config(
+      TRAIN, steps=steps, warmup_steps=warmup.value if warmup.present else min(30, steps // 10))
   mesh = sharding.make_mesh({"data": jax.device_count()})
   print(f"corpus {root}: unigram entropy {entropy:.3f} nats/token; tokenizer vocab "
         f"{tok.vocab_size}\nmodel {cfg.name}: {family.total_params(cfg) / 1e6:.2f}M params; "
@@ -138,7 +136,8 @@ def run(argv) -> None:
         f"{peak / 1e9:.1f} GFLOP/s", flush=True)
   loader = corpus.make_corpus_loader(root, cfg, tc)
   trainer = Trainer(gemini_model(cfg, tc.seq_len), tc, mesh, loader, workdir, peak_flops=peak,
-                    log=lambda s: print(s, flush=True), reference_loss=entropy)
+                    log=lambda s: print(s, flush=True), reference_loss=entropy,
+                    describe=describe_model(cfg, corpus.tokenizer_path(root)))
   trainer.init_or_restore()
   held = Loader(sources={"heldout": corpus.heldout_shards(root)}, batch_size=tc.batch_size,
                 seq_len=tc.seq_len, seed=0)

@@ -21,6 +21,7 @@ import time
 from absl import app, flags, logging
 
 from gemini import config_flags
+from gemini.train import train_flags
 
 CONFIG = config_flags.define_config_flag("nano_tiny")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and loss.png go here.")
@@ -30,23 +31,11 @@ _CORPUS_DIR = flags.DEFINE_string(
     "corpus_dir", os.path.join(os.path.expanduser("~"), ".cache", "gemini", "corpus"),
     "Where the bundled corpus is prepared when --data is empty.")
 _MESH = flags.DEFINE_string("mesh", "", "Mesh axes, e.g. data=2,fsdp=4 (default: data=#devices).")
-_STEPS = flags.DEFINE_integer("steps", 200, "Optimizer updates.")
-_BATCH = flags.DEFINE_integer("batch_size", 8, "Global sequences per update.")
-_SEQ = flags.DEFINE_integer("seq_len", 128, "Tokens per sequence.")
-_ACCUM = flags.DEFINE_integer("grad_accum", 1, "Microbatches per update.")
-_LR = flags.DEFINE_float("lr", 3e-3, "Peak learning rate.")
-_WARMUP = flags.DEFINE_integer("warmup_steps", 20, "Linear warmup steps.")
-_MIN_LR = flags.DEFINE_float("min_lr_ratio", 0.1, "Final lr / peak lr of the cosine.")
-_WD = flags.DEFINE_float("weight_decay", 0.1, "AdamW decay on matrices (not norms/embeddings).")
-_CLIP = flags.DEFINE_float("clip_norm", 1.0, "Global gradient-norm clip (0: off).")
-_SEED = flags.DEFINE_integer("seed", 0, "Init and data seed.")
-_CKPT_EVERY = flags.DEFINE_integer("checkpoint_every", 50, "Checkpoint cadence (0: off).")
-_KEEP = flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
-_LOG_EVERY = flags.DEFINE_integer("log_every", 10, "Progress line cadence.")
-_REPLICA = flags.DEFINE_integer("replica_every", 0, "In-memory state copy cadence (0: off).")
-_SDC = flags.DEFINE_integer("sdc_every", 0, "SDC replay check cadence (0: off).")
-_MIXTURE = flags.DEFINE_string("mixture_stages", "",
-                               "Staged mixture, e.g. '0:bible=0.8,code=0.2;300:bible=0.5,code=0.5'.")
+TRAIN = train_flags.define()
+_DATA_SHARDS = flags.DEFINE_integer(
+    "data_shards", 0, "Blocks the global batch's rows are read in, each from its own loader "
+    "stream; each process reads only the blocks its devices hold (0: one per process). The "
+    "data depends on this number, not on the number of processes.")
 _ATTN = flags.DEFINE_string("attn_impl", "xla", "Attention kernel (xla | flash | ring).")
 _MOE = flags.DEFINE_string("moe_impl", "xla", "MoE kernel.")
 _PEAK = flags.DEFINE_bool("measure_peak", True, "Measure the matmul peak for MFU at start-up.")
@@ -59,40 +48,34 @@ _CACHE = flags.DEFINE_string(
 _NPZ = flags.DEFINE_string("final_params_npz", "", "Write the final params here (.npz).")
 
 
-def parse_mesh(text: str) -> dict:
-  """'data=2,fsdp=4' -> {'data': 2, 'fsdp': 4}."""
-  out = {}
-  for part in filter(None, (p.strip() for p in text.split(","))):
-    name, sep, size = part.partition("=")
-    if not sep or not size.strip().isdigit():
-      raise ValueError(f"--mesh={text!r}: expected NAME=SIZE[,NAME=SIZE...], got {part!r}")
-    out[name.strip()] = int(size)
-  return out
-
-
-def train_config_from_flags():
-  from gemini.train.train_config import TrainConfig, parse_mixture_stages
-  return TrainConfig(
-      steps=_STEPS.value, batch_size=_BATCH.value, seq_len=_SEQ.value, grad_accum=_ACCUM.value,
-      lr=_LR.value, warmup_steps=_WARMUP.value, min_lr_ratio=_MIN_LR.value,
-      weight_decay=_WD.value, clip_norm=_CLIP.value, seed=_SEED.value,
-      checkpoint_every=_CKPT_EVERY.value, keep_checkpoints=_KEEP.value,
-      log_every=_LOG_EVERY.value, replica_every=_REPLICA.value, sdc_every=_SDC.value,
-      mixture_stages=parse_mixture_stages(_MIXTURE.value))
-
-
-def make_loader(data: str, cfg, tc, corpus_dir: str):
-  """The loader for --data (every process reads the same global batch stream)."""
+def make_loader(data: str, cfg, tc, corpus_dir: str, mesh, num_shards: int):
+  """The loader for --data: this process's blocks of `num_shards` (see data_shards.py)."""
+  from gemini import sharding
+  from gemini.train.data_shards import DataShards, needed_shards
   if data == "synthetic":
     from gemini.train.synthetic import SyntheticLoader
-    return SyntheticLoader(cfg.vocab_size, tc.batch_size, tc.seq_len, seed=tc.seed)
+    make = lambda j, n, rows: SyntheticLoader(cfg.vocab_size, rows, tc.seq_len, seed=tc.seed,
+                                              shard=j, num_shards=n)
+  else:
+    from gemini.train import corpus
+    root = data or corpus.ensure_corpus(corpus_dir)
+    corpus.check_vocab(root, cfg)
+    make = lambda j, n, rows: corpus.make_corpus_loader(root, cfg, tc, j, n, rows)
+  shape = (tc.batch_size, tc.seq_len)
+  mine = needed_shards(sharding.batch_sharding(mesh, shape), shape, num_shards)
+  return DataShards(make, tc.batch_size, tc.seq_len, num_shards, mine)
+
+
+def tokenizer_of(data: str, corpus_dir: str):
+  """The tokenizer file of --data (None for synthetic data)."""
+  if data == "synthetic":
+    return None
   from gemini.train import corpus
-  root = data or corpus.ensure_corpus(corpus_dir)
-  return corpus.make_corpus_loader(root, cfg, tc)
+  path = corpus.tokenizer_path(data or corpus_dir)
+  return path if os.path.exists(path) else None
 
 
 def run(argv) -> None:
-  del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO.
   import jax
   if _NPROC.value > 1:
@@ -100,18 +83,26 @@ def run(argv) -> None:
     jax.distributed.initialize(coordinator_address=_COORD.value, num_processes=_NPROC.value,
                                process_id=_PID.value)
   from gemini import family, sharding
+  from gemini.train.checkpoint import CheckpointError, describe_model
+  from gemini.train.memory import StepMemoryError
   from gemini.train.model_fns import gemini_model
   from gemini.train.peak import measure_matmul_peak
-  from gemini.train.trainer import Trainer, params_to_host, save_params_npz, use_compilation_cache
+  from gemini.train.trainer import (DivergenceError, Trainer, params_to_host, save_params_npz,
+                                    use_compilation_cache)
 
   use_compilation_cache(_CACHE.value)
 
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required")
-  cfg = config_flags.resolve(CONFIG.value, config_flags.overrides())
-  tc = train_config_from_flags()
-  mesh = sharding.make_mesh(parse_mesh(_MESH.value) or {"data": jax.device_count()})
-  loader = make_loader(_DATA.value, cfg, tc, _CORPUS_DIR.value)
+  try:
+    cfg = config_flags.resolve(CONFIG.value, config_flags.overrides(argv))
+    tc = train_flags.train_config(TRAIN)
+    mesh_axes = config_flags.parse_mesh(_MESH.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  mesh = sharding.make_mesh(mesh_axes or {"data": jax.device_count()})
+  loader = make_loader(_DATA.value, cfg, tc, _CORPUS_DIR.value, mesh,
+                       _DATA_SHARDS.value or jax.process_count())
   peak = measure_matmul_peak() if _PEAK.value else None
   is_main = jax.process_index() == 0
   if is_main:
@@ -122,11 +113,17 @@ def run(argv) -> None:
           f"process(es); batch {tc.batch_size}x{tc.seq_len}"
           + (f"; matmul peak {peak / 1e9:.1f} GFLOP/s" if peak else ""), flush=True)
   trainer = Trainer(gemini_model(cfg, tc.seq_len, _ATTN.value, _MOE.value), tc, mesh, loader,
-                    _WORKDIR.value, peak_flops=peak,
-                    log=lambda s: print(s, flush=True))
+                    _WORKDIR.value, peak_flops=peak, log=lambda s: print(s, flush=True),
+                    describe=describe_model(cfg, tokenizer_of(_DATA.value, _CORPUS_DIR.value)))
   t0 = time.perf_counter()
-  trainer.run()
-  trainer.close()
+  try:
+    trainer.run()
+    trainer.close()
+  except (DivergenceError, StepMemoryError, CheckpointError) as e:
+    if trainer.ckpt:
+      trainer.ckpt.wait()
+    print(f"{sys.argv[0]}: stopped: {e}", file=sys.stderr, flush=True)
+    sys.exit(3)
   if is_main:
     rep = trainer.goodput.report()
     print(f"done: step {trainer.step} in {time.perf_counter() - t0:.1f}s, goodput "

@@ -31,4 +31,4 @@ def gemini_model(cfg: ModelConfig, seq_len: int, attn_impl: str = "xla",
       make_loss=make_loss,
       param_shardings=sharding.param_shardings,
       batch_sharding=sharding.batch_sharding,
-      flops_per_token=family.train_flops_per_token(cfg, seq_len))
+      flops_per_token=family.train_flops_per_token(cfg, seq_len), vocab_size=cfg.vocab_size)

@@ -4,6 +4,7 @@ Each row is drawn from a fixed random first-order Markov chain over `vocab_size`
 (seeded; every token has `fanout` possible successors), so the stream is learnable: its
 conditional entropy is log(fanout) nats while its unigram entropy is ~log(vocab_size).
 `state()` is the batch counter: batch i depends only on (seed, i), so restore is exact.
+Shard j of n (`shard`, `num_shards`, see data_shards.py) draws its rows from (seed, i, j, n).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ class SyntheticLoader:
   """next() -> {tokens, targets, segment_ids, positions}: int32 [batch_size, seq_len]."""
 
   def __init__(self, vocab_size: int, batch_size: int, seq_len: int, seed: int = 0,
-               fanout: int = 4):
+               fanout: int = 4, shard: int = 0, num_shards: int = 1):
     if vocab_size < 2 or fanout < 1:
       raise ValueError(f"SyntheticLoader: vocab_size={vocab_size} fanout={fanout}")
     self.vocab_size, self.batch_size, self.seq_len = vocab_size, batch_size, seq_len
     self.seed, self.fanout = seed, fanout
+    self._stream = [seed] if num_shards == 1 else [seed, shard, num_shards]
     rng = np.random.default_rng([seed, 7])
     self._succ = rng.integers(0, vocab_size, size=(vocab_size, fanout))
     self._i = 0
@@ -33,7 +35,8 @@ class SyntheticLoader:
     return math.log(self.fanout)
 
   def next(self) -> Dict[str, np.ndarray]:
-    rng = np.random.default_rng([self.seed, self._i])
+    rng = np.random.default_rng(self._stream + [self._i] if len(self._stream) > 1
+                                else [self.seed, self._i])
     b, s = self.batch_size, self.seq_len
     toks = np.empty((b, s + 1), np.int64)
     toks[:, 0] = rng.integers(0, self.vocab_size, size=b)

@@ -5,15 +5,23 @@ needs a `ModelFns` (how to init, which loss, how to shard) and a loader with the
 `gemini.data.loader.Loader` protocol: `next() -> {tokens, targets, segment_ids, positions}`
 numpy [B, S] int32, `state() -> JSON-able`, `restore(state)`.
 
-Every process reads the same global batch and contributes the rows its devices hold
-(`jax.make_array_from_callback`), so a multi-process run sees exactly the data of a
-single-process run with the same mesh shape. The in-memory replica and the SDC replay are
+The loader returns a [B, S] host batch of which only the rows this process's devices hold
+are read (`jax.make_array_from_callback`); `data_shards.DataShards` fills only those rows, so
+each process reads only its share of the data. The in-memory replica and the SDC replay are
 single-controller features (one process addresses all devices).
+
+Guards: a non-finite loss or gradient norm stops the run (`DivergenceError`, nothing of that
+step is kept or saved) or, with `on_divergence="rollback"`, restores the newest verified
+checkpoint and skips the batches from there to the offending one (logged as a "rollback"
+event). A loss more than `spike_zscore` standard deviations above the mean of the last
+`spike_window` losses is reported as a spike (step line and metrics). Before the first step
+the compiled step's memory analysis is compared with the device's memory (`memory.py`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from typing import Any, Callable, Dict, Iterable, Optional
@@ -24,6 +32,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gemini.train import checkpoint as ckpt_lib
+from gemini.train import memory as memory_lib
 from gemini.train import metrics as metrics_lib
 from gemini.train.optimizer import lr_schedule, make_optimizer
 from gemini.train.resilience import elastic
@@ -32,6 +41,7 @@ from gemini.train.resilience.replicas import InMemoryReplica
 from gemini.train.resilience.sdc import SDCChecker, SDCResult
 from gemini.train.step import LossFn, apply_grads, init_state, make_train_step, step_rng
 from gemini.train.train_config import TrainConfig
+from gemini.train.tree_paths import path_name, path_names
 
 BATCH_KEYS = ("tokens", "targets", "segment_ids", "positions")
 
@@ -44,16 +54,11 @@ class ModelFns:
   param_shardings: Callable[[Any, Mesh], Any]           # abstract params, mesh -> shardings
   batch_sharding: Callable[[Mesh, tuple], NamedSharding]  # mesh, [B, S] -> sharding
   flops_per_token: float                                # training FLOPs per token
+  vocab_size: int = 0                                   # token ids must be < this (0: unchecked)
 
 
-def _names(path) -> tuple:
-  out = []
-  for k in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        out.append(str(getattr(k, attr)))
-        break
-  return tuple(out)
+class DivergenceError(RuntimeError):
+  """The loss or gradient norm became non-finite (nothing of that step was kept)."""
 
 
 def state_shardings(abstract_state: Dict[str, Any], param_sh: Any, mesh: Mesh) -> Dict[str, Any]:
@@ -63,10 +68,10 @@ def state_shardings(abstract_state: Dict[str, Any], param_sh: Any, mesh: Mesh) -
   by_path = {}
   for (path, sh), leaf in zip(jax.tree_util.tree_flatten_with_path(param_sh)[0],
                               jax.tree.leaves(abstract_state["params"])):
-    by_path[_names(path)] = (sh, leaf.shape)
+    by_path[path_names(path)] = (sh, leaf.shape)
 
   def for_opt(path, leaf):
-    names = _names(path)
+    names = path_names(path)
     for i in range(len(names)):
       hit = by_path.get(names[i:])
       if hit is not None and hit[1] == leaf.shape:
@@ -102,7 +107,7 @@ def params_to_host(params: Any) -> Any:
 def save_params_npz(params: Any, path: str) -> None:
   """Writes host params to an .npz keyed by their tree paths."""
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  np.savez(path, **{jax.tree_util.keystr(p): np.asarray(v) for p, v in flat})
+  np.savez(path, **{path_name(p): np.asarray(v) for p, v in flat})
 
 
 class Trainer:
@@ -110,17 +115,21 @@ class Trainer:
 
   def __init__(self, model: ModelFns, tc: TrainConfig, mesh: Mesh, loader: Any,
                workdir: Optional[str] = None, *, peak_flops: Optional[float] = None,
-               log: Callable[[str], None] = print, reference_loss: Optional[float] = None):
+               log: Callable[[str], None] = print, reference_loss: Optional[float] = None,
+               describe: Optional[Dict[str, Any]] = None, check_memory: bool = True):
     self.model, self.tc, self.loader, self.workdir = model, tc, loader, workdir
     self.peak_flops = peak_flops
     self.reference_loss = reference_loss
+    self.describe = describe          # Checkpoint's "model" item: config + tokenizer.
+    self.check_memory = check_memory
     self.is_main = jax.process_index() == 0
     self.log = log if self.is_main else (lambda _: None)
     self.optimizer = make_optimizer(tc)
     self.schedule = lr_schedule(tc)
     self.metrics = metrics_lib.MetricsLog(
         os.path.join(workdir or ".", "metrics.jsonl"), enabled=bool(workdir) and self.is_main)
-    self.ckpt = (ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), tc.keep_checkpoints)
+    self.ckpt = (ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), tc.keep_checkpoints,
+                                       log=self.log)
                  if workdir and tc.checkpoint_every else None)
     single = jax.process_count() == 1
     if (tc.replica_every or tc.sdc_every) and not single:
@@ -134,6 +143,10 @@ class Trainer:
     self.step = 0
     self._mixture = None
     self._recent = []
+    self._losses = []                 # Recent finite losses (spike detector's window).
+    self._last_loss = float("nan")
+    self.rollbacks = 0
+    self.memory_estimate: Optional[memory_lib.Estimate] = None
     self._initial_loader_state = loader.state()   # For a disk recovery with no checkpoint.
     self._set_mesh(mesh)
 
@@ -169,15 +182,17 @@ class Trainer:
   def init_or_restore(self) -> int:
     """Restores the newest complete checkpoint if there is one, else initialises. Returns
     the step training continues from."""
-    latest = self.ckpt.latest_step() if self.ckpt else None
-    if latest is None:
+    restored = self.ckpt.restore_latest(self.abstract_state) if self.ckpt else None
+    if restored is None:
+      if self.ckpt and self.ckpt.rejected_dir and os.path.isdir(self.ckpt.rejected_dir):
+        self.log(f"no intact checkpoint in {self.ckpt.directory}: starting from step 0")
       self.state = self._init_fn()(jax.random.key(self.tc.seed))
       self.step = 0
     else:
-      self.state, extra = self.ckpt.restore(latest, self.abstract_state)
-      self.loader.restore(extra["loader"])
-      self.step = latest
-      self.log(f"resumed from checkpoint step {latest}")
+      self.state = restored.state
+      self.loader.restore(restored.extra["loader"])
+      self.step = restored.step
+      self.log(f"resumed from checkpoint step {restored.step}")
     return self.step
 
   def global_batch(self, host: Dict[str, np.ndarray]) -> Dict[str, jax.Array]:
@@ -190,6 +205,11 @@ class Trainer:
       want = (self.tc.batch_size, self.tc.seq_len)
       if x.shape != want:
         raise ValueError(f"loader batch[{k!r}] has shape {x.shape}, expected {want}")
+      vocab = self.model.vocab_size
+      if vocab and k in ("tokens", "targets") and x.size and (x.max() >= vocab or x.min() < 0):
+        bad = np.argwhere((x >= vocab) | (x < 0))[0]
+        raise ValueError(f"loader batch {self.step + 1}: {k}[{bad[0]}, {bad[1]}] = "
+                         f"{x[tuple(bad)]} is outside the model's vocabulary [0, {vocab})")
       out[k] = jax.make_array_from_callback(x.shape, self.batch_shardings[k],
                                             lambda idx, x=x: x[idx])
     return out
@@ -208,6 +228,8 @@ class Trainer:
       self.goodput.start()
     while self.step < until:
       self.train_step()
+      if self.ckpt:
+        self.ckpt.poll()
       if on_step is not None:
         on_step(self)
       if stop is not None and self.step < until and stop():
@@ -238,13 +260,21 @@ class Trainer:
       if not result.ok:
         self._sdc_alarm(result)
         return {}
-      self.state, upd = self._apply(self.state, result.grads)
+      new_state, upd = self._apply(self.state, result.grads)
       metrics = dict(result.metrics, **upd)
     else:
-      self.state, metrics = self._compiled_step(batch)(self.state, batch)
+      new_state, metrics = self._compiled_step(batch)(self.state, batch)
     scalars = {k: float(v) for k, v in metrics.items() if jnp.ndim(v) == 0}
+    bad = {k: scalars[k] for k in ("loss", "grad_norm") if k in scalars
+           and not np.isfinite(scalars[k])}
+    if bad:
+      self._diverged(bad)
+      return {}
+    self.state = new_state
     dt = time.perf_counter() - t0
     self.step += 1
+    self._last_loss = scalars.get("loss", float("nan"))
+    self._spike(scalars)
     self.goodput.step_done(self.step, dt)
     self._record(scalars, dt)
     if self.replica is not None and self.step % tc.replica_every == 0:
@@ -263,9 +293,12 @@ class Trainer:
       t0 = time.perf_counter()
       abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)
                         for k, v in batch.items()}
-      self._compiled = self._step.lower(self.abstract_state, abstract_batch).compile()
+      compiled = self._step.lower(self.abstract_state, abstract_batch).compile()
       _barrier_after_compile(f"gemini_step_compiled_at_{self.step}")
       self.goodput.overhead("compile", time.perf_counter() - t0)
+      if self.check_memory:
+        self.memory_estimate = memory_lib.check(compiled, self.mesh, self.tc)
+      self._compiled = compiled
     return self._compiled
 
   def _record(self, scalars: Dict[str, float], dt: float) -> None:
@@ -278,6 +311,7 @@ class Trainer:
     self._fresh_compile = False
     avg = sum(self._recent) / len(self._recent) if self._recent else dt
     record = dict(scalars, step=self.step, step_time_s=dt, tokens_per_s=tokens_per_s, mfu=mfu)
+    spike = scalars.get("spike_z")
     if self._mixture is not None:
       record["mixture"] = self._mixture
     self.metrics.write(record)
@@ -287,13 +321,92 @@ class Trainer:
                  if self.peak_flops and self._recent else 0.0)
       self.log(metrics_lib.progress_line(self.step, tc.steps, scalars.get("loss", float("nan")),
                                          tc.tokens_per_step / avg, avg_mfu,
-                                         avg * (tc.steps - self.step)))
+                                         avg * (tc.steps - self.step))
+               + (f" | LOSS SPIKE z={spike:.1f}" if spike is not None else ""))
+    elif spike is not None:
+      self.log(f"step {self.step}: loss spike {scalars['loss']:.4f} (z={spike:.1f} over the last "
+               f"{len(self._losses)} steps)")
 
   def save_checkpoint(self) -> None:
-    self.ckpt.save(self.step, self.state, {"loader": self.loader.state(), "step": self.step})
+    """Saves the current state, unless any of it is non-finite (DivergenceError)."""
+    if not bool(_all_finite(self.state)):
+      raise DivergenceError(f"step {self.step}: the train state holds non-finite values; "
+                            "refusing to checkpoint it (the newest checkpoint is kept)")
+    self.ckpt.save(self.step, self.state,
+                   {"loader": self.loader_state(), "step": self.step, "loss": self._last_loss
+                    if np.isfinite(self._last_loss) else None},
+                   self.describe)
     if self.is_main and self.workdir:
       metrics_lib.plot_loss(self.metrics.path, os.path.join(self.workdir, "loss.png"),
                             self.reference_loss)
+
+  def loader_state(self) -> Any:
+    """The loader's state; multi-process: every process's shard states merged."""
+    state = self.loader.state()
+    if jax.process_count() == 1:
+      return state
+    states = _allgather_json(state)
+    if all(isinstance(s, dict) and "shards" in s for s in states):
+      merged = dict(states[0], shards={})
+      for s in states:
+        merged["shards"].update(s["shards"])
+      return merged
+    return states[0]
+
+  # -- guards ----------------------------------------------------------------------------
+
+  def _spike(self, scalars: Dict[str, float]) -> None:
+    """Adds "spike_z" to `scalars` when the loss is a spike against the recent window."""
+    tc, loss = self.tc, scalars.get("loss")
+    if not tc.spike_window or loss is None:
+      return
+    window = self._losses
+    if len(window) >= max(8, tc.spike_window // 2):
+      mean, std = float(np.mean(window)), float(np.std(window))
+      z = (loss - mean) / max(std, 1e-6 * max(abs(mean), 1.0))
+      if z > tc.spike_zscore:
+        scalars["spike_z"] = z
+        self.metrics.write({"event": "loss_spike", "step": self.step, "loss": loss, "z": z,
+                            "window_mean": mean, "window_std": std})
+        return   # A spike does not enter the baseline.
+    self._losses = (window + [loss])[-tc.spike_window:]
+
+  def _diverged(self, bad: Dict[str, float]) -> None:
+    at = self.step + 1
+    what = ", ".join(f"{k}={v}" for k, v in bad.items())
+    self.metrics.write({"event": "divergence", "step": at, **{k: str(v) for k, v in bad.items()}})
+    rollback = self.tc.on_divergence == "rollback" and self.rollbacks < self.tc.max_rollbacks
+    if not rollback:
+      hint = ("--on_divergence=rollback restores the last good checkpoint and skips these "
+              "batches" if self.tc.on_divergence == "stop" else
+              f"already rolled back {self.rollbacks} times (--max_rollbacks)")
+      raise DivergenceError(
+          f"training diverged at step {at}: {what} (lr {self.tc.lr:g}). The update was not "
+          f"applied and nothing of it was saved; the newest checkpoint is step "
+          f"{self.ckpt.latest_step() if self.ckpt else None}. {hint}; or lower --lr / "
+          "raise --warmup_steps.")
+    self.rollbacks += 1
+    t0 = time.perf_counter()
+    self.state = None
+    restored = None
+    if self.ckpt:
+      restored = self.ckpt.restore_latest(self.abstract_state)
+    if restored is None:
+      self.state = self._init_fn()(jax.random.key(self.tc.seed))
+      self._rewind(0, {"loader": self._initial_loader_state})
+    else:
+      self.state = restored.state
+      self._rewind(restored.step, restored.extra)
+    skipped = list(range(self.step + 1, at + 1))   # Batches of steps step+1 .. at.
+    for _ in skipped:
+      self.loader.next()
+    self._losses = []
+    self.metrics.write({"event": "rollback", "step": self.step, "at_step": at, "cause": what,
+                        "skipped_batches": skipped})
+    self.log(f"diverged at step {at} ({what}): rolled back to step {self.step} and skipped the "
+             f"{len(skipped)} batches of steps {skipped[0]}..{skipped[-1]} "
+             f"(rollback {self.rollbacks} of {self.tc.max_rollbacks})")
+    self._failure(at - 1, "rollback", time.perf_counter() - t0)
 
   # -- resilience ------------------------------------------------------------------------
 
@@ -324,14 +437,13 @@ class Trainer:
     """Simulated failure: the live state is lost; restore the newest checkpoint."""
     at, t0 = self.step, time.perf_counter()
     self.state = None
-    self.ckpt.wait()
-    step = self.ckpt.latest_step()
-    if step is None:
+    restored = self.ckpt.restore_latest(self.abstract_state)
+    if restored is None:
       self.state = self._init_fn()(jax.random.key(self.tc.seed))
       self._rewind(0, {"loader": self._initial_loader_state})
     else:
-      self.state, extra = self.ckpt.restore(step, self.abstract_state)
-      self._rewind(step, extra)
+      self.state = restored.state
+      self._rewind(restored.step, restored.extra)
     jax.block_until_ready(self.state)
     self._failure(at, "disk", time.perf_counter() - t0)
     return self.step
@@ -363,6 +475,24 @@ class Trainer:
   def close(self) -> None:
     if self.ckpt:
       self.ckpt.close()
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _allgather_json(x: Any) -> list:
+  """Every process's JSON-able `x`, in process order."""
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  data = np.frombuffer(json.dumps(x, sort_keys=True).encode(), np.uint8)
+  sizes = multihost_utils.process_allgather(np.asarray([data.size], np.int64))
+  padded = np.zeros(int(np.max(sizes)), np.uint8)
+  padded[:data.size] = data
+  rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes.reshape(-1)), -1)
+  return [json.loads(bytes(r[:int(n)]).decode()) for r, n in zip(rows, sizes.reshape(-1))]
 
 
 def _barrier_after_compile(name: str, timeout_s: int = 600) -> None:
