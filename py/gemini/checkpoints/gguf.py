@@ -8,14 +8,21 @@
 llama.cpp's converter applies, per head, rows.reshape(heads, 2, Dh/2, D).swapaxes(1, 2) to
 Q and K so that its interleaved-pair RoPE equals the original rotate-half RoPE. We invert
 that permutation, so our rotate-half RoPE on the imported weights gives the same model.
+
+Every metadata value is checked before use (type, range, consistency with the tensors
+present: `block_count` must equal the number of `blk.N.` layers); a bad one raises
+GGUFError naming the file and the key. Paths that are not regular files are refused
+before they are opened (a FIFO would block).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import os
 import re
+import stat
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -59,6 +66,11 @@ def open_reader(path: str):
   from gguf import GGUFReader
   if not os.path.exists(path):
     raise FileNotFoundError(f"GGUF file {path} does not exist")
+  mode = os.stat(path).st_mode
+  if not stat.S_ISREG(mode):
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode) else
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    raise GGUFError(f"{path}: is {kind}; a GGUF must be a regular file")
   try:
     return GGUFReader(path)
   except Exception as e:  # The reader raises assorted errors on bad magic/truncation.
@@ -75,27 +87,98 @@ def field(reader, key: str, path: str = "", default=None):
   return f.contents()
 
 
+def int_field(reader, key: str, path: str, default=None, lo: int = 1, hi: int = 1 << 31) -> int:
+  """Integer metadata `key` in [lo, hi); GGUFError naming the key otherwise."""
+  v = field(reader, key, path, default)
+  if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+    raise GGUFError(f"{path}: metadata {key}={v!r} is not an integer")
+  if not lo <= int(v) < hi:
+    raise GGUFError(f"{path}: metadata {key}={int(v)} is out of range [{lo}, {hi})")
+  return int(v)
+
+
+def float_field(reader, key: str, path: str, default=None, positive: bool = True) -> float:
+  """Finite (and positive) float metadata `key`; GGUFError naming the key otherwise."""
+  v = field(reader, key, path, default)
+  if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+    raise GGUFError(f"{path}: metadata {key}={v!r} is not a number")
+  if not math.isfinite(float(v)) or (positive and float(v) <= 0):
+    raise GGUFError(f"{path}: metadata {key}={float(v)} must be finite"
+                    + (" and > 0" if positive else ""))
+  return float(v)
+
+
+def layer_count(reader, path: str = "") -> int:
+  """Number of decoder layers the tensors hold (blk.0 .. blk.N-1, no gaps)."""
+  layers = set()
+  for t in reader.tensors:
+    m = re.match(r"blk\.(\d+)\.", t.name)
+    if m:
+      layers.add(int(m.group(1)))
+  if layers and layers != set(range(len(layers))):
+    missing = sorted(set(range(max(layers) + 1)) - layers)
+    raise GGUFError(f"{path}: tensors of layers {missing} are missing (have blk.0..blk.{max(layers)})")
+  return len(layers)
+
+
 def read_config(reader, path: str = "", name: str = "gguf") -> ModelConfig:
-  """ModelConfig from llama.* metadata (SwiGLU = silu activation; tied if no output.weight)."""
+  """ModelConfig from llama.* metadata (SwiGLU = silu activation; tied if no output.weight).
+  Every value is range-checked; GGUFError names the key and the file."""
   arch = field(reader, "general.architecture", path)
   if arch != "llama":
     raise GGUFError(f"{path}: general.architecture={arch!r}; only 'llama' is supported")
-  g = lambda k, d=None: field(reader, f"llama.{k}", path, d)
-  d_model, n_heads = int(g("embedding_length")), int(g("attention.head_count"))
-  if "llama.vocab_size" in reader.fields:
-    vocab = int(g("vocab_size"))
+  k = lambda s: f"llama.{s}"
+  d_model = int_field(reader, k("embedding_length"), path)
+  n_heads = int_field(reader, k("attention.head_count"), path)
+  n_kv = int_field(reader, k("attention.head_count_kv"), path, n_heads)
+  if n_heads % n_kv:
+    raise GGUFError(f"{path}: metadata {k('attention.head_count')}={n_heads} is not a multiple "
+                    f"of {k('attention.head_count_kv')}={n_kv}")
+  if k("rope.dimension_count") in reader.fields:
+    head_dim = int_field(reader, k("rope.dimension_count"), path)
+  elif d_model % n_heads:
+    raise GGUFError(f"{path}: {k('embedding_length')}={d_model} is not a multiple of "
+                    f"{k('attention.head_count')}={n_heads} and {k('rope.dimension_count')} "
+                    "is absent")
   else:
-    vocab = len(field(reader, "tokenizer.ggml.tokens", path))
+    head_dim = d_model // n_heads
+  if head_dim % 2:
+    raise GGUFError(f"{path}: head dimension {head_dim} ({k('rope.dimension_count')}) is odd; "
+                    "RoPE rotates pairs")
+  n_tokens = len(field(reader, "tokenizer.ggml.tokens", path, []))
+  if k("vocab_size") in reader.fields:
+    vocab = int_field(reader, k("vocab_size"), path)
+    if n_tokens and n_tokens != vocab:
+      raise GGUFError(f"{path}: metadata {k('vocab_size')}={vocab} but tokenizer.ggml.tokens "
+                      f"has {n_tokens} entries")
+  elif n_tokens:
+    vocab = n_tokens
+  else:
+    raise GGUFError(f"{path}: neither {k('vocab_size')} nor tokenizer.ggml.tokens is present")
+  n_layers = int_field(reader, k("block_count"), path)
+  present = layer_count(reader, path)
+  if present != n_layers:
+    raise GGUFError(f"{path}: metadata {k('block_count')}={n_layers} but the file holds "
+                    f"tensors of {present} layers (blk.0..blk.{present - 1})")
   names = {t.name for t in reader.tensors}
+  eps_key = k("attention.layer_norm_rms_epsilon")
+  eps = float_field(reader, eps_key, path)
+  if eps >= 1:
+    raise GGUFError(f"{path}: metadata {eps_key}={eps} is not a small epsilon (< 1)")
   # The f32-stored epsilon (9.99999975e-06) is the decimal 1e-5 the model was trained with.
-  eps = float(f"{float(g('attention.layer_norm_rms_epsilon')):.7g}")
-  return ModelConfig(
-      name=name, vocab_size=vocab, d_model=d_model, n_layers=int(g("block_count")),
-      n_heads=n_heads, n_kv_heads=int(g("attention.head_count_kv", n_heads)),
-      head_dim=int(g("rope.dimension_count", d_model // n_heads)),
-      d_ff=int(g("feed_forward_length")), max_seq_len=int(g("context_length")),
-      rope_base=float(g("rope.freq_base", 10000.0)), norm_eps=eps, activation="silu",
-      tie_embeddings="output.weight" not in names)
+  eps = float(f"{eps:.7g}")
+  try:
+    return ModelConfig(
+        name=name, vocab_size=vocab, d_model=d_model, n_layers=n_layers,
+        n_heads=n_heads, n_kv_heads=n_kv, head_dim=head_dim,
+        d_ff=int_field(reader, k("feed_forward_length"), path),
+        max_seq_len=int_field(reader, k("context_length"), path),
+        rope_base=float_field(reader, k("rope.freq_base"), path, 10000.0), norm_eps=eps,
+        activation="silu", tie_embeddings="output.weight" not in names)
+  except ValueError as e:
+    if isinstance(e, GGUFError):
+      raise
+    raise GGUFError(f"{path}: {e}") from None
 
 
 def dequantize(tensor, path: str = "") -> np.ndarray:
@@ -177,9 +260,28 @@ def build_tokenizer(reader, path: str = ""):
     raise GGUFError(f"{path}: tokenizer.ggml.model={kind!r}; only byte-level BPE 'gpt2' is supported")
   tokens: List[str] = list(field(reader, "tokenizer.ggml.tokens", path))
   types = list(field(reader, "tokenizer.ggml.token_type", path))
-  merges = [tuple(m.split(" ", 1)) for m in field(reader, "tokenizer.ggml.merges", path)]
-  tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
-                             fuse_unk=False))
+  if len(types) != len(tokens):
+    raise GGUFError(f"{path}: tokenizer.ggml.token_type has {len(types)} entries, "
+                    f"tokenizer.ggml.tokens {len(tokens)}")
+  vocab = {}
+  for i, t in enumerate(tokens):
+    if not isinstance(t, str) or not t:
+      raise GGUFError(f"{path}: tokenizer.ggml.tokens[{i}]={t!r} is not a non-empty string")
+    vocab.setdefault(t, i)
+  merges = []
+  for i, m in enumerate(field(reader, "tokenizer.ggml.merges", path)):
+    parts = m.split(" ") if isinstance(m, str) else []
+    if len(parts) != 2 or not all(parts):
+      raise GGUFError(f"{path}: tokenizer.ggml.merges[{i}]={m!r} is not 'LEFT RIGHT'")
+    unknown = [p for p in parts + ["".join(parts)] if p not in vocab]
+    if unknown:
+      raise GGUFError(f"{path}: tokenizer.ggml.merges[{i}]={m!r} uses {unknown[0]!r}, which is "
+                      "not in tokenizer.ggml.tokens")
+    merges.append(tuple(parts))
+  try:
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+  except Exception as e:  # tokenizers raises its own exception type.
+    raise GGUFError(f"{path}: tokenizer.ggml.* does not make a BPE tokenizer ({e})") from None
   # llama.cpp's 'smollm' pre-tokenizer: every digit alone, then GPT-2's byte-level split.
   tok.pre_tokenizer = pre_tokenizers.Sequence([
       pre_tokenizers.Digits(individual_digits=True),
@@ -217,8 +319,11 @@ def load(path: Optional[str] = None, name: str = "smollm2_135m") -> GGUFModel:
   path = path or find_smollm2_gguf()
   reader = open_reader(path)
   cfg = read_config(reader, path, name)
-  return GGUFModel(
-      cfg=cfg, params=load_params(reader, cfg, path), tokenizer=build_tokenizer(reader, path),
-      chat_template=str(field(reader, "tokenizer.chat_template", path, "")),
-      bos_id=int(field(reader, "tokenizer.ggml.bos_token_id", path)),
-      eos_id=int(field(reader, "tokenizer.ggml.eos_token_id", path)), path=path)
+  bos = int_field(reader, "tokenizer.ggml.bos_token_id", path, lo=0, hi=cfg.vocab_size)
+  eos = int_field(reader, "tokenizer.ggml.eos_token_id", path, lo=0, hi=cfg.vocab_size)
+  tokenizer = build_tokenizer(reader, path)
+  template = field(reader, "tokenizer.chat_template", path, "")
+  if not isinstance(template, str):
+    raise GGUFError(f"{path}: metadata tokenizer.chat_template is not a string")
+  return GGUFModel(cfg=cfg, params=load_params(reader, cfg, path), tokenizer=tokenizer,
+                   chat_template=template, bos_id=bos, eos_id=eos, path=path)

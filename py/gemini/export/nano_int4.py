@@ -1,12 +1,13 @@
 """Export a trained Nano (or an imported GGUF model) to an int4 `.gnb` file for `nano_run`.
 
-  bazel run //py/gemini/export:nano_int4 -- --checkpoint=WORKDIR --config=nano_tiny \
-      --tokenizer=WORKDIR/tokenizer.model --out=nano.gnb
+  bazel run //py/gemini/export:nano_int4 -- --checkpoint=WORKDIR --out=nano.gnb
   bazel run //py/gemini/export:nano_int4 -- --gguf=smollm2 --out=smollm2.gnb
 
---checkpoint takes a training workdir (or its checkpoints/ folder): the newest finished
-Orbax step's `state['params']` is exported. --awq_text calibrates activation-aware scales on
-that text (tokenised with the model's tokenizer) before rounding.
+--checkpoint takes a training workdir (or its checkpoints/ folder): the newest step that
+verifies (gemini.train.checkpoint.load_for_inference) gives the params, the model config and
+the tokenizer the run trained with; --config / --tokenizer replace them (needed only for
+checkpoints that do not record them). --awq_text calibrates activation-aware scales on that
+text (tokenised with the model's tokenizer) before rounding.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import sys
 from typing import Tuple
 
+import jax
 import numpy as np
 from absl import app, flags
 
@@ -23,8 +25,9 @@ from gemini.export import export, gnb, tokenizer_blob
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Training workdir or its checkpoints/ directory.")
-flags.DEFINE_string("config", "nano_tiny", "Config preset of --checkpoint.")
-flags.DEFINE_string("tokenizer", None, "SentencePiece model file stored in the .gnb.")
+flags.DEFINE_string("config", None, "Config preset replacing the one --checkpoint records.")
+flags.DEFINE_string("tokenizer", None, "SentencePiece model file replacing the one "
+                    "--checkpoint records.")
 flags.DEFINE_string("gguf", None, "Export a GGUF instead: a path, or 'smollm2' for the bundled one.")
 flags.DEFINE_string("out", None, "Output .gnb path.")
 flags.DEFINE_integer("group_size", 32, "int4 group size along the input dim: 32, 64 or 128.")
@@ -35,31 +38,12 @@ flags.DEFINE_integer("eos_id", -1, "EOS id for --checkpoint exports (-1: the tok
 
 
 def restore_params(directory: str) -> Tuple[dict, int]:
-  """The newest finished step's float params (numpy f32) from an Orbax training checkpoint."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  directory = os.path.abspath(directory)
-  if os.path.isdir(os.path.join(directory, "checkpoints")):
-    directory = os.path.join(directory, "checkpoints")
-  mngr = ocp.CheckpointManager(directory)
-  step = mngr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"{directory}: no finished checkpoint step")
-  out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  state = out["state"]
-  if "params" not in state:
-    raise ValueError(f"{directory}/{step}: state has no 'params' (keys: {sorted(state)})")
-  return _lists(state["params"]), step
-
-
-def _lists(tree):
-  """Orbax may restore Python lists as dicts keyed '0', '1', ...: turn them back, to f32."""
-  if isinstance(tree, dict):
-    if tree and all(k.isdigit() for k in tree):
-      return [_lists(tree[str(i)]) for i in range(len(tree))]
-    return {k: _lists(v) for k, v in tree.items()}
-  if isinstance(tree, (list, tuple)):
-    return [_lists(v) for v in tree]
-  return np.asarray(tree, np.float32)
+  """The newest intact step's float params (numpy f32) from a training checkpoint."""
+  from gemini.train import checkpoint  # pylint: disable=import-outside-toplevel
+  r = checkpoint.read_newest(directory)
+  if not isinstance(r.state, dict) or "params" not in r.state:
+    raise ValueError(f"{directory}/{r.step}: state has no 'params'")
+  return jax.tree.map(lambda x: np.asarray(x, np.float32), r.state["params"]), r.step
 
 
 def chatml_template(chat_template: str) -> str:
@@ -105,12 +89,21 @@ def main(argv):
                            awq_text, FLAGS.awq_tokens)
     name = model.cfg.name
   elif FLAGS.checkpoint:
-    cfg = get_config(FLAGS.config)
-    params, step = restore_params(FLAGS.checkpoint)
+    from gemini.train import checkpoint  # pylint: disable=import-outside-toplevel
+    try:
+      m = checkpoint.load_for_inference(
+          FLAGS.checkpoint, get_config(FLAGS.config) if FLAGS.config else None,
+          log=lambda s: print(s, file=sys.stderr))
+    except (FileNotFoundError, ValueError) as e:
+      sys.exit(f"nano_int4: {e}")
+    cfg, params, step = m.cfg, m.params, m.step
     kind, tok, eos = gnb.TOK_NONE, b"", FLAGS.eos_id
     sp = None
     if FLAGS.tokenizer:
       kind, tok = tokenizer_blob.sentencepiece_section(FLAGS.tokenizer)
+    elif m.tokenizer_kind == "sentencepiece":
+      kind, tok = gnb.TOK_SENTENCEPIECE, m.tokenizer
+    if tok:
       import sentencepiece as spm  # pylint: disable=import-outside-toplevel
       sp = spm.SentencePieceProcessor(model_proto=tok)
       if eos < 0:
@@ -127,7 +120,7 @@ def main(argv):
                   add_bos=bool(sp is not None and sp.bos_id() >= 0))
     name = f"{cfg.name} step {step}"
   else:
-    sys.exit("nano_int4: pass --checkpoint=DIR (with --config) or --gguf=PATH|smollm2")
+    sys.exit("nano_int4: pass --checkpoint=DIR or --gguf=PATH|smollm2")
   size = os.path.getsize(FLAGS.out)
   print(f"nano_int4: wrote {FLAGS.out} ({size / 2**20:.1f} MiB) from {name}, "
         f"group {FLAGS.group_size}, {FLAGS.scale_dtype} scales")

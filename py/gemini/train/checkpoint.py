@@ -184,14 +184,14 @@ class Checkpointer:
   """Async, atomic, self-verifying checkpoints of (train state, JSON extras) in `directory`."""
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True,
-               log=print, verify_writes: bool = True):
+               log=print, verify_writes: bool = True, create: bool = True):
     if keep < 1:
       raise ValueError(f"Checkpointer: keep={keep} must be >= 1")
     self.directory = os.path.abspath(directory)
     self.rejected_dir = self.directory + ".rejected"
     self.keep, self.log, self.verify_writes = keep, log, verify_writes
     self.is_main = jax.process_index() == 0
-    options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
+    options = ocp.CheckpointManagerOptions(max_to_keep=None, create=create,
                                            enable_async_checkpointing=async_save)
     self._mngr = ocp.CheckpointManager(self.directory, options=options)
     self._pending: List[Tuple[int, Any]] = []   # (step, abstract state) saved, not yet final.
@@ -423,32 +423,56 @@ def checkpoint_dir(directory: str) -> str:
   return directory
 
 
-def load_for_inference(directory: str, log=print) -> InferenceModel:
-  """Config, params (numpy f32) and tokenizer of the newest intact step in `directory` (a
-  training workdir or its checkpoints/ folder); nothing else needs to be given."""
-  from gemini import config_flags  # pylint: disable=import-outside-toplevel
+def read_newest(directory: str, log=print) -> Restored:
+  """The newest step of `directory` (a training workdir or its checkpoints/ folder) that
+  reads and verifies, restored as saved (numpy); older steps are tried after a bad one.
+  Nothing is created, moved or deleted."""
   directory = checkpoint_dir(directory)
-  ckpt = Checkpointer(directory, keep=1 << 30, async_save=False, log=log)
+  ckpt = Checkpointer(directory, keep=1 << 30, async_save=False, log=log, create=False)
   try:
     steps = ckpt.all_steps()
     if not steps:
       raise FileNotFoundError(f"{directory}: no finished checkpoint step")
-    r = None
     for step in reversed(steps):
       try:
         r = ckpt._read(step, None)  # pylint: disable=protected-access
-        break
       except CheckpointError as e:
         log(f"checkpoint step {step} ({ckpt.step_dir(step)}) is skipped: {e}")
-    if r is None:
-      raise CheckpointError(f"{directory}: no step reads and verifies (tried {steps})")
+        continue
+      r.state = _lists(r.state)
+      return r
+    raise CheckpointError(f"{directory}: no step reads and verifies (tried {steps})")
   finally:
     ckpt._mngr.close()  # pylint: disable=protected-access
-  if "config" not in r.model:
-    raise CheckpointError(f"{ckpt.step_dir(r.step)}: the checkpoint does not record its model "
-                          "config (written by an older version); give --config")
-  cfg = config_flags.config_from_dict(r.model["config"], where=f"{ckpt.step_dir(r.step)}/model")
+
+
+def _lists(tree):
+  """Orbax restores Python lists without a target as dicts keyed '0', '1', ...: undo that."""
+  if isinstance(tree, dict):
+    if tree and all(isinstance(k, str) and k.isdigit() for k in tree):
+      return [_lists(tree[str(i)]) for i in range(len(tree))]
+    return {k: _lists(v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return [_lists(v) for v in tree]
+  return tree
+
+
+def load_for_inference(directory: str, cfg: Any = None, log=print) -> InferenceModel:
+  """Config, params (numpy f32) and tokenizer of the newest intact step in `directory` (a
+  training workdir or its checkpoints/ folder): the checkpoint describes itself. `cfg`
+  replaces the recorded config (needed only for checkpoints that do not record one)."""
+  from gemini import config_flags  # pylint: disable=import-outside-toplevel
+  r = read_newest(directory, log)
+  where = os.path.join(checkpoint_dir(directory), str(r.step))
+  if cfg is None:
+    if "config" not in r.model:
+      raise CheckpointError(f"{where}: the checkpoint does not record its model config "
+                            "(written by an older version); give the config explicitly")
+    cfg = config_flags.config_from_dict(r.model["config"], where=f"{where}/model/config")
+  if not isinstance(r.state, dict) or "params" not in r.state:
+    raise CheckpointError(f"{where}: state has no 'params'")
   tok = r.model.get("tokenizer") or {}
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), r.state["params"])
   return InferenceModel(cfg=cfg, params=params, tokenizer_kind=tok.get("kind", ""),
-                        tokenizer=tok.get("data", b""), step=r.step, directory=directory)
+                        tokenizer=tok.get("data", b""), step=r.step,
+                        directory=checkpoint_dir(directory))
