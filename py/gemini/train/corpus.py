@@ -91,10 +91,11 @@ def check_vocab(root: str, cfg) -> int:
   """The corpus' vocabulary size, after checking that every shard header, the tokenizer and
   the manifest agree on it and that the model's vocab_size covers it (it may be larger:
   padded embedding rows are never a target). ValueError naming the file otherwise."""
+  import sentencepiece as spm  # pylint: disable=import-outside-toplevel
   from gemini.data.loader import Shard  # pylint: disable=import-outside-toplevel
-  from gemini.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
   tok_path = tokenizer_path(root)
-  vocab = Tokenizer(tok_path).vocab_size if os.path.exists(tok_path) else None
+  vocab = (spm.SentencePieceProcessor(model_file=tok_path).get_piece_size()
+           if os.path.exists(tok_path) else None)
   listed = read_manifest(root).get("vocab_size")
   if vocab is not None and listed is not None and listed != vocab:
     raise ValueError(f"{manifest_path(root)}: vocab_size {listed} but the tokenizer {tok_path} "

@@ -101,8 +101,12 @@ def run(argv) -> None:
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   mesh = sharding.make_mesh(mesh_axes or {"data": jax.device_count()})
-  loader = make_loader(_DATA.value, cfg, tc, _CORPUS_DIR.value, mesh,
-                       _DATA_SHARDS.value or jax.process_count())
+  try:
+    loader = make_loader(_DATA.value, cfg, tc, _CORPUS_DIR.value, mesh,
+                         _DATA_SHARDS.value or jax.process_count())
+  except (ValueError, FileNotFoundError) as e:
+    print(f"{sys.argv[0]}: cannot read the data: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
   peak = measure_matmul_peak() if _PEAK.value else None
   is_main = jax.process_index() == 0
   if is_main:

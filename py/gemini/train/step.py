@@ -75,11 +75,14 @@ def grads_and_metrics(loss_fn: LossFn, params: Any, batch: Dict[str, jax.Array],
 
 def apply_grads(state: Dict[str, Any], grads: Any, optimizer: optax.GradientTransformation,
                 schedule: optax.Schedule) -> Tuple[Dict[str, Any], Dict[str, jax.Array]]:
-  """One optimizer update; returns the new state and {grad_norm, lr}."""
+  """One optimizer update; returns the new state and {grad_norm, lr, params_finite} (1.0 if
+  every updated parameter is finite, else 0.0: the trainer's divergence guard reads it)."""
   updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   new = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)
-  return new, {"grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"])}
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+  return new, {"grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"]),
+               "params_finite": finite.astype(jnp.float32)}
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,

@@ -267,6 +267,8 @@ class Trainer:
     scalars = {k: float(v) for k, v in metrics.items() if jnp.ndim(v) == 0}
     bad = {k: scalars[k] for k in ("loss", "grad_norm") if k in scalars
            and not np.isfinite(scalars[k])}
+    if scalars.get("params_finite", 1.0) != 1.0:
+      bad["updated_params"] = "non-finite"
     if bad:
       self._diverged(bad)
       return {}
@@ -374,7 +376,8 @@ class Trainer:
   def _diverged(self, bad: Dict[str, float]) -> None:
     at = self.step + 1
     what = ", ".join(f"{k}={v}" for k, v in bad.items())
-    self.metrics.write({"event": "divergence", "step": at, **{k: str(v) for k, v in bad.items()}})
+    self.metrics.write({"event": "divergence", "step": at,
+                        **{k: str(v) for k, v in bad.items()}})
     rollback = self.tc.on_divergence == "rollback" and self.rollbacks < self.tc.max_rollbacks
     if not rollback:
       hint = ("--on_divergence=rollback restores the last good checkpoint and skips these "
