@@ -1,6 +1,9 @@
 """End to end: 2 processes on 127.0.0.1 x 4 fake CPU devices each (jax.distributed,
 gloo collectives) train as one 8-device mesh and end with the same parameters as a
 single process with 8 devices and the same mesh (to f32 reduction-order noise).
+
+Each process reads only the half of every batch its devices hold (data shard 0 or 1 of 2);
+the single process reads both shards (--data_shards=2), so both runs see the same data.
 """
 
 import os
@@ -34,8 +37,8 @@ def _cmd(workdir, npz, *extra):
 
 def test_two_processes_equal_one_process(tmp_path):
   single = str(tmp_path / "single.npz")
-  subprocess.run(_cmd(str(tmp_path / "s"), single), env=_env(8), check=True,
-                 capture_output=True, timeout=240)
+  subprocess.run(_cmd(str(tmp_path / "s"), single, "--data_shards=2"), env=_env(8),
+                 check=True, capture_output=True, timeout=240)
 
   multi = str(tmp_path / "multi.npz")
   port = portpicker.pick_unused_port()
@@ -48,6 +51,8 @@ def test_two_processes_equal_one_process(tmp_path):
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
   assert "8 devices / 2 process(es)" in outs[0]
+  for i, out in enumerate(outs):
+    assert f"process {i}: reads data shard(s) [{i}] of 2 (4 rows each)" in out, out[-3000:]
 
   a, b = np.load(single), np.load(multi)
   assert sorted(a.files) == sorted(b.files) and len(a.files) > 5

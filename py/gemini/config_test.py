@@ -55,3 +55,33 @@ def test_flags_parser_strips_config_fields():
   fv(rest)
   assert fv.config == "pro_tiny"
   assert config_flags.resolve(fv.config, found).d_model == 128
+
+
+def test_nested_override_errors_name_the_whole_flag():
+  with pytest.raises(ValueError, match=r"--config\.moe\.top_k='x': expected int"):
+    config_flags.resolve("pro_tiny", {"moe.top_k": "x"})
+  with pytest.raises(ValueError, match=r"--config\.vision\.nope: VisionConfig has no field"):
+    config_flags.resolve("pro_tiny", {"vision.nope": "1"})
+
+
+def test_flags_parser_hands_overrides_to_main_in_argv():
+  argv = config_flags.flags_parser(["prog", "--config.d_model=128", "--config.moe.top_k", "1"])
+  assert config_flags.overrides(argv) == {"d_model": "128", "moe.top_k": "1"}
+
+
+def test_config_json_round_trip_and_type_checks():
+  cfg = config_flags.resolve("pro_tiny", {"moe.layers": "1,3"})
+  d = config_flags.config_to_dict(cfg)
+  assert config_flags.config_from_dict(d) == cfg
+  with pytest.raises(ValueError, match=r"config\.moe\.top_k='2': expected int"):
+    config_flags.config_from_dict(dict(d, moe=dict(d["moe"], top_k="2")))
+  with pytest.raises(ValueError, match=r"config\.wings: ModelConfig has no field"):
+    config_flags.config_from_dict(dict(d, wings=2))
+
+
+def test_parse_mesh_names_the_bad_part():
+  assert config_flags.parse_mesh("data=2,fsdp=4") == {"data": 2, "fsdp": 4}
+  assert config_flags.parse_mesh("") == {}
+  for bad in ("data=0", "pipeline=2", "data=2,data=2", "fsdp"):
+    with pytest.raises(ValueError, match="--mesh="):
+      config_flags.parse_mesh(bad)

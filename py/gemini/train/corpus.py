@@ -146,7 +146,8 @@ def make_corpus_loader(root: str, cfg, tc, shard: int = 0, num_shards: int = 1,
       stages.append(Stage(until_batch=until, weights=dict(weights)))
     mixture = Mixture(stages)
   return Loader(sources=shards, batch_size=batch_size or tc.batch_size, seq_len=tc.seq_len,
-                mixture=mixture, seed=tc.seed, process_index=shard, process_count=num_shards)
+                mixture=mixture, seed=tc.seed, process_index=shard, process_count=num_shards,
+                vocab_size=cfg.vocab_size)
 
 
 def unigram_entropy(root: str) -> float:

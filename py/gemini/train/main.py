@@ -50,6 +50,7 @@ _NPZ = flags.DEFINE_string("final_params_npz", "", "Write the final params here 
 
 def make_loader(data: str, cfg, tc, corpus_dir: str, mesh, num_shards: int):
   """The loader for --data: this process's blocks of `num_shards` (see data_shards.py)."""
+  import jax
   from gemini import sharding
   from gemini.train.data_shards import DataShards, needed_shards
   if data == "synthetic":
@@ -63,6 +64,8 @@ def make_loader(data: str, cfg, tc, corpus_dir: str, mesh, num_shards: int):
     make = lambda j, n, rows: corpus.make_corpus_loader(root, cfg, tc, j, n, rows)
   shape = (tc.batch_size, tc.seq_len)
   mine = needed_shards(sharding.batch_sharding(mesh, shape), shape, num_shards)
+  print(f"process {jax.process_index()}: reads data shard(s) {mine} of {num_shards} "
+        f"({tc.batch_size // num_shards} rows each)", flush=True)
   return DataShards(make, tc.batch_size, tc.seq_len, num_shards, mine)
 
 
