@@ -13,6 +13,8 @@ import sys
 import numpy as np
 import portpicker
 
+from gemini.train.metrics import read_metrics
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "py", "gemini", "train", "main.py")
 TINY = ["--config=nano_tiny", "--config.d_model=64", "--config.n_layers=2",
@@ -54,9 +56,16 @@ def test_two_processes_equal_one_process(tmp_path):
   for i, out in enumerate(outs):
     assert f"process {i}: reads data shard(s) [{i}] of 2 (4 rows each)" in out, out[-3000:]
 
+  # Same data in every step: the per-step losses agree (other batches would differ by ~1e-1).
+  losses = [[r["loss"] for r in read_metrics(str(tmp_path / d / "metrics.jsonl"))
+             if "loss" in r and "event" not in r] for d in ("s", "m")]
+  assert len(losses[0]) == 6
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
   a, b = np.load(single), np.load(multi)
   assert sorted(a.files) == sorted(b.files) and len(a.files) > 5
   for k in a.files:
     # Gloo's cross-process all-reduce sums in a different order than the in-process one,
-    # so the last bits differ after 6 updates; anything else (data, sharding) would not.
-    np.testing.assert_allclose(a[k], b[k], rtol=2e-6, atol=1e-7, err_msg=k)
+    # so the last bits differ after 6 updates (Adam's m/sqrt(v) amplifies it to ~1e-6 for
+    # rarely seen embedding rows); anything else (data, sharding) would differ by far more.
+    np.testing.assert_allclose(a[k], b[k], rtol=2e-6, atol=2e-6, err_msg=k)

@@ -271,3 +271,26 @@ def test_token_id_outside_the_vocabulary_is_refused_before_the_step(tmp_path):
 def test_non_finite_or_non_positive_hyperparameters_are_refused(field, value):
   with pytest.raises(ValueError, match=f"--{field}="):
     _tc(**{field: value})
+
+
+def test_data_shards_read_separately_equal_the_whole_batch():
+  """What two processes read (shard 0, shard 1) is exactly what one process reads with
+  data_shards=2; with one shard the stream is the plain loader's."""
+  from gemini.train.data_shards import DataShards
+  from gemini.train.synthetic import SyntheticLoader
+  make = lambda j, n, rows: SyntheticLoader(64, rows, 16, seed=3, shard=j, num_shards=n)
+  both = DataShards(make, 8, 16, 2, [0, 1])
+  parts = [DataShards(make, 8, 16, 2, [j]) for j in (0, 1)]
+  for _ in range(3):
+    whole, p0, p1 = both.next(), parts[0].next(), parts[1].next()
+    for k in whole:
+      np.testing.assert_array_equal(whole[k][:4], p0[k][:4])
+      np.testing.assert_array_equal(whole[k][4:], p1[k][4:])
+      assert not p0[k][4:].any() and not p1[k][:4].any()
+    assert not np.array_equal(whole["tokens"][:4], whole["tokens"][4:])
+  state = both.state()
+  parts[1].restore(state)
+  np.testing.assert_array_equal(both.next()["tokens"][4:], parts[1].next()["tokens"][4:])
+  one = DataShards(make, 8, 16, 1, [0])
+  np.testing.assert_array_equal(one.next()["tokens"],
+                                SyntheticLoader(64, 8, 16, seed=3).next()["tokens"])

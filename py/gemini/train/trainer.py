@@ -41,7 +41,7 @@ from gemini.train.resilience.replicas import InMemoryReplica
 from gemini.train.resilience.sdc import SDCChecker, SDCResult
 from gemini.train.step import LossFn, apply_grads, init_state, make_train_step, step_rng
 from gemini.train.train_config import TrainConfig
-from gemini.train.tree_paths import path_name, path_names
+from gemini.train.tree_paths import path_names
 
 BATCH_KEYS = ("tokens", "targets", "segment_ids", "positions")
 
@@ -107,7 +107,7 @@ def params_to_host(params: Any) -> Any:
 def save_params_npz(params: Any, path: str) -> None:
   """Writes host params to an .npz keyed by their tree paths."""
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  np.savez(path, **{path_name(p): np.asarray(v) for p, v in flat})
+  np.savez(path, **{jax.tree_util.keystr(p): np.asarray(v) for p, v in flat})
 
 
 class Trainer:

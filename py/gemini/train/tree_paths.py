@@ -1,8 +1,8 @@
 """Pytree paths as names: `(DictKey('layers'), SequenceKey(0), DictKey('w'))` -> "layers/0/w".
 
 One naming for every place that keys arrays by where they sit in a tree (checkpoint
-checksums, optimizer-moment shardings, .npz dumps), so a dict keyed '0' and a list at index 0
-name the same leaf.
+checksums, optimizer-moment shardings), so a dict keyed '0' and a list at index 0 name the
+same leaf.
 """
 
 from __future__ import annotations
