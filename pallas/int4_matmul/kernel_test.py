@@ -8,6 +8,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from pallas.int4_matmul import ops, reference, weight
+from pallas.testing import tpu_topology
 
 
 @pytest.mark.parametrize("m,k,n,group,scale_dtype", [
@@ -47,11 +48,7 @@ def test_bf16_activations_close_to_reference():
 
 
 def test_compiles_for_tpu_v5e_inside_shard_map():
-  import os
-  from gemini import testing
-  # Several test processes may hold libtpu at once; AOT compiles never touch a chip.
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  devices = testing.tpu_topology("v5e:2x2")
+  devices = tpu_topology.tpu_topology("v5e:2x2")  # sets ALLOW_MULTIPLE_LIBTPU_LOAD
   mesh = jax.sharding.Mesh(np.asarray(devices).reshape(4), ("model",))
   m, k, n, g = 16, 2048, 4 * 512, 32
   w = jax.eval_shape(lambda: weight.quantize(jnp.zeros((k, n)), g, "bfloat16"))

@@ -16,7 +16,7 @@ import pytest
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from gemini import testing
+from pallas.testing import tpu_topology
 from pallas.moe import all_to_all as a2a
 from pallas.moe import gmm as gmm_lib
 
@@ -25,8 +25,8 @@ TOPOLOGIES = {"v5e": "v5e:2x2", "v5p": "v5p:2x2x1"}
 
 def _mesh(gen):
   topo = TOPOLOGIES[gen]
-  n = len(testing.tpu_topology(topo))
-  return testing.tpu_mesh(topo, (n,), ("expert",)), n
+  n = len(tpu_topology.tpu_topology(topo))
+  return tpu_topology.tpu_mesh(topo, (n,), ("expert",)), n
 
 
 def _sds(mesh, shape, dtype, spec=P("expert")):

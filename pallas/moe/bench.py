@@ -33,7 +33,7 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=wrong-import-position
 
-from gemini import testing  # pylint: disable=wrong-import-position
+from pallas.testing import tpu_topology  # pylint: disable=wrong-import-position
 from pallas.moe import ops  # pylint: disable=wrong-import-position
 
 
@@ -120,9 +120,9 @@ def step_times(sizes, reps):
 
 
 def tpu_memory(t, d, f, e, k, topology="v5e:2x2"):
-  devices = testing.tpu_topology(topology)
+  devices = tpu_topology.tpu_topology(topology)
   n = len(devices)
-  mesh = testing.tpu_mesh(topology, (n,), ("expert",))
+  mesh = tpu_topology.tpu_mesh(topology, (n,), ("expert",))
   print(f"\n== 3. per-device memory, one MoE layer fwd+bwd compiled for {topology} ({n} chips),"
         f" T={t} D={d} F={f} E={e} k={k} bf16")
   print(f"{'path':>9} {'temp MiB':>10} {'args MiB':>10} {'out MiB':>10} {'compile s':>10}")

@@ -1,7 +1,8 @@
 """Public attention ops: single-device flash attention and the context-parallel ring.
 
-Both take the model's BSHD layout (q [B,S,H,Dh], k/v [B,S,K,Dh]), pad the sequence to the block
-size with padding tokens (segment id 0), run the BHSD kernels of `kernel.py` and are
+Both take the model's BSHD layout (q [B,S,H,Dh], k/v [B,S,K,Dh]) with segment ids and
+bidirectional item ids [B,S], pad the sequence to the block size with padding tokens (segment
+id 0), run the BHSD kernels of `kernel.py` (mask rule in its docstring) and are
 differentiable through `jax.custom_vjp` (the backward runs the dq and dk/dv kernels with the
 forward's log-sum-exp).
 
@@ -36,7 +37,7 @@ def _round_up(x: int, m: int) -> int:
   return -(-x // m) * m
 
 
-def _check_shapes(name, q, k, v, segment_ids):
+def _check_shapes(name, q, k, v, segment_ids, bidir_ids):
   if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape:
     raise ValueError(f"{name}: expected q [B,S,H,Dh], k/v [B,S,K,Dh], got q {q.shape}, "
                      f"k {k.shape}, v {v.shape}")
@@ -45,8 +46,14 @@ def _check_shapes(name, q, k, v, segment_ids):
     raise ValueError(f"{name}: k/v {k.shape} do not match q {q.shape} in batch, seq or head_dim")
   if h % k.shape[2]:
     raise ValueError(f"{name}: n_heads={h} is not a multiple of kv heads={k.shape[2]}")
-  if segment_ids is not None and segment_ids.shape != (b, s):
-    raise ValueError(f"{name}: segment_ids shape {segment_ids.shape}, expected {(b, s)}")
+  for what, ids in (("segment_ids", segment_ids), ("bidir_ids", bidir_ids)):
+    if ids is not None and ids.shape != (b, s):
+      raise ValueError(f"{name}: {what} shape {ids.shape}, expected {(b, s)}")
+
+
+def _ids(ids, b, s, fill):
+  """int32 [B,S] ids, `fill` everywhere when None."""
+  return jnp.full((b, s), fill, jnp.int32) if ids is None else ids.astype(jnp.int32)
 
 
 def _resolve_interpret(interpret):
@@ -85,51 +92,52 @@ class _Cfg:
 # ---------------------------------------------------------------- single device
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _flash(q, k, v, seg, pos, cfg: _Cfg):
-  return _flash_fwd(q, k, v, seg, pos, cfg)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _flash(q, k, v, tok: Tokens, cfg: _Cfg):
+  return _flash_fwd(q, k, v, tok, cfg)[0]
 
 
-def _flash_fwd(q, k, v, seg, pos, cfg):
-  tok = Tokens(seg, pos)
+def _flash_fwd(q, k, v, tok, cfg):
   o, lse = kernel.flash_fwd(q, k, v, tok, tok, causal=cfg.causal, sm_scale=cfg.sm_scale,
                             block_q=cfg.block_q, block_k=cfg.block_k, interpret=cfg.interpret)
-  return o, (q, k, v, seg, pos, o, lse)
+  return o, (q, k, v, tok, o, lse)
 
 
 def _flash_bwd(cfg, res, do):
-  q, k, v, seg, pos, o, lse = res
-  tok = Tokens(seg, pos)
+  q, k, v, tok, o, lse = res
   delta = jnp.sum(o.astype(_F32) * do.astype(_F32), axis=-1, keepdims=True)
   dq, dk, dv = kernel.flash_bwd(q, k, v, do, lse, delta, tok, tok, causal=cfg.causal,
                                 sm_scale=cfg.sm_scale, block_q=cfg.block_q,
                                 block_k=cfg.block_k, interpret=cfg.interpret)
-  return dq, dk, dv, None, None
+  return dq, dk, dv, Tokens(None, None, None)
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                    segment_ids: Optional[jax.Array] = None, *, causal: bool = True,
+                    segment_ids: Optional[jax.Array] = None,
+                    bidir_ids: Optional[jax.Array] = None, *, causal: bool = True,
                     sm_scale: Optional[float] = None, block_q: int = 128, block_k: int = 128,
                     interpret=None) -> jax.Array:
   """Blockwise attention on one device.
 
   q [B,S,H,Dh], k/v [B,S,K,Dh] (H % K == 0, kv head h // (H/K) serves query head h),
-  segment_ids int32 [B,S] (0 = padding; None = one segment). Returns [B,S,H,Dh] in q.dtype;
-  rows with no allowed key (padding) are zero. Any S works: the kernel pads to the blocks.
+  segment_ids int32 [B,S] (0 = padding; None = one segment), bidir_ids int32 [B,S] (media
+  items: tokens sharing a nonzero id see each other regardless of causality; None = no
+  items). Returns [B,S,H,Dh] in q.dtype; rows with no allowed key (padding) are zero. Any S
+  works: the kernel pads to the blocks.
   """
-  _check_shapes("flash_attention", q, k, v, segment_ids)
+  _check_shapes("flash_attention", q, k, v, segment_ids, bidir_ids)
   b, s, _, d = q.shape
   bq, bk, s_pad = _block_sizes(s, block_q, block_k)
-  seg = jnp.ones((b, s), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
-  seg = _pad_seq(seg, s_pad)
-  pos = jnp.broadcast_to(jnp.arange(s_pad, dtype=jnp.int32), (b, s_pad))
+  tok = Tokens(_pad_seq(_ids(segment_ids, b, s, 1), s_pad),
+               jnp.broadcast_to(jnp.arange(s_pad, dtype=jnp.int32), (b, s_pad)),
+               _pad_seq(_ids(bidir_ids, b, s, 0), s_pad))
   cfg = _Cfg(causal, float(d ** -0.5 if sm_scale is None else sm_scale), bq, bk,
              _resolve_interpret(interpret))
   qh, kh, vh = (_to_bhsd(_pad_seq(x, s_pad)) for x in (q, k, v))
-  o = _flash(qh, kh, vh, seg, pos, cfg)
+  o = _flash(qh, kh, vh, tok, cfg)
   return _to_bhsd(o)[:, :s]
 
 
@@ -155,13 +163,14 @@ def _ring_fwd_ppermute(q, k, v, tok: Tokens, cfg: _Cfg):
   o, lse = kernel.flash_fwd(q, k, v, tok, tok, **kw)
 
   def step(_, carry):
-    o, lse, k, v, kseg, kpos = carry
-    k, v, kseg, kpos = _rotate([k, v, kseg, kpos], cfg)
-    o2, lse2 = kernel.flash_fwd(q, k, v, tok, Tokens(kseg, kpos), **kw)
+    o, lse, k, v, ktok = carry
+    k, v, *ktok = _rotate([k, v, *ktok], cfg)
+    ktok = Tokens(*ktok)
+    o2, lse2 = kernel.flash_fwd(q, k, v, tok, ktok, **kw)
     o, lse = _merge(o, lse, o2, lse2)
-    return o, lse, k, v, kseg, kpos
+    return o, lse, k, v, ktok
 
-  o, lse, *_ = lax.fori_loop(1, cfg.n, step, (o, lse, k, v, tok.seg, tok.pos))
+  o, lse, *_ = lax.fori_loop(1, cfg.n, step, (o, lse, k, v, tok))
   return o, lse
 
 
@@ -173,12 +182,13 @@ def _ring_bwd(q, k, v, tok: Tokens, o, lse, do, cfg: _Cfg):
   dq, dk, dv = kernel.flash_bwd(q, k, v, do, lse, delta, tok, tok, **kw)
 
   def step(_, carry):
-    dq, dk, dv, k, v, kseg, kpos = carry
-    k, v, kseg, kpos, dk, dv = _rotate([k, v, kseg, kpos, dk, dv], cfg)
-    dq2, dk2, dv2 = kernel.flash_bwd(q, k, v, do, lse, delta, tok, Tokens(kseg, kpos), **kw)
-    return dq + dq2, dk + dk2, dv + dv2, k, v, kseg, kpos
+    dq, dk, dv, k, v, ktok = carry
+    k, v, dk, dv, *ktok = _rotate([k, v, dk, dv, *ktok], cfg)
+    ktok = Tokens(*ktok)
+    dq2, dk2, dv2 = kernel.flash_bwd(q, k, v, do, lse, delta, tok, ktok, **kw)
+    return dq + dq2, dk + dk2, dv + dv2, k, v, ktok
 
-  dq, dk, dv, *_ = lax.fori_loop(1, cfg.n, step, (dq, dk, dv, k, v, tok.seg, tok.pos))
+  dq, dk, dv, *_ = lax.fori_loop(1, cfg.n, step, (dq, dk, dv, k, v, tok))
   if cfg.n > 1:
     dk, dv = _rotate([dk, dv], cfg)   # After n-1 steps they sit one device left of home.
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
@@ -193,37 +203,39 @@ def _ring_forward(q, k, v, tok, cfg):
   return _ring_fwd_ppermute(q, k, v, tok, cfg)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _ring_local(q, k, v, seg, pos, cfg: _Cfg):
-  o, _ = _ring_forward(q, k, v, Tokens(seg, pos), cfg)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _ring_local(q, k, v, tok: Tokens, cfg: _Cfg):
+  o, _ = _ring_forward(q, k, v, tok, cfg)
   return o.astype(q.dtype)
 
 
-def _ring_local_fwd(q, k, v, seg, pos, cfg):
-  o, lse = _ring_forward(q, k, v, Tokens(seg, pos), cfg)
+def _ring_local_fwd(q, k, v, tok, cfg):
+  o, lse = _ring_forward(q, k, v, tok, cfg)
   o = o.astype(q.dtype)
-  return o, (q, k, v, seg, pos, o, lse)
+  return o, (q, k, v, tok, o, lse)
 
 
 def _ring_local_bwd(cfg, res, do):
-  q, k, v, seg, pos, o, lse = res
-  dq, dk, dv = _ring_bwd(q, k, v, Tokens(seg, pos), o, lse, do, cfg)
-  return dq, dk, dv, None, None
+  q, k, v, tok, o, lse = res
+  dq, dk, dv = _ring_bwd(q, k, v, tok, o, lse, do, cfg)
+  return dq, dk, dv, Tokens(None, None, None)
 
 
 _ring_local.defvjp(_ring_local_fwd, _ring_local_bwd)
 
 
 def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                   segment_ids: Optional[jax.Array] = None, *, mesh: jax.sharding.Mesh,
+                   segment_ids: Optional[jax.Array] = None,
+                   bidir_ids: Optional[jax.Array] = None, *, mesh: jax.sharding.Mesh,
                    axis_name: str = "context", causal: bool = True,
                    sm_scale: Optional[float] = None, impl: str = "ppermute",
                    layout: str = "zigzag", interpret=None, block_q: int = 128,
                    block_k: int = 128, batch_axes: Sequence[str] = ()) -> jax.Array:
   """Context-parallel attention: the sequence is split over mesh axis `axis_name`.
 
-  q [B,S,H,Dh], k/v [B,S,K,Dh], segment_ids int32 [B,S] (0 = padding), all in natural token
-  order (global arrays, any sharding). The op pads S, permutes the tokens into `layout`
+  q [B,S,H,Dh], k/v [B,S,K,Dh], segment_ids int32 [B,S] (0 = padding), bidir_ids int32 [B,S]
+  (media item ids, 0 = none; as in `flash_attention`), all in natural token order (global
+  arrays, any sharding). The op pads S, permutes the tokens into `layout`
   (see layout.py; zigzag balances causal work), runs the ring inside `jax.shard_map` — every
   device keeps its queries and passes kv blocks right around the ring — and returns
   [B,S,H,Dh] in natural order. impl="ppermute": `lax.ppermute` between flash kernel calls,
@@ -232,7 +244,7 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   impls) is a ppermute ring of the dq and dk/dv kernels whose dk/dv accumulators travel with
   their kv block. `batch_axes`: mesh axes the batch dim is sharded over (others replicate).
   """
-  _check_shapes("ring_attention", q, k, v, segment_ids)
+  _check_shapes("ring_attention", q, k, v, segment_ids, bidir_ids)
   if impl not in IMPLS:
     raise ValueError(f"ring_attention: impl={impl!r}, expected one of {IMPLS}")
   if axis_name not in mesh.shape:
@@ -246,9 +258,9 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array,
              _resolve_interpret(interpret), axis_name, n, impl)
   bax = tuple(batch_axes) or None
   spec4, spec2 = P(bax, axis_name, None, None), P(bax, axis_name)
-  seg = jnp.ones((b, s), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
-  args = [_pad_seq(x, s_pad) for x in (q, k, v, seg)]
+  args = [_pad_seq(x, s_pad) for x in (q, k, v, _ids(segment_ids, b, s, 1))]
   args.append(jnp.broadcast_to(jnp.arange(s_pad, dtype=jnp.int32), (b, s_pad)))
+  args.append(_pad_seq(_ids(bidir_ids, b, s, 0), s_pad))
   # Zigzag is entered and left inside shard_map with two ppermutes per array (each device
   # sends its two natural chunks to their owners): a global gather would materialise the
   # whole sequence on every device. Other layouts use the gather.
@@ -257,13 +269,13 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     perm = layout_lib.permutation(s_pad, n, layout)
     args = [x[:, perm] for x in args]
 
-  def local(q, k, v, seg, pos):
+  def local(q, k, v, seg, pos, bid):
     if local_zigzag:
-      q, k, v, seg, pos = (_zigzag_enter(x, axis_name, n) for x in (q, k, v, seg, pos))
-    o = _to_bhsd(_ring_local(_to_bhsd(q), _to_bhsd(k), _to_bhsd(v), seg, pos, cfg))
+      q, k, v, seg, pos, bid = (_zigzag_enter(x, axis_name, n) for x in (q, k, v, seg, pos, bid))
+    o = _to_bhsd(_ring_local(_to_bhsd(q), _to_bhsd(k), _to_bhsd(v), Tokens(seg, pos, bid), cfg))
     return _zigzag_leave(o, axis_name, n) if local_zigzag else o
 
-  out = jax.shard_map(local, mesh=mesh, in_specs=(spec4, spec4, spec4, spec2, spec2),
+  out = jax.shard_map(local, mesh=mesh, in_specs=(spec4, spec4, spec4, spec2, spec2, spec2),
                       out_specs=spec4, check_vma=False)(*args)
   if not local_zigzag:
     out = out[:, layout_lib.inverse_permutation(perm)]

@@ -1,7 +1,8 @@
 """Dense pure-JAX attention: the reference every kernel in this folder is tested against.
 
-Mask (the repo's shared convention, without bidirectional media items):
-  allowed(q, k) = seg[q] == seg[k] and seg[q] != 0 and (not causal or pos[k] <= pos[q]).
+Mask (the repo's shared convention; bid = bidirectional item id, 0 = none):
+  allowed(q, k) = seg[q] == seg[k] and seg[q] != 0
+                  and (not causal or pos[k] <= pos[q] or (bid[q] != 0 and bid[q] == bid[k])).
 Rows with no allowed key (padding queries) output zeros and have log-sum-exp NEG_INF.
 """
 
@@ -17,22 +18,28 @@ NEG_INF = -1e30
 
 
 def attention_mask(q_seg: jax.Array, k_seg: jax.Array, q_pos: jax.Array, k_pos: jax.Array,
-                   causal: bool) -> jax.Array:
-  """bool [B, Sq, Sk] from int32 segment ids and positions q_* [B, Sq], k_* [B, Sk]."""
+                   causal: bool, q_bid: Optional[jax.Array] = None,
+                   k_bid: Optional[jax.Array] = None) -> jax.Array:
+  """bool [B, Sq, Sk] from int32 segment ids, positions and item ids q_* [B, Sq], k_* [B, Sk]."""
   mask = (q_seg[:, :, None] == k_seg[:, None, :]) & (q_seg[:, :, None] != 0)
   if causal:
-    mask &= k_pos[:, None, :] <= q_pos[:, :, None]
+    visible = k_pos[:, None, :] <= q_pos[:, :, None]
+    if q_bid is not None:
+      visible |= (q_bid[:, :, None] != 0) & (q_bid[:, :, None] == k_bid[:, None, :])
+    mask &= visible
   return mask
 
 
 def attention_with_lse(q: jax.Array, k: jax.Array, v: jax.Array,
                        segment_ids: Optional[jax.Array] = None, *, causal: bool = True,
-                       sm_scale: Optional[float] = None, positions: Optional[jax.Array] = None):
+                       sm_scale: Optional[float] = None, positions: Optional[jax.Array] = None,
+                       bidir_ids: Optional[jax.Array] = None):
   """Dense attention in f32.
 
   q [B,S,H,Dh], k/v [B,S,K,Dh] (H % K == 0; query head h reads kv head h // (H/K)),
   segment_ids int32 [B,S] (0 = padding; None = one segment), positions int32 [B,S] used by the
-  causal test (None = 0..S-1). Returns (out [B,S,H,Dh] in q.dtype, lse f32 [B,H,S]).
+  causal test (None = 0..S-1), bidir_ids int32 [B,S] (None = no items).
+  Returns (out [B,S,H,Dh] in q.dtype, lse f32 [B,H,S]).
   """
   b, s, h, d = q.shape
   kh = k.shape[2]
@@ -41,7 +48,7 @@ def attention_with_lse(q: jax.Array, k: jax.Array, v: jax.Array,
   scale = d ** -0.5 if sm_scale is None else sm_scale
   seg = jnp.ones((b, s), jnp.int32) if segment_ids is None else segment_ids
   pos = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s)) if positions is None else positions
-  mask = attention_mask(seg, seg, pos, pos, causal)[:, None]           # [B,1,S,S]
+  mask = attention_mask(seg, seg, pos, pos, causal, bidir_ids, bidir_ids)[:, None]  # [B,1,S,S]
   rep = h // kh
   kf = jnp.repeat(k.astype(jnp.float32), rep, axis=2)
   vf = jnp.repeat(v.astype(jnp.float32), rep, axis=2)
@@ -57,6 +64,7 @@ def attention_with_lse(q: jax.Array, k: jax.Array, v: jax.Array,
   return out.astype(q.dtype), lse
 
 
-def attention(q, k, v, segment_ids=None, *, causal=True, sm_scale=None):
+def attention(q, k, v, segment_ids=None, bidir_ids=None, *, causal=True, sm_scale=None):
   """Dense attention, same contract as `ops.flash_attention`: [B,S,H,Dh] -> [B,S,H,Dh]."""
-  return attention_with_lse(q, k, v, segment_ids, causal=causal, sm_scale=sm_scale)[0]
+  return attention_with_lse(q, k, v, segment_ids, causal=causal, sm_scale=sm_scale,
+                            bidir_ids=bidir_ids)[0]

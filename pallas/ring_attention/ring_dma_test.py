@@ -39,22 +39,24 @@ def _no_races():
   assert not state.races_found, "TPU interpret mode found a data race in the ring kernel"
 
 
-@pytest.mark.parametrize("n,causal,kh", [(1, True, 1), (2, False, 2), (8, True, 1)])
-def test_dma_ring_forward_matches_reference(n, causal, kh):
+@pytest.mark.parametrize("n,causal,kh,media", [(1, True, 1, False), (2, False, 2, False),
+                                               (8, True, 1, True)])
+def test_dma_ring_forward_matches_reference(n, causal, kh, media):
   mesh = _mesh(n)
   q, k, v, _, seg = testutil.inputs(1, 128, 2, kh, 16, jnp.float32, packed=True)
+  bid = testutil.media_ids(seg, 1, 128) if media else None
   fn = jax.jit(lambda q, k, v: ops.ring_attention(
-      q, k, v, seg, mesh=mesh, causal=causal, impl="dma", block_q=16, block_k=16,
+      q, k, v, seg, bid, mesh=mesh, causal=causal, impl="dma", block_q=16, block_k=16,
       interpret=_params()))
   out = jax.block_until_ready(fn(q, k, v))
   _no_races()
-  ref = reference.attention(q, k, v, seg, causal=causal)
+  ref = reference.attention(q, k, v, seg, bid, causal=causal)
   np.testing.assert_allclose(out, ref, atol=2e-5)
 
 
 def test_dma_ring_gradients_on_four_devices():
   mesh = _mesh(4)
-  fn = lambda q, k, v, seg: ops.ring_attention(
-      q, k, v, seg, mesh=mesh, impl="dma", block_q=16, block_k=16, interpret=_params())
-  testutil.check_against_reference(fn, 1, 100, 4, 2, 16, jnp.float32, True, True)
+  fn = lambda q, k, v, seg, bid: ops.ring_attention(
+      q, k, v, seg, bid, mesh=mesh, impl="dma", block_q=16, block_k=16, interpret=_params())
+  testutil.check_against_reference(fn, 1, 100, 4, 2, 16, jnp.float32, True, True, media=True)
   _no_races()

@@ -4,7 +4,9 @@ Runs inside `jax.shard_map` over the ring axis (n devices). Each device keeps it
 walks the ring in n steps; at step s it holds the kv block that started on device me - s.
 
 Buffers (HBM, outputs of the kernel so they live for its whole run):
-  kbuf/vbuf [2,B,K,Sl,Dh] and sbuf/pbuf [2,B,1,Sl] (segment ids, positions): two slots.
+  kbuf/vbuf [2,B,K,Sl,Dh] and sbuf/pbuf/ibuf [2,B,1,Sl] (segment ids, positions, item ids):
+  two slots. The five tensors travel together, so a kv block always arrives with the mask
+  data of its tokens (kernel.py's rule, bidirectional media items included).
   acc [B,H,Sl,Dh], m/l [B,H,Sl,1] f32: the online-softmax state of every query row.
 
 Step s (grid axis 0; the grid is (n, B, H, nq, nk), all sequential):
@@ -23,7 +25,8 @@ Step s (grid axis 0; the grid is (n, B, H, nq, nk), all sequential):
     at zero).
 Every DMA semaphore is indexed by (tensor, step): no semaphore is reused across steps, so a
 late copy can never be mistaken for the current one. Block skipping uses the block
-summaries of every device's kv (all-gathered, tiny) indexed by the kv block's origin.
+summaries of every device's kv (all-gathered, tiny; six int32 per block including the
+item-id range, see kernel.block_summary) indexed by the kv block's origin.
 
 The caller finishes with `finalize` (o = acc / l, lse = m + log l).
 """
@@ -43,12 +46,12 @@ from pallas.ring_attention.kernel import Tokens
 from pallas.ring_attention.reference import NEG_INF
 
 _F32 = jnp.float32
-_N_TENSORS = 4  # k, v, segment ids, positions travel together.
+_N_TENSORS = 5  # k, v, segment ids, positions, item ids travel together.
 
 
-def _ring_kernel(qs, ks, me_ref, q_ref, qseg_ref, qpos_ref, k_hbm, v_hbm, kseg_hbm, kpos_hbm,
-                 acc_hbm, m_hbm, l_hbm, kbuf, vbuf, sbuf, pbuf,
-                 m_sc, l_sc, acc_sc, k_blk, v_blk, s_blk, p_blk,
+def _ring_kernel(qs, ks, me_ref, q_ref, qseg_ref, qpos_ref, qbid_ref, k_hbm, v_hbm, kseg_hbm,
+                 kpos_hbm, kbid_hbm, acc_hbm, m_hbm, l_hbm, kbuf, vbuf, sbuf, pbuf, ibuf,
+                 m_sc, l_sc, acc_sc, k_blk, v_blk, s_blk, p_blk, i_blk,
                  local_sem, state_sem, send_sem, recv_sem, free_sem,
                  *, axis_name, n, nb, nh, nq, nk, g, bq, bk, causal, sm_scale):
   s, b, h, qi, ki = (pl.program_id(i) for i in range(5))
@@ -58,7 +61,7 @@ def _ring_kernel(qs, ks, me_ref, q_ref, qseg_ref, qpos_ref, k_hbm, v_hbm, kseg_h
   slot = lax.rem(s, 2)
   first = (b == 0) & (h == 0) & (qi == 0) & (ki == 0)
   last = (b == nb - 1) & (h == nh - 1) & (qi == nq - 1) & (ki == nk - 1)
-  bufs = (kbuf, vbuf, sbuf, pbuf)
+  bufs = (kbuf, vbuf, sbuf, pbuf, ibuf)
 
   def remote(j, step):
     """The copy of tensor j sent at `step`: my slot step%2 -> right's slot (step+1)%2."""
@@ -76,7 +79,7 @@ def _ring_kernel(qs, ks, me_ref, q_ref, qseg_ref, qpos_ref, k_hbm, v_hbm, kseg_h
                             device_id_type=pl.DeviceIdType.MESH)
       pl.semaphore_wait(barrier, 2)
     copies = [pltpu.make_async_copy(src, dst.at[0], local_sem.at[j]) for j, (src, dst) in
-              enumerate(zip((k_hbm, v_hbm, kseg_hbm, kpos_hbm), bufs))]
+              enumerate(zip((k_hbm, v_hbm, kseg_hbm, kpos_hbm, kbid_hbm), bufs))]
     for c in copies:
       c.start()
     for c in copies:
@@ -128,13 +131,15 @@ def _ring_kernel(qs, ks, me_ref, q_ref, qseg_ref, qpos_ref, k_hbm, v_hbm, kseg_h
         pltpu.make_async_copy(vbuf.at[slot, b, kvh, cols], v_blk, local_sem.at[1]),
         pltpu.make_async_copy(sbuf.at[slot, b, :, cols], s_blk, local_sem.at[2]),
         pltpu.make_async_copy(pbuf.at[slot, b, :, cols], p_blk, local_sem.at[3]),
+        pltpu.make_async_copy(ibuf.at[slot, b, :, cols], i_blk, local_sem.at[4]),
     ]
     for c in copies:
       c.start()
     for c in copies:
       c.wait()
-    kernel.online_softmax_step(q_ref[...], k_blk[...], v_blk[...], qseg_ref[...], qpos_ref[...],
-                               s_blk[...], p_blk[...], m_sc, l_sc, acc_sc,
+    kernel.online_softmax_step(q_ref[...], k_blk[...], v_blk[...],
+                               (qseg_ref[...], qpos_ref[...], qbid_ref[...]),
+                               (s_blk[...], p_blk[...], i_blk[...]), m_sc, l_sc, acc_sc,
                                causal=causal, sm_scale=sm_scale)
 
   @pl.when(ki == nk - 1)
@@ -162,8 +167,8 @@ def ring_flash_fwd(q, k, v, tok: Tokens, *, axis_name: str, n: int, causal: bool
                    sm_scale: float, block_q: int, block_k: int, interpret):
   """Per-device ring forward (call inside shard_map over `axis_name` of size n).
 
-  q [B,H,Sl,Dh], k/v [B,K,Sl,Dh], tok.seg/pos int32 [B,Sl] (this device's tokens, positions
-  global). interpret: False (compile for TPU), True (TPU interpret mode with default
+  q [B,H,Sl,Dh], k/v [B,K,Sl,Dh], tok.seg/pos/bid int32 [B,Sl] (this device's tokens,
+  positions global). interpret: False (compile for TPU), True (TPU interpret mode with default
   parameters) or a `pltpu.InterpretParams`. Returns (out f32 [B,H,Sl,Dh], lse f32 [B,H,Sl,1]).
   """
   b, h, sl, d = q.shape
@@ -175,7 +180,7 @@ def ring_flash_fwd(q, k, v, tok: Tokens, *, axis_name: str, n: int, causal: bool
   q_sum = kernel.block_summary(tok, block_q)
   k_sum = kernel.block_summary(tok, block_k)
   if n > 1:
-    k_sum = lax.all_gather(k_sum, axis_name, tiled=True)   # [n * B * nk * 4], tiny.
+    k_sum = lax.all_gather(k_sum, axis_name, tiled=True)   # [n * B * nk * 6], tiny.
   me = lax.axis_index(axis_name).astype(jnp.int32).reshape(1)
 
   grid = (n, b, h, nq, nk)
@@ -190,12 +195,14 @@ def ring_flash_fwd(q, k, v, tok: Tokens, *, axis_name: str, n: int, causal: bool
       jax.ShapeDtypeStruct((2, b, kh, sl, d), v.dtype),      # vbuf
       jax.ShapeDtypeStruct((2, b, 1, sl), jnp.int32),        # sbuf
       jax.ShapeDtypeStruct((2, b, 1, sl), jnp.int32),        # pbuf
+      jax.ShapeDtypeStruct((2, b, 1, sl), jnp.int32),        # ibuf
   ]
   scratch = [
       pltpu.VMEM((block_q, 1), _F32), pltpu.VMEM((block_q, 1), _F32),
       pltpu.VMEM((block_q, d), _F32),
       pltpu.VMEM((block_k, d), k.dtype), pltpu.VMEM((block_k, d), v.dtype),
       pltpu.VMEM((1, block_k), jnp.int32), pltpu.VMEM((1, block_k), jnp.int32),
+      pltpu.VMEM((1, block_k), jnp.int32),
       pltpu.SemaphoreType.DMA((_N_TENSORS,)),           # local copies
       pltpu.SemaphoreType.DMA((3,)),                    # state load/store
       pltpu.SemaphoreType.DMA((_N_TENSORS, n)),         # send, per tensor and step
@@ -208,14 +215,13 @@ def ring_flash_fwd(q, k, v, tok: Tokens, *, axis_name: str, n: int, causal: bool
       body,
       grid_spec=pltpu.PrefetchScalarGridSpec(
           num_scalar_prefetch=3, grid=grid,
-          in_specs=[qspec, qtok, qtok, hbm, hbm, hbm, hbm],
+          in_specs=[qspec, qtok, qtok, qtok, hbm, hbm, hbm, hbm, hbm],
           out_specs=[hbm] * len(out_shape), scratch_shapes=scratch),
       out_shape=out_shape,
       compiler_params=pltpu.CompilerParams(
           collective_id=0, has_side_effects=True,
           dimension_semantics=("arbitrary",) * len(grid)),
       interpret=interpret, name="ring_flash_fwd",
-  )(q_sum, k_sum, me, q, tok.seg[:, :, None], tok.pos[:, :, None], k, v,
-    tok.seg[:, None, :], tok.pos[:, None, :])
+  )(q_sum, k_sum, me, q, *(x[:, :, None] for x in tok), k, v, *(x[:, None, :] for x in tok))
   out, lse = kernel.finalize(m, l, acc)
   return out, lse

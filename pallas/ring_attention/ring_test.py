@@ -1,7 +1,8 @@
 """Reference ring (lax.ppermute between flash kernel calls) on 1, 2, 4 and 8 fake CPU devices.
 
 Run with 8 host devices (BUILD: devices=8). Forward and the three gradients against the dense
-reference, with the zigzag layout handled inside the op (inputs in natural order).
+reference, with the zigzag layout handled inside the op (inputs in natural order), with and
+without bidirectional media items.
 """
 
 import jax
@@ -21,32 +22,33 @@ def _mesh(shape, names):
                        devices=jax.devices()[:n])
 
 
-# (mesh shape, names, batch_axes, B, S, H, K, causal, packed, dtype)
+# (mesh shape, names, batch_axes, B, S, H, K, causal, packed, media, dtype)
 CASES = [
-    ((1,), ("context",), (), 1, 40, 4, 2, True, True, jnp.float32),
-    ((2,), ("context",), (), 1, 64, 2, 1, False, False, jnp.float32),
-    ((2, 4), ("data", "context"), ("data",), 2, 100, 4, 2, True, True, jnp.bfloat16),
-    ((8,), ("context",), (), 1, 128, 2, 1, True, True, jnp.float32),
+    ((1,), ("context",), (), 1, 40, 4, 2, True, True, False, jnp.float32),
+    ((2,), ("context",), (), 1, 64, 2, 1, False, False, False, jnp.float32),
+    ((2, 4), ("data", "context"), ("data",), 2, 100, 4, 2, True, True, True, jnp.bfloat16),
+    ((8,), ("context",), (), 1, 128, 2, 1, True, True, True, jnp.float32),
 ]
 
 
-@pytest.mark.parametrize("shape,names,batch_axes,b,s,h,kh,causal,packed,dtype", CASES)
+@pytest.mark.parametrize("shape,names,batch_axes,b,s,h,kh,causal,packed,media,dtype", CASES)
 def test_ppermute_ring_matches_reference(shape, names, batch_axes, b, s, h, kh, causal, packed,
-                                         dtype):
+                                         media, dtype):
   mesh = _mesh(shape, names)
-  fn = lambda q, k, v, seg: ops.ring_attention(
-      q, k, v, seg, mesh=mesh, causal=causal, impl="ppermute", block_q=16, block_k=16,
+  fn = lambda q, k, v, seg, bid: ops.ring_attention(
+      q, k, v, seg, bid, mesh=mesh, causal=causal, impl="ppermute", block_q=16, block_k=16,
       interpret=True, batch_axes=batch_axes)
-  testutil.check_against_reference(fn, b, s, h, kh, 32, dtype, packed, causal)
+  testutil.check_against_reference(fn, b, s, h, kh, 32, dtype, packed, causal, media=media)
 
 
 @pytest.mark.parametrize("name", ["contiguous", "striped"])
 def test_other_layouts_give_the_same_answer(name):
   mesh = _mesh((4,), ("context",))
   q, k, v, _, seg = testutil.inputs(1, 64, 2, 1, 16, jnp.float32, packed=True)
+  bid = testutil.media_ids(seg, 1, 64)
   out = jax.jit(lambda q, k, v: ops.ring_attention(
-      q, k, v, seg, mesh=mesh, layout=name, block_q=16, block_k=16, interpret=True))(q, k, v)
-  np.testing.assert_allclose(out, reference.attention(q, k, v, seg), atol=2e-5)
+      q, k, v, seg, bid, mesh=mesh, layout=name, block_q=16, block_k=16, interpret=True))(q, k, v)
+  np.testing.assert_allclose(out, reference.attention(q, k, v, seg, bid), atol=2e-5)
 
 
 def test_bad_arguments_are_named():

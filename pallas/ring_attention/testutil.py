@@ -30,6 +30,24 @@ def inputs(b, s, h, kh, d, dtype, packed, seed=0):
   return q, k, v, do, jnp.asarray(seg)
 
 
+def media_ids(seg, b, s):
+  """int32 [B,S] bidirectional item ids (0 = text) for segment ids seg [B,S] (None = one
+  segment): two items per document, a third of it and an eighth of it long, at offsets that
+  differ per row so they straddle block boundaries; ids unique within a row."""
+  seg = np.ones((b, s), np.int32) if seg is None else np.asarray(seg)
+  bid = np.zeros((b, s), np.int32)
+  for row in range(b):
+    item = 0
+    for doc in sorted(set(seg[row].tolist()) - {0}):
+      where = np.flatnonzero(seg[row] == doc)
+      start, n = int(where[0]), len(where)
+      for off, length in ((n // 5 + row, n // 3), ((3 * n) // 4, max(2, n // 8))):
+        if off + length <= n:
+          item += 1
+          bid[row, start + off:start + off + length] = item
+  return jnp.asarray(bid)
+
+
 def value_and_grads(fn, q, k, v, do):
   """fn's output and d<sum(out * do)>/d(q, k, v), in one jit (one compilation per kernel)."""
   @jax.jit
@@ -49,13 +67,16 @@ def assert_close(got, want, dtype, seg=None, name=""):
   assert err <= tol * scale, f"{name}: max error {err:.3g} > {tol * scale:.3g}"
 
 
-def check_against_reference(fn, b, s, h, kh, d, dtype, packed, causal, seed=0):
-  """fn(q, k, v, seg) vs the dense reference: output and the three gradients."""
+def check_against_reference(fn, b, s, h, kh, d, dtype, packed, causal, seed=0, media=False):
+  """fn(q, k, v, seg, bid) vs the dense reference: output and the three gradients.
+
+  media: pass bidirectional item ids from `media_ids` (else bid is None)."""
   q, k, v, do, seg = inputs(b, s, h, kh, d, dtype, packed, seed)
-  got = value_and_grads(lambda q, k, v: fn(q, k, v, seg), q, k, v, do)
+  bid = media_ids(seg, b, s) if media else None
+  got = value_and_grads(lambda q, k, v: fn(q, k, v, seg, bid), q, k, v, do)
   ref = value_and_grads(lambda q, k, v: reference.attention(
-      q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), seg, causal=causal),
-      q, k, v, do.astype(jnp.float32))
+      q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), seg, bid,
+      causal=causal), q, k, v, do.astype(jnp.float32))
   for name, g, r in zip(("out", "dq", "dk", "dv"), got, ref):
     assert g.shape == r.shape and g.dtype == dtype, (name, g.shape, g.dtype)
     assert np.all(np.isfinite(np.asarray(g, np.float32))), name

@@ -8,7 +8,7 @@ use, DMA and semaphore lowering, collective ids. Nothing runs. Memory numbers ar
 import jax.numpy as jnp
 import pytest
 
-from gemini import testing
+from pallas.testing import tpu_topology
 from pallas.ring_attention import aot
 
 SHAPE = dict(seq=4096, heads=4, kv_heads=1, head_dim=128, dtype=jnp.bfloat16)
@@ -16,7 +16,7 @@ SHAPE = dict(seq=4096, heads=4, kv_heads=1, head_dim=128, dtype=jnp.bfloat16)
 
 @pytest.fixture(scope="module")
 def mesh():
-  return testing.tpu_mesh("v5e:2x2", (4,), ("context",))
+  return tpu_topology.tpu_mesh("v5e:2x2", (4,), ("context",))
 
 
 @pytest.fixture(scope="module")

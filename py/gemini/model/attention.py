@@ -3,19 +3,21 @@
 Mask (shared with the Pallas kernels and the C++ runtime):
   allowed(q, k) = seg[q] == seg[k] and seg[q] != 0
                   and (pos[k] <= pos[q] or (bidir[q] != 0 and bidir[q] == bidir[k]))
+The flash and ring kernels (pallas/ring_attention) take the same segment and bidir ids.
 GQA/MQA: query head h uses kv head h // (H/K); the reference never materialises repeated
 kv heads (q is viewed as [B,S,K,H/K,Dh]). Softmax is f32.
 """
 
-import inspect
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from gemini import sharding
 from gemini.config import ModelConfig
 from gemini.model import rope
+from pallas.ring_attention import ops as attention_ops
 
 IMPLS = ("xla", "flash", "ring")
 
@@ -38,7 +40,8 @@ def make_mask(q_segment_ids: jax.Array, k_segment_ids: jax.Array,
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
   """Reference GQA attention. q [B,Sq,H,Dh], k/v [B,Sk,K,Dh], mask bool [B,Sq,Sk]
-  -> [B,Sq,H,Dh] in q.dtype. Fully masked query rows (padding) give finite outputs."""
+  -> [B,Sq,H,Dh] in q.dtype. Fully masked query rows (padding) give zeros, as the kernels do,
+  so every impl feeds the same values to later layers (the MoE router sees padding too)."""
   b, sq, h, dh = q.shape
   kh = k.shape[2]
   if h % kh:
@@ -49,18 +52,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   s = jnp.where(mask[:, None, None, :, :], s, jnp.finfo(jnp.float32).min)
   p = jax.nn.softmax(s, axis=-1)
   o = jnp.einsum("bkgqs,bskd->bqkgd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  o = jnp.where(jnp.any(mask, axis=-1)[:, :, None, None, None], o, 0.0)
   return o.reshape(b, sq, h, dh).astype(q.dtype)
-
-
-def _kernel_kwargs(fn, bidir_ids, name, kw):
-  params = inspect.signature(fn).parameters
-  if bidir_ids is not None:
-    if "bidir_ids" not in params:
-      raise ValueError(
-          f"attention impl={name!r}: pallas.ring_attention.ops.{fn.__name__} cannot express "
-          "bidir_ids (bidirectional media items); use impl='xla' for multimodal batches")
-    kw["bidir_ids"] = bidir_ids
-  return kw
 
 
 def _batch_axes(b: int, mesh) -> tuple:
@@ -69,11 +62,10 @@ def _batch_axes(b: int, mesh) -> tuple:
   return () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
 
 
-def _flash_on_mesh(fn, q, k, v, segment_ids, mesh, kw):
+def _flash_on_mesh(q, k, v, segment_ids, bidir_ids, mesh, kw):
   """Runs the single-device flash kernel per shard: batch over the batch axes, heads over
   'tensor' when the kv heads split the same way (or there is one kv head to replicate), so
   the GQA grouping h // (H/K) stays local to each shard."""
-  from jax.sharding import PartitionSpec as P
   bax = _batch_axes(q.shape[0], mesh) or None
   hspec = sharding.logical_to_spec(("act_heads",), (q.shape[2],), mesh)[0]
   kspec = sharding.logical_to_spec(("act_kv_heads",), (k.shape[2],), mesh)[0]
@@ -82,9 +74,11 @@ def _flash_on_mesh(fn, q, k, v, segment_ids, mesh, kw):
   elif hspec != kspec:
     hspec = kspec = None
   qs, ks, ss = P(bax, None, hspec, None), P(bax, None, kspec, None), P(bax, None)
-  local = lambda q, k, v, seg: fn(q, k, v, segment_ids=seg, **kw)
-  return jax.shard_map(local, mesh=mesh, in_specs=(qs, ks, ks, ss), out_specs=qs,
-                       check_vma=False)(q, k, v, segment_ids)
+  if bidir_ids is None:
+    bidir_ids = jnp.zeros_like(segment_ids)
+  local = lambda q, k, v, seg, bid: attention_ops.flash_attention(q, k, v, seg, bid, **kw)
+  return jax.shard_map(local, mesh=mesh, in_specs=(qs, ks, ks, ss, ss), out_specs=qs,
+                       check_vma=False)(q, k, v, segment_ids, bidir_ids)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
@@ -97,7 +91,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
   impl: "xla" (reference), "flash" (Pallas flash kernel; with a mesh it runs per shard) or
   "ring" (context-parallel ring over the mesh axis "context"). The kernels are causal by
   index, which equals the position rule when positions increase by one inside each segment
-  (how batches are packed); they do not take bidir_ids and reject them.
+  (how batches are packed); bidir_ids go to them unchanged.
   """
   if impl == "xla":
     if positions is None:
@@ -106,22 +100,16 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
                      causal=causal)
     return dot_product_attention(q, k, v, mask)
   if impl == "flash":
-    from pallas.ring_attention import ops  # Lazy: the model must import without the kernels.
-    kw = _kernel_kwargs(ops.flash_attention, bidir_ids, impl,
-                        {"causal": causal, "interpret": sharding.kernel_interpret(mesh)})
+    kw = {"causal": causal, "interpret": sharding.kernel_interpret(mesh)}
     if mesh is not None:
-      return _flash_on_mesh(ops.flash_attention, q, k, v, segment_ids, mesh, kw)
-    return ops.flash_attention(q, k, v, segment_ids=segment_ids, **kw)
+      return _flash_on_mesh(q, k, v, segment_ids, bidir_ids, mesh, kw)
+    return attention_ops.flash_attention(q, k, v, segment_ids, bidir_ids, **kw)
   if impl == "ring":
     if mesh is None or "context" not in mesh.shape:
       raise ValueError("attention impl='ring' needs a mesh with a 'context' axis")
-    from pallas.ring_attention import ops
-    kw = _kernel_kwargs(ops.ring_attention, bidir_ids, impl,
-                        {"mesh": mesh, "axis_name": "context", "causal": causal,
-                         "interpret": sharding.kernel_interpret(mesh)})
-    if "batch_axes" in inspect.signature(ops.ring_attention).parameters:
-      kw["batch_axes"] = _batch_axes(q.shape[0], mesh)
-    return ops.ring_attention(q, k, v, segment_ids=segment_ids, **kw)
+    return attention_ops.ring_attention(
+        q, k, v, segment_ids, bidir_ids, mesh=mesh, axis_name="context", causal=causal,
+        interpret=sharding.kernel_interpret(mesh), batch_axes=_batch_axes(q.shape[0], mesh))
   raise ValueError(f"attention impl={impl!r}: expected one of {IMPLS}")
 
 

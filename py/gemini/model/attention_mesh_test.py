@@ -23,7 +23,8 @@ def test_flash_impl_on_mesh_equals_xla(axes, kv_heads):
   v = jax.random.normal(ks[2], (b, s, kv_heads, dh))
   seg = jnp.ones((b, s), jnp.int32).at[:, 10:].set(2).at[:, 20:].set(0)
   pos = jnp.where(jnp.arange(s) < 10, jnp.arange(s), jnp.arange(s) - 10)[None].repeat(b, 0)
-  want = attention.attention(q, k, v, seg, pos)
-  got = jax.jit(lambda q, k, v: attention.attention(q, k, v, seg, pos, impl="flash", mesh=mesh))(q, k, v)
-  valid = np.asarray(seg) != 0
-  np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(want)[valid], atol=2e-5)
+  bid = jnp.zeros((b, s), jnp.int32).at[:, 3:7].set(1).at[:, 12:17].set(2)  # media items
+  want = attention.attention(q, k, v, seg, pos, bid)
+  got = jax.jit(lambda q, k, v: attention.attention(q, k, v, seg, pos, bid, impl="flash",
+                                                    mesh=mesh))(q, k, v)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5)  # padding rows: 0

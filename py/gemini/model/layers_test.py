@@ -112,8 +112,9 @@ def test_flash_impl_forward_and_grad_equal_xla():
   np.testing.assert_allclose(l_f, l_x, rtol=1e-5)
   for a, c in zip(jax.tree.leaves(g_f), jax.tree.leaves(g_x)):
     np.testing.assert_allclose(a, c, atol=2e-5)
-  # Kernels cannot express bidirectional media items: a clear error, not a wrong answer.
-  q = jnp.zeros((1, 4, 2, 8))
-  with pytest.raises(ValueError, match="bidir_ids"):
-    attention.attention(q, q, q, jnp.ones((1, 4), jnp.int32), bidir_ids=jnp.ones((1, 4), jnp.int32),
-                        impl="flash")
+  # The kernel takes bidirectional media items (ids 1 and 2) with the same mask as xla.
+  q, k, v = (jax.random.normal(jax.random.key(i), (1, 12, 2, 8)) for i in (2, 3, 4))
+  seg = jnp.ones((1, 12), jnp.int32)
+  bid = jnp.array([[0, 1, 1, 1, 0, 0, 2, 2, 2, 2, 0, 0]], jnp.int32)
+  got = attention.attention(q, k, v, seg, bidir_ids=bid, impl="flash")
+  np.testing.assert_allclose(got, attention.attention(q, k, v, seg, bidir_ids=bid), atol=2e-5)

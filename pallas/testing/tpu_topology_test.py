@@ -1,11 +1,11 @@
-"""The AOT helper gives real TPU devices and the TPU compiler reports memory."""
+"""The AOT topology helper gives real TPU devices and the TPU compiler reports memory."""
 
 import jax
 import jax.numpy as jnp
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from gemini import testing
+from pallas.testing import tpu_topology as testing
 
 
 def test_v5e_2x2_has_four_tpu_devices():
