@@ -380,6 +380,8 @@ class Trainer:
                         **{k: str(v) for k, v in bad.items()}})
     rollback = self.tc.on_divergence == "rollback" and self.rollbacks < self.tc.max_rollbacks
     if not rollback:
+      if self.ckpt:
+        self.ckpt.wait()   # Pending saves of good steps finish (and verify) before stopping.
       hint = ("--on_divergence=rollback restores the last good checkpoint and skips these "
               "batches" if self.tc.on_divergence == "stop" else
               f"already rolled back {self.rollbacks} times (--max_rollbacks)")
