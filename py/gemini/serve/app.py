@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 import fastapi
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gemini.serve import chat, gemini_api, metrics as metrics_lib, openai_api, safety
 from gemini.serve import scheduler as scheduler_lib
@@ -104,6 +105,8 @@ def create_app(backend, cfg: ServerConfig = ServerConfig(), metrics=None, safety
     msg = first.get("msg", "invalid")
     if first.get("type") == "json_invalid":
       msg = "body is not valid JSON: " + str(first.get("ctx", {}).get("error", msg))
+    elif field == "body" and first.get("type") == "missing":
+      msg = "the request body must be a JSON object"
     return _error(request, 400, f"{field}: {msg}" + (f" (+{len(errs) - 1} more)" if len(errs) > 1
                                                         else ""), field)
 
@@ -118,6 +121,13 @@ def create_app(backend, cfg: ServerConfig = ServerConfig(), metrics=None, safety
   @app.exception_handler(scheduler_lib.QueueFull)
   async def full(request, exc):
     return _error(request, 429, str(exc), headers={"Retry-After": "1"})
+
+  @app.exception_handler(StarletteHTTPException)
+  async def http_error(request, exc: StarletteHTTPException):
+    detail = str(exc.detail)
+    if "parsing the body" in detail:
+      detail = "body is not valid JSON (it could not be decoded)"
+    return _error(request, exc.status_code, detail, headers=getattr(exc, "headers", None))
 
   @app.exception_handler(json.JSONDecodeError)
   async def bad_json(request, exc):

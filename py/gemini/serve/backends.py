@@ -24,11 +24,11 @@ class JaxBackend:
   supports_control = True
 
   def __init__(self, params, cfg, tokenizer, ecfg: engine_lib.EngineConfig, *, model_id: str,
-               metrics=None, max_queue: int = 64):
+               metrics=None, max_queue: int = 64, warmup: bool = True):
     self.cfg, self.tokenizer, self.model_id = cfg, tokenizer, model_id
     self.engine = engine_lib.Engine(params, cfg, ecfg)
     self.scheduler = scheduler_lib.Scheduler(self.engine, tokenizer, max_queue=max_queue,
-                                             metrics=metrics)
+                                             metrics=metrics, warmup=warmup)
     self.vision = cfg.vision.enabled
     self.audio = cfg.audio.enabled
     self.max_len = ecfg.max_len

@@ -107,6 +107,28 @@ class Engine:
                               controls.forced, cfg=self.cfg)
     return state, np.asarray(tokens)
 
+  def warmup(self, state: dict) -> dict:
+    """Compiles every shape serving uses (each prefill bucket, insert, one generate step) so
+    the first requests do not pay for compilation; returns the state (slot 0 overwritten)."""
+    entries = self.prefix_cache.max_entries
+    self.prefix_cache.max_entries = 0
+    try:
+      for b in self.ecfg.chunk_buckets:
+        state = self.insert(self.prefill(self.params, [1] * b), state, 0)
+      state, _ = self.generate(self.params, state, Controls.idle(self.ecfg.n_slots, self.vocab))
+      if entries > 0:                     # snapshot / restore / truncate shapes
+        length = prefix_cache.bucket(1)
+        while True:
+          length = min(length, self.ecfg.max_len)
+          snap = model_backend.trim_row(self._empty_row, length=length)
+          model_backend.truncate_row(model_backend.untrim_row(self._empty_row, snap), jnp.int32(1))
+          if length >= self.ecfg.max_len:
+            break
+          length *= 2
+    finally:
+      self.prefix_cache.max_entries = entries
+    return state
+
   # -- chunked prefill with the prefix cache ---------------------------------------------
 
   def prefill_steps(self, params, tokens: Sequence[int]) -> Iterator[None]:

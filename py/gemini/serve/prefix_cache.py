@@ -53,6 +53,8 @@ class PrefixCache:
     """(entry, n): reuse the entry's first n tokens (n == len(entry.tokens): all of it, as
     stored; else truncate to n). (None, 0) if nothing is shared."""
     self.stats.lookups += 1
+    if self.max_entries <= 0:
+      return None, 0
     best, best_n = None, 0
     t = tuple(tokens)
     for key, e in self.entries.items():

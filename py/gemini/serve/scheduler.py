@@ -40,7 +40,7 @@ class Scheduler:
   """Owns an Engine's decode state; `submit` is thread-safe."""
 
   def __init__(self, eng: engine_lib.Engine, tokenizer, *, max_queue: int = 64, metrics=None,
-               name: str = "jax"):
+               name: str = "jax", warmup: bool = False):
     self.eng, self.tok, self.metrics, self.name = eng, tokenizer, metrics, name
     self.max_queue = max_queue
     n = eng.ecfg.n_slots
@@ -52,6 +52,8 @@ class Scheduler:
     self.wake = threading.Event()
     self.stopping = threading.Event()
     self.state = eng.init_state()
+    if warmup:
+      self.state = eng.warmup(self.state)
     self.controls = engine_lib.Controls.idle(n, eng.vocab)
     self.steps = 0
     self.generated = 0
