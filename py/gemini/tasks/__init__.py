@@ -1,0 +1,1 @@
+"""Tasks that prove a modality or long context works: data, training, evaluation, plots."""

@@ -1,0 +1,184 @@
+"""Long-context key-value retrieval (the Gemini 1.0 report's needle test), trained with ring
+attention over a `context` mesh axis (8 fake CPU devices by default).
+
+Each sequence of length L is filler tokens with P key/value pairs at random positions (keys
+distinct within a sequence), then the query `? key` at the end; the model must emit the key's
+value. The loss is on that answer token only. Evaluation forces the queried pair to sit at
+each depth d in {0, 0.1, ..., 1.0} of the context (d = pair position / L) and reports
+exact-match accuracy per depth and context length (heat-map PNG).
+
+    tokens: 0 pad, 1 bos, 2 query '?', then keys, values, filler
+    [bos] f f k1 v1 f f f k2 v2 ... f f [?] k_j  ->  v_j
+
+    tools/bazel run //py/gemini/tasks:kv_retrieval -- [--seq_len=1024] [--steps=N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                             + " --xla_force_host_platform_device_count=8").strip()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from gemini import sharding  # noqa: E402
+from gemini.config import get_config  # noqa: E402
+from gemini.model import transformer  # noqa: E402
+from gemini.tasks import common  # noqa: E402
+
+BOS, QUERY = 1, 2
+DEPTHS = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+class Layout:
+  """Token id ranges for n_keys keys, n_values values and n_filler filler tokens."""
+
+  def __init__(self, n_keys: int = 128, n_values: int = 32, n_filler: int = 64):
+    self.key0 = 3
+    self.val0 = self.key0 + n_keys
+    self.fill0 = self.val0 + n_values
+    self.n_keys, self.n_values, self.n_filler = n_keys, n_values, n_filler
+    self.vocab = self.fill0 + n_filler
+
+
+def make_example(rng: np.random.Generator, lay: Layout, seq_len: int, pairs: int,
+                 depth: float = -1.0):
+  """-> (tokens [seq_len], answer position, answer id, needle position). depth < 0: random."""
+  body = seq_len - 3                               # bos ... ? key (answer predicted at the end)
+  toks = rng.integers(lay.fill0, lay.fill0 + lay.n_filler, body)
+  keys = rng.choice(lay.n_keys, pairs, replace=False) + lay.key0
+  vals = rng.integers(0, lay.n_values, pairs) + lay.val0
+  slots = rng.choice(body // 2, pairs, replace=False) * 2       # even offsets: pairs disjoint
+  j = int(rng.integers(pairs))
+  if depth >= 0:
+    want = min(int(depth * (body - 2)) // 2 * 2, body - 2)
+    clash = np.flatnonzero(slots == want)
+    if clash.size and clash[0] != j:
+      slots[clash[0]] = slots[j]
+    slots[j] = want
+  for k, v, s in zip(keys, vals, slots):
+    toks[s], toks[s + 1] = k, v
+  seq = np.concatenate([[BOS], toks, [QUERY, keys[j]]]).astype(np.int32)
+  return seq, seq_len - 1, int(vals[j]), int(slots[j]) + 1
+
+
+def make_batch(rng, lay: Layout, batch: int, seq_len: int, pairs: int, depth: float = -1.0):
+  toks = np.zeros((batch, seq_len + 1), np.int32)
+  mask = np.zeros((batch, seq_len), np.float32)
+  for b in range(batch):
+    seq, pos, ans, _ = make_example(rng, lay, seq_len, pairs, depth)
+    toks[b, :seq_len] = seq
+    toks[b, seq_len] = ans
+    mask[b, pos] = 1.0
+  return {"tokens": toks[:, :-1], "targets": toks[:, 1:],
+          "segment_ids": np.ones((batch, seq_len), np.int32),
+          "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch, seq_len)).copy(),
+          "loss_mask": mask}
+
+
+def task_config(lay: Layout, seq_len: int, preset: str = "pro_tiny"):
+  base = get_config(preset)
+  return base.replace(name=f"{preset}_kv", vocab_size=lay.vocab, max_seq_len=seq_len,
+                      dtype="float32")
+
+
+def accuracy_at(params, cfg, lay, seq_len, pairs, depth, n, rng, batch=8) -> float:
+  fwd = jax.jit(lambda p, b: transformer.forward(p, b, cfg)[0][:, -1])
+  hits = 0
+  for lo in range(0, n, batch):
+    b = make_batch(rng, lay, batch, seq_len, pairs, depth)
+    pred = np.asarray(jax.numpy.argmax(fwd(params, {k: b[k] for k in ("tokens", "segment_ids",
+                                                                      "positions")}), -1))
+    hits += int(np.sum((pred == b["targets"][:, -1])[:min(batch, n - lo)]))
+  return hits / n
+
+
+def heatmap(acc: dict, lengths, png: str, title: str):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  grid = np.asarray([[acc[(l, d)] for d in DEPTHS] for l in lengths])
+  fig, ax = plt.subplots(figsize=(7, 1.2 + 0.5 * len(lengths)))
+  im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+  ax.set_xticks(range(len(DEPTHS)), [f"{d:.0%}" for d in DEPTHS])
+  ax.set_yticks(range(len(lengths)), [str(l) for l in lengths])
+  for i in range(grid.shape[0]):
+    for j in range(grid.shape[1]):
+      ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7)
+  ax.set_xlabel("needle depth")
+  ax.set_ylabel("context length")
+  ax.set_title(title)
+  fig.colorbar(im, ax=ax)
+  fig.tight_layout()
+  fig.savefig(png, dpi=110)
+  plt.close(fig)
+
+
+def parse(argv):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--seq_len", type=int, default=1024)
+  p.add_argument("--pairs", type=int, default=16)
+  p.add_argument("--steps", type=int, default=600)
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--lr", type=float, default=1e-3)
+  p.add_argument("--context", type=int, default=8, help="ring size (mesh axis 'context')")
+  p.add_argument("--attn", default="ring", help="ring | xla (training attention)")
+  p.add_argument("--preset", default="pro_tiny")
+  p.add_argument("--eval_n", type=int, default=64, help="queries per (length, depth)")
+  p.add_argument("--quick", action="store_true", help="CI short form: L=128, 30 steps")
+  p.add_argument("--out", default="")
+  p.add_argument("--seed", type=int, default=0)
+  a = p.parse_args(argv)
+  if a.quick:
+    a.seq_len, a.steps, a.pairs, a.eval_n, a.batch = 128, 30, 4, 8, 8
+  return a
+
+
+def run(argv=None, log=print) -> dict:
+  a = parse(sys.argv[1:] if argv is None else argv)
+  out = a.out or common.results_dir("kv_retrieval" + ("_quick" if a.quick else ""))
+  os.makedirs(out, exist_ok=True)
+  lay = Layout()
+  cfg = task_config(lay, a.seq_len, a.preset)
+  mesh = sharding.make_mesh({"context": a.context}, jax.devices()[:a.context]) \
+      if a.attn == "ring" else None
+  log(f"kv_retrieval: L={a.seq_len}, {a.pairs} pairs, {cfg.name} (MoE {cfg.moe.num_experts} "
+      f"experts top-{cfg.moe.top_k}), attention {a.attn}"
+      + (f" over {a.context} devices" if mesh else "") + f"; {a.steps} steps x {a.batch}")
+  rng = np.random.default_rng(a.seed)
+  t0 = time.perf_counter()
+  params = common.train(cfg, lambda s: make_batch(rng, lay, a.batch, a.seq_len, a.pairs),
+                        a.steps, out, lr=a.lr, seed=a.seed, attn_impl=a.attn, mesh=mesh,
+                        log_every=10, log=log)
+  train_s = time.perf_counter() - t0
+  lengths = sorted({a.seq_len // 4, a.seq_len // 2, a.seq_len})
+  erng = np.random.default_rng(a.seed + 1)
+  acc = {}
+  for l in lengths:
+    for d in DEPTHS:
+      acc[(l, d)] = accuracy_at(params, cfg, lay, l, a.pairs, d, a.eval_n, erng)
+    log(f"eval L={l}: " + " ".join(f"{d:.0%}:{acc[(l, d)]:.2f}" for d in DEPTHS))
+  full = [acc[(a.seq_len, d)] for d in DEPTHS]
+  res = {"task": "kv_retrieval", "model": cfg.name, "seq_len": a.seq_len, "pairs": a.pairs,
+         "steps": a.steps, "batch": a.batch, "train_attention": a.attn,
+         "ring_devices": a.context if mesh else 0, "train_seconds": round(train_s, 1),
+         "min_depth_accuracy_full_context": min(full), "mean_accuracy_full_context":
+         float(np.mean(full)), "target": 0.98, "eval_n": a.eval_n,
+         "accuracy": {f"{l}@{d}": v for (l, d), v in acc.items()}}
+  common.write_json(os.path.join(out, "results.json"), res)
+  heatmap(acc, lengths, os.path.join(out, "depth_heatmap.png"),
+          f"KV retrieval accuracy, trained at L={a.seq_len} ({a.attn})")
+  log(json.dumps({k: v for k, v in res.items() if k != "accuracy"}))
+  return res
+
+
+if __name__ == "__main__":
+  run()
