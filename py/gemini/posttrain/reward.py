@@ -31,6 +31,14 @@ from gemini.train.optimizer import lr_schedule, make_optimizer
 from gemini.train.train_config import TrainConfig
 
 
+def fits(fmt: chat.ChatFormat, pair, seq_len: int) -> bool:
+  """True if both conversations of `pair` fit a row of seq_len tokens."""
+  t, good, bad = pair
+  return all(len(fmt.encode([{"role": "user", "content": t.prompt},
+                             {"role": "assistant", "content": a}])[0]) - len(fmt.newline)
+             <= seq_len for a in (good, bad))
+
+
 def encode_pairs(fmt: chat.ChatFormat, pairs, seq_len: int) -> dict:
   """-> {tokens, segment_ids, positions, last: int32 [N, 2, ...]} (0 = chosen, 1 = rejected),
   one conversation per row, right-padded."""
@@ -130,8 +138,12 @@ def run(args, tok=None, bank=None, log=print) -> dict:
   seen = {t.prompt for t in train_t}
   held_t = [t for t in bank.split(kinds, args.heldout_pairs * 2, seed=args.seed * 2 + 12)
             if t.prompt not in seen][:args.heldout_pairs]
-  train = encode_pairs(fmt, pairs_lib.verifiable_pairs(train_t, bank, args.seed), args.seq_len)
-  held_pairs = pairs_lib.verifiable_pairs(held_t, bank, args.seed + 1)
+  # Pairs longer than a row (long WordNet glosses) are left out and counted.
+  train_p = pairs_lib.verifiable_pairs(train_t, bank, args.seed)
+  train_p = [p for p in train_p if fits(fmt, p, args.seq_len)]
+  train = encode_pairs(fmt, train_p, args.seq_len)
+  held_pairs = [p for p in pairs_lib.verifiable_pairs(held_t, bank, args.seed + 1)
+                if fits(fmt, p, args.seq_len)]
   if not held_pairs:
     raise ValueError(f"--kinds={args.kinds}: no held-out prompt differs from the training ones")
   held = encode_pairs(fmt, held_pairs, args.seq_len)
