@@ -12,7 +12,7 @@ import pytest
 from csrc.runtime import _runtime
 from gemini.config import ModelConfig
 from gemini.export import export, gnb
-from gemini.quant import int4, int4_forward
+from gemini.quant import int4, test_util
 from gemini.quant.test_util import random_params
 
 # A tiny Nano: MQA (1 kv head), gelu, tied embeddings; d_model not a multiple of 128 so
@@ -66,7 +66,8 @@ def test_python_and_cpp_read_the_same_file(golden):
   np.testing.assert_array_equal(qe, int4.int4_values(q["embed"]["tokens"]).T)
   np.testing.assert_array_equal(se, np.asarray(q["embed"]["tokens"].scales, np.float32)[:se.shape[1]].T)
   qd, _ = gnb.int4_from_tensor(parsed.tensors["layers.1.w_down"])
-  np.testing.assert_array_equal(qd, int4.int4_values(q["layers"][1]["mlp"]["w_down"]).T)
+  w_down_1 = jax.tree.map(lambda a: a[1], q["blocks"][0]["mlp"]["w_down"])   # layer 1
+  np.testing.assert_array_equal(qd, int4.int4_values(w_down_1).T)
   # Both readers check 64-byte alignment; verify it independently here.
   assert all(data.find(t.data) % gnb.ALIGN == 0 for t in [parsed.tensors["final_norm"]])
 
@@ -74,9 +75,8 @@ def test_python_and_cpp_read_the_same_file(golden):
 def test_golden_logits_and_greedy_tokens(golden):
   path, q = golden
   prompt = [int(t) for t in np.random.default_rng(1).integers(0, NANO.vocab_size, 64)]
-  want, _, _ = int4_forward.forward(q, np.asarray([prompt], np.int32), NANO)
-  want = np.asarray(want[0])
-  want_tokens = int4_forward.greedy_generate(q, prompt, NANO, 64)
+  want = np.asarray(test_util.logits(q, prompt, NANO))
+  want_tokens = test_util.greedy(q, prompt, NANO, 64)
   for kernel in _kernels():
     for threads in (1, 2):
       rt = _runtime.Runtime(path, threads=threads, kernel=kernel)
@@ -192,7 +192,7 @@ def test_cli_generates_and_refuses(golden, tmp_path):
                        timeout=120)
   assert out.returncode == 0, out.stderr
   ids = [int(x) for x in out.stdout.split("output_ids:")[1].split("\n")[0].split()]
-  assert ids == int4_forward.greedy_generate(q, prompt, NANO, 12)
+  assert ids == test_util.greedy(q, prompt, NANO, 12)
   bad = tmp_path / "bad.gnb"
   with open(path, "rb") as f:
     bad.write_bytes(f.read()[:1000])

@@ -86,6 +86,7 @@ class ModelConfig:
   norm_eps: float = 1e-6
   tie_embeddings: bool = True
   logit_softcap: float = 0.0      # 0 disables soft-capping.
+  qk_norm: bool = False           # RMSNorm of each query/key head before RoPE (Gemma 2/3).
   activation: str = "gelu"        # Gated MLP nonlinearity: "gelu" | "silu".
   dtype: str = "bfloat16"         # Compute dtype.
   param_dtype: str = "float32"    # Master weights.

@@ -1,30 +1,9 @@
 """The Gemini family table: parameters, active parameters, FLOPs, KV bytes, int4 bytes.
 
-Every number is computed from a `ModelConfig` by formula. The formulas count exactly the
-parameter tree that `gemini.model` builds (a test holds the two equal with
-`jax.eval_shape`), which is, with D=d_model, H=n_heads, K=n_kv_heads, Dh=head_dim,
-F=d_ff, V=vocab_size, E=moe.num_experts, Fe=moe.d_ff:
-
-    embed/tokens                      [V, D]
-    layers/<i>/attn_norm/scale        [D]
-    layers/<i>/attn/{wq [D,H,Dh], wk [D,K,Dh], wv [D,K,Dh], wo [H,Dh,D]}
-    layers/<i>/mlp_norm/scale         [D]
-    layers/<i>/mlp/{w_gate [D,F], w_up [D,F], w_down [F,D]}                 dense layers
-    layers/<i>/moe/{router [D,E], w_gate [E,D,Fe], w_up [E,D,Fe], w_down [E,Fe,D]}  MoE layers
-    final_norm/scale                  [D]
-    unembed                           [D, V]     only when tie_embeddings=False
-    vision/ (if enabled; Dv, Fv, P, C, Np from VisionConfig)
-      patch_embed [P*P*C, Dv], patch_bias [Dv], pos_embed [Np, Dv],
-      layers/<j>/ encoder block (below), final_norm/scale [Dv], proj [Dv, D]
-    audio/ (if enabled; Da, Fa, Kc=conv_kernel, M=n_mels from AudioConfig)
-      conv1 [Kc, M, Da], conv1_bias [Da], conv2 [Kc, Da, Da], conv2_bias [Da],
-      layers/<j>/ encoder block (below), final_norm/scale [Da], proj [Da, D]
-    encoder block (width W, hidden Fw): norm1/scale [W], attn/{wq,wk,wv,wo} [W, W] each
-      (as [W,heads,W/heads] / [heads,W/heads,W]), norm2/scale [W], mlp/{w_up [W,Fw], w_down [Fw,W]}
-
-FLOPs count multiply-adds as 2 FLOPs. Per token, with N_mm the active matmul parameters of
-the decoder (attention, MLP or the top-k experts plus router, and the output projection —
-the embedding lookup is not a matmul):
+Parameter counts are sums over `gemini.model.spec.param_spec(cfg)` (the one list of the
+model's arrays; its docstring draws the tree). FLOPs count multiply-adds as 2 FLOPs. Per
+token, with N_mm the active matmul parameters of the decoder (attention, MLP or the top-k
+experts plus router, and the output projection — the embedding lookup is not a matmul):
     forward(S)  = 2 N_mm + 2 * 2 L H Dh * S_eff      (QK^T and AV)
     train(S)    = 3 forward(S)  with S_eff = S/2 (causal average)
     decode(S)   = forward with S_eff = S (attends to the whole cache)
@@ -35,83 +14,56 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict, List
+from typing import List
 
 from gemini.config import AudioConfig, ModelConfig, VisionConfig
-
-
-def _encoder_block(width: int, hidden: int) -> int:
-  return 2 * width + 4 * width * width + 2 * width * hidden
+from gemini.model import spec
 
 
 def vision_params(v: VisionConfig, d_model: int) -> int:
-  if not v.enabled:
-    return 0
-  patch_in = v.patch_size * v.patch_size * v.channels
-  return (patch_in * v.d_model + v.d_model + v.num_patches * v.d_model
-          + v.n_layers * _encoder_block(v.d_model, v.d_ff) + v.d_model + v.d_model * d_model)
+  return spec.num_params(spec.vision_params(v, d_model)) if v.enabled else 0
 
 
 def audio_params(a: AudioConfig, d_model: int) -> int:
-  if not a.enabled:
-    return 0
-  conv = a.conv_kernel * a.n_mels * a.d_model + a.d_model + a.conv_kernel * a.d_model ** 2 + a.d_model
-  return conv + a.n_layers * _encoder_block(a.d_model, a.d_ff) + a.d_model + a.d_model * d_model
+  return spec.num_params(spec.audio_params(a, d_model)) if a.enabled else 0
 
 
-def attention_params(cfg: ModelConfig) -> int:
-  d, h, k, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-  return 2 * d * h * dh + 2 * d * k * dh
+def _decoder(cfg: ModelConfig) -> List[spec.Param]:
+  return [p for p in spec.param_spec(cfg) if p.path[0] not in ("vision", "audio")]
 
 
-def dense_mlp_params(cfg: ModelConfig) -> int:
-  return 3 * cfg.d_model * cfg.d_ff
+def _is_expert(p: spec.Param) -> bool:
+  return "moe" in p.path and p.path[-1] != "router"
 
 
-def expert_params(cfg: ModelConfig) -> int:
-  """One expert's gated MLP."""
-  return 3 * cfg.d_model * cfg.moe.d_ff
-
-
-def param_groups(cfg: ModelConfig) -> Dict[str, int]:
-  """Total parameters by group: embed, attention, mlp, moe, norms, unembed, vision, audio."""
-  n_moe = cfg.num_moe_layers
-  n_dense = cfg.n_layers - n_moe
-  e = cfg.moe.num_experts
-  return {
-      "embed": cfg.vocab_size * cfg.d_model,
-      "attention": cfg.n_layers * attention_params(cfg),
-      "mlp": n_dense * dense_mlp_params(cfg),
-      "moe": n_moe * (e * expert_params(cfg) + cfg.d_model * e),
-      "norms": (2 * cfg.n_layers + 1) * cfg.d_model,
-      "unembed": 0 if cfg.tie_embeddings else cfg.d_model * cfg.vocab_size,
-      "vision": vision_params(cfg.vision, cfg.d_model),
-      "audio": audio_params(cfg.audio, cfg.d_model),
-  }
+def _active_fraction(p: spec.Param, cfg: ModelConfig) -> float:
+  return cfg.moe.top_k / cfg.moe.num_experts if _is_expert(p) else 1.0
 
 
 def total_params(cfg: ModelConfig) -> int:
-  return sum(param_groups(cfg).values())
+  return spec.num_params(spec.param_spec(cfg))
 
 
 def decoder_params(cfg: ModelConfig) -> int:
   """Text decoder only (what ships on device): no modality encoders."""
-  g = param_groups(cfg)
-  return total_params(cfg) - g["vision"] - g["audio"]
-
-
-def active_matmul_params(cfg: ModelConfig) -> int:
-  """Matmul parameters one text token touches (top-k experts, router, output projection)."""
-  n_moe = cfg.num_moe_layers
-  per_moe = cfg.moe.top_k * expert_params(cfg) + cfg.d_model * cfg.moe.num_experts if n_moe else 0
-  return (cfg.n_layers * attention_params(cfg) + (cfg.n_layers - n_moe) * dense_mlp_params(cfg)
-          + n_moe * per_moe + cfg.d_model * cfg.vocab_size)
+  return spec.num_params(_decoder(cfg))
 
 
 def active_params(cfg: ModelConfig) -> int:
   """Text-decoder parameters one token uses: all but the experts it was not routed to."""
-  idle = cfg.num_moe_layers * (cfg.moe.num_experts - cfg.moe.top_k) * expert_params(cfg)
-  return decoder_params(cfg) - idle
+  return round(sum(p.size * _active_fraction(p, cfg) for p in _decoder(cfg)))
+
+
+def _vector_params(cfg: ModelConfig) -> int:
+  return sum(p.size for p in _decoder(cfg) if len(p.layer_shape) == 1)
+
+
+def active_matmul_params(cfg: ModelConfig) -> int:
+  """Matmul parameters one text token touches (top-k experts, router, output projection)."""
+  mats = sum(p.size * _active_fraction(p, cfg) for p in _decoder(cfg)
+             if len(p.layer_shape) >= 2 and p.path != ("embed", "tokens"))
+  tied_out = cfg.d_model * cfg.vocab_size if cfg.tie_embeddings else 0
+  return round(mats) + tied_out
 
 
 def attention_flops_per_token(cfg: ModelConfig, context: float) -> float:
@@ -143,7 +95,7 @@ def int4_bytes(cfg: ModelConfig, group_size: int = 32, scale_bytes: int = 2) -> 
 
   Vectors (norm scales) stay f32. This is the tensor data of the exported .gnb file.
   """
-  vectors = param_groups(cfg)["norms"]
+  vectors = _vector_params(cfg)
   matrices = decoder_params(cfg) - vectors
   return int(matrices // 2 + math.ceil(matrices / group_size) * scale_bytes + 4 * vectors)
 

@@ -1,6 +1,7 @@
 """Logical axis names -> mesh axes: one rules table for every parameter and activation.
 
-Every parameter dimension and every sharded activation dimension carries a logical name;
+Every parameter dimension (named in gemini.model.spec) and every sharded activation dimension
+carries a logical name;
 `RULES` maps each name onto zero or more mesh axes of {data, fsdp, tensor, expert, context}.
 A mesh axis is dropped for a dimension when the mesh does not have it, when it is already
 used by another dimension of the same array, or when it does not divide the dimension
@@ -40,26 +41,9 @@ RULES: Dict[str, Tuple[str, ...]] = {
     "experts": ("expert",),
     "expert_mlp": ("tensor",),
     "norm": (),
+    # The stacking axis of scanned layers: every device holds its slice of every layer.
+    "layers": (),
 }
-
-# (leaf name, ndim) -> logical axes. Paths not listed (small encoder extras) are replicated.
-PARAM_AXES: Dict[Tuple[str, int], Tuple[Optional[str], ...]] = {
-    ("tokens", 2): ("vocab", "embed"),
-    ("unembed", 2): ("embed", "vocab"),
-    ("scale", 1): ("norm",),
-    ("wq", 3): ("embed", "heads", "head_dim"),
-    ("wk", 3): ("embed", "kv_heads", "head_dim"),
-    ("wv", 3): ("embed", "kv_heads", "head_dim"),
-    ("wo", 3): ("heads", "head_dim", "embed"),
-    ("w_gate", 2): ("embed", "mlp"),
-    ("w_up", 2): ("embed", "mlp"),
-    ("w_down", 2): ("mlp", "embed"),
-    ("w_gate", 3): ("experts", "embed", "expert_mlp"),
-    ("w_up", 3): ("experts", "embed", "expert_mlp"),
-    ("w_down", 3): ("experts", "expert_mlp", "embed"),
-    ("router", 2): ("embed", None),
-}
-
 
 def make_mesh(axes: Dict[str, int], devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
   """Mesh from {"data": 2, "fsdp": 4, ...} (Auto axis types) over `devices` (default all)."""
@@ -97,35 +81,6 @@ def logical_to_spec(logical: Sequence[Optional[str]], shape: Sequence[int], mesh
         used.add(ax)
     spec.append(None if not chosen else chosen[0] if len(chosen) == 1 else tuple(chosen))
   return PartitionSpec(*spec)
-
-
-def _leaf_name(path) -> str:
-  for entry in reversed(path):
-    if isinstance(entry, jax.tree_util.DictKey):
-      return str(entry.key)
-  return ""
-
-
-def _axes_for(path, leaf) -> Tuple[Optional[str], ...]:
-  return PARAM_AXES.get((_leaf_name(path), len(leaf.shape)), (None,) * len(leaf.shape))
-
-
-def param_axes(params):
-  """Structure like `params` with a logical-axis tuple per array (None = replicated dim).
-  Tuples are pytree nodes: map over it with is_leaf=lambda x: isinstance(x, tuple)."""
-  return jax.tree_util.tree_map_with_path(_axes_for, params)
-
-
-def param_specs(params, mesh: Mesh):
-  """Pytree of PartitionSpecs for `params` (arrays or ShapeDtypeStructs) on `mesh`."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, leaf: logical_to_spec(_axes_for(path, leaf), leaf.shape, mesh), params)
-
-
-def param_shardings(params, mesh: Mesh):
-  """Pytree of NamedShardings for `params` on `mesh`."""
-  return jax.tree_util.tree_map(lambda s: NamedSharding(mesh, s), param_specs(params, mesh),
-                                is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 def batch_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:

@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from gemini import config, sharding
-from gemini.model import transformer
+from gemini.model import spec, transformer
 
 MESHES = [
     ("nano_tiny", {"data": 8}),
@@ -43,7 +43,7 @@ def test_sharded_forward_grad_equals_single_device(name, axes):
       params, batch, cfg=cfg, mesh=None)
 
   mesh = sharding.make_mesh(axes)
-  p_shard = sharding.param_shardings(params, mesh)
+  p_shard = spec.shardings(cfg, mesh)
   b_shard = {k: sharding.batch_sharding(mesh, v.shape) for k, v in batch.items()}
   params_s = jax.device_put(params, p_shard)
   batch_s = jax.device_put(batch, b_shard)
@@ -61,17 +61,16 @@ def test_sharded_forward_grad_equals_single_device(name, axes):
 def test_specs_follow_rules_and_drop_non_dividing_axes():
   mesh = sharding.make_mesh({"fsdp": 4, "tensor": 2})
   cfg = config.get_config("nano_tiny")  # MQA: one kv head cannot be split over tensor.
-  shapes = jax.eval_shape(lambda: transformer.init_params(cfg, jax.random.key(0)))
-  specs = sharding.param_specs(shapes, mesh)
+  specs = spec.partition_specs(cfg, mesh)
   assert specs["embed"]["tokens"] == P("tensor", "fsdp")
-  assert specs["layers"][0]["attn"]["wq"] == P("fsdp", "tensor", None)
-  assert specs["layers"][0]["attn"]["wk"] == P("fsdp", None, None)
-  assert specs["layers"][0]["mlp"]["w_down"] == P("tensor", "fsdp")
+  # Stacked layers: the leading 'layers' axis is never split.
+  assert specs["blocks"][0]["attn"]["wq"] == P(None, "fsdp", "tensor", None)
+  assert specs["blocks"][0]["attn"]["wk"] == P(None, "fsdp", None, None)
+  assert specs["blocks"][0]["mlp"]["w_down"] == P(None, "tensor", "fsdp")
   assert specs["final_norm"]["scale"] == P(None)
-  moe_shapes = jax.eval_shape(lambda: transformer.init_params(
-      _text_cfg("pro_tiny"), jax.random.key(0)))
   emesh = sharding.make_mesh({"data": 2, "expert": 4})
-  assert sharding.param_specs(moe_shapes, emesh)["layers"][0]["moe"]["w_up"] == P("expert", None, None)
+  assert (spec.partition_specs(_text_cfg("pro_tiny"), emesh)["blocks"][0]["moe"]["w_up"]
+          == P(None, "expert", None, None))
   assert sharding.logical_to_spec(("batch", "seq"), (6, 16), emesh) == P("data", None)
   assert sharding.logical_to_spec(("batch", "seq"), (8, 16), emesh) == P(("data", "expert"), None)
 
@@ -80,11 +79,9 @@ def test_weights_shard_over_context_while_the_sequence_does():
   # Ring attention's mesh: parameters FSDP over fsdp x context, experts over expert, and the
   # batch's sequence over context on the same chips.
   mesh = sharding.make_mesh({"fsdp": 2, "expert": 2, "context": 2})
-  shapes = jax.eval_shape(lambda: transformer.init_params(_text_cfg("pro_tiny"),
-                                                          jax.random.key(0)))
-  specs = sharding.param_specs(shapes, mesh)
-  assert specs["layers"][0]["attn"]["wq"] == P(("fsdp", "context"), None, None)
-  assert specs["layers"][0]["moe"]["w_up"] == P("expert", ("fsdp", "context"), None)
+  specs = spec.partition_specs(_text_cfg("pro_tiny"), mesh)
+  assert specs["blocks"][0]["attn"]["wq"] == P(None, ("fsdp", "context"), None, None)
+  assert specs["blocks"][0]["moe"]["w_up"] == P(None, "expert", ("fsdp", "context"), None)
   assert specs["embed"]["tokens"] == P(None, ("fsdp", "context"))
   assert sharding.batch_sharding(mesh, (4, 16)).spec == P(("fsdp", "expert"), "context")
 
@@ -96,17 +93,17 @@ def test_bad_mesh_is_a_clear_error():
     sharding.make_mesh({"data": 6})
 
 
-def test_param_axes_name_every_decoder_matrix():
+def test_spec_names_the_axes_of_every_decoder_matrix():
   cfg = _text_cfg("pro_tiny")
   shapes = jax.eval_shape(lambda: transformer.init_params(cfg, jax.random.key(0)))
-  axes = sharding.param_axes(shapes)
+  axes = spec.logical_axes(cfg)
   flat = jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple))
   assert len(flat) == len(jax.tree.leaves(shapes))
   for (path, leaf), ax in zip(jax.tree_util.tree_leaves_with_path(shapes), flat):
     assert len(ax) == leaf.ndim, jax.tree_util.keystr(path)
-    if leaf.ndim >= 2 and "router" not in jax.tree_util.keystr(path):
-      assert all(a is not None for a in ax[:1]), jax.tree_util.keystr(path)
-  assert axes["layers"][0]["moe"]["w_down"] == ("experts", "expert_mlp", "embed")
+    if leaf.ndim >= 3 and "router" not in jax.tree_util.keystr(path):
+      assert all(a is not None for a in ax[:2]), jax.tree_util.keystr(path)
+  assert axes["blocks"][0]["moe"]["w_down"] == ("layers", "experts", "expert_mlp", "embed")
 
 
 def test_kernels_are_real_tpu_kernels_on_tpu_meshes_only():

@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from gemini.config import ModelConfig
+from gemini.model import spec
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -208,7 +209,8 @@ def permute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 
 def load_params(reader, cfg: ModelConfig, path: str = "") -> dict:
-  """All tensors -> our f32 parameter tree (numpy). Shapes are checked against cfg."""
+  """All tensors -> our f32 parameter tree (numpy, layers stacked as gemini.model.spec lays
+  them out). Shapes are checked against cfg."""
   tensors = {t.name: t for t in reader.tensors}
   d, h, k, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
 
@@ -220,14 +222,15 @@ def load_params(reader, cfg: ModelConfig, path: str = "") -> dict:
       raise GGUFError(f"{path}: tensor {name!r} has shape {w.shape}, expected {tuple(shape)}")
     return w
 
-  params = {"embed": {"tokens": get("token_embd.weight", (cfg.vocab_size, d))}, "layers": []}
+  params = {"embed": {"tokens": get("token_embd.weight", (cfg.vocab_size, d))}}
+  layers = []
   for i in range(cfg.n_layers):
     b = f"blk.{i}."
     wq = unpermute_rope_rows(get(b + "attn_q.weight", (h * dh, d)), h)
     wk = unpermute_rope_rows(get(b + "attn_k.weight", (k * dh, d)), k)
     wv = get(b + "attn_v.weight", (k * dh, d))
     wo = get(b + "attn_output.weight", (d, h * dh))
-    params["layers"].append({
+    layers.append({
         "attn_norm": {"scale": get(b + "attn_norm.weight", (d,))},
         "attn": {"wq": wq.T.reshape(d, h, dh), "wk": wk.T.reshape(d, k, dh),
                  "wv": wv.T.reshape(d, k, dh), "wo": wo.T.reshape(h, dh, d)},
@@ -236,6 +239,7 @@ def load_params(reader, cfg: ModelConfig, path: str = "") -> dict:
                 "w_up": get(b + "ffn_up.weight", (cfg.d_ff, d)).T,
                 "w_down": get(b + "ffn_down.weight", (d, cfg.d_ff)).T},
     })
+  params["blocks"] = spec.stack_layers(layers, cfg)
   params["final_norm"] = {"scale": get("output_norm.weight", (d,))}
   if not cfg.tie_embeddings:
     params["unembed"] = get("output.weight", (cfg.vocab_size, d)).T

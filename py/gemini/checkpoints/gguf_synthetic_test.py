@@ -10,7 +10,7 @@ from gguf import GGUFWriter, quants
 
 from gemini import config
 from gemini.checkpoints import gguf as G
-from gemini.model import transformer
+from gemini.model import spec, transformer
 
 CFG = config.ModelConfig(name="synthetic", vocab_size=96, d_model=64, n_layers=2, n_heads=4,
                          n_kv_heads=2, head_dim=16, d_ff=96, max_seq_len=128, rope_base=5000.0,
@@ -44,7 +44,7 @@ def _write(path, params, cfg, qtype, arch="llama"):
   put("token_embd.weight", params["embed"]["tokens"])
   put("output.weight", params["unembed"].T)
   put("output_norm.weight", params["final_norm"]["scale"])
-  for i, l in enumerate(params["layers"]):
+  for i, l in enumerate(spec.unstack_layers(params, cfg)):
     a, b = l["attn"], f"blk.{i}."
     put(b + "attn_q.weight", G.permute_rope_rows(a["wq"].reshape(d, -1).T, cfg.n_heads))
     put(b + "attn_k.weight", G.permute_rope_rows(a["wk"].reshape(d, -1).T, cfg.n_kv_heads))
@@ -63,8 +63,9 @@ def _write(path, params, cfg, qtype, arch="llama"):
 
 def _params():
   p = jax.tree.map(np.asarray, transformer.init_params(CFG, jax.random.key(0)))
-  for l in p["layers"]:  # non-trivial norm scales, so a swapped norm would show
-    l["attn_norm"]["scale"] = np.linspace(0.5, 1.5, CFG.d_model, dtype=np.float32)
+  # Non-trivial norm scales, so a swapped norm would show.
+  scale = np.linspace(0.5, 1.5, CFG.d_model, dtype=np.float32)
+  p["blocks"][0]["attn_norm"]["scale"] = np.broadcast_to(scale, (CFG.n_layers, CFG.d_model)).copy()
   return p
 
 
@@ -93,7 +94,9 @@ def test_wrong_architecture_and_missing_tensor_are_clear_errors(tmp_path):
   with pytest.raises(G.GGUFError, match="general.architecture='gpt2'"):
     G.read_config(G.open_reader(str(path)), str(path))
   path = tmp_path / "short.gguf"
-  _write(path, dict(params, layers=params["layers"][:1]), CFG.replace(n_layers=1), Q.F32)
+  one = CFG.replace(n_layers=1)
+  _write(path, dict(params, blocks=spec.stack_layers(spec.unstack_layers(params, CFG)[:1], one)),
+         one, Q.F32)
   reader = G.open_reader(str(path))
   with pytest.raises(G.GGUFError, match="blk.1.attn_q.weight"):
     G.load_params(reader, CFG, str(path))

@@ -13,7 +13,7 @@ import pytest
 
 from gemini import config
 from gemini.checkpoints import gguf as G
-from gemini.model import decode, transformer
+from gemini.model import decode, spec, transformer
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,19 +83,20 @@ def test_config_from_metadata_matches_preset():
 def test_import_is_exact():
   m, _, cfg = _model()
   p = m.params
+  layers = spec.unstack_layers(p, cfg)
   d, dh = cfg.d_model, cfg.head_dim
   np.testing.assert_array_equal(p["embed"]["tokens"], _decode_q8_0(_raw("token_embd.weight")))
   np.testing.assert_array_equal(p["final_norm"]["scale"], np.asarray(_raw("output_norm.weight").data))
-  np.testing.assert_array_equal(p["layers"][7]["mlp_norm"]["scale"],
+  np.testing.assert_array_equal(layers[7]["mlp_norm"]["scale"],
                                 np.asarray(_raw("blk.7.ffn_norm.weight").data))
-  np.testing.assert_array_equal(p["layers"][5]["mlp"]["w_down"], _decode_q4_1(_raw("blk.5.ffn_down.weight")).T)
-  np.testing.assert_array_equal(p["layers"][2]["attn"]["wv"].reshape(d, -1).T,
+  np.testing.assert_array_equal(layers[5]["mlp"]["w_down"], _decode_q4_1(_raw("blk.5.ffn_down.weight")).T)
+  np.testing.assert_array_equal(layers[2]["attn"]["wv"].reshape(d, -1).T,
                                 _decode_q4_1(_raw("blk.2.attn_v.weight")))
-  np.testing.assert_array_equal(p["layers"][29]["attn"]["wo"].reshape(-1, d).T,
+  np.testing.assert_array_equal(layers[29]["attn"]["wo"].reshape(-1, d).T,
                                 _decode_q4_1(_raw("blk.29.attn_output.weight")))
   for layer, kind, heads in ((0, "q", cfg.n_heads), (3, "k", cfg.n_kv_heads)):
     raw = _decode_q4_1(_raw(f"blk.{layer}.attn_{kind}.weight"))            # [heads*Dh, D]
-    ours = p["layers"][layer]["attn"]["w" + kind]                            # [D, heads, Dh]
+    ours = layers[layer]["attn"]["w" + kind]                            # [D, heads, Dh]
     # Exactly the GGUF values, re-ordered only inside heads by llama.cpp's permutation.
     np.testing.assert_array_equal(G.permute_rope_rows(ours.reshape(d, -1).T, heads), raw)
   # Independent semantic check: attention scores from our rotate-half RoPE on our weights
@@ -104,7 +105,7 @@ def test_import_is_exact():
   for layer in (0, 11):
     q_raw = _decode_q4_1(_raw(f"blk.{layer}.attn_q.weight")).astype(np.float64)
     k_raw = _decode_q4_1(_raw(f"blk.{layer}.attn_k.weight")).astype(np.float64)
-    wq, wk = (p["layers"][layer]["attn"][w].astype(np.float64) for w in ("wq", "wk"))
+    wq, wk = (layers[layer]["attn"][w].astype(np.float64) for w in ("wq", "wk"))
     x, y = rng.normal(size=(2, d))
     rep = cfg.n_heads // cfg.n_kv_heads
     for qpos, kpos in ((9, 4), (300, 0), (7, 7)):

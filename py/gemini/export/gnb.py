@@ -8,11 +8,13 @@ import os
 import struct
 from typing import Dict, List, Optional, Sequence
 
+import jax
 import numpy as np
 
 from csrc.runtime import _gnb
 from gemini import crc32c as crc_lib
 from gemini.config import ModelConfig
+from gemini.model import spec
 from gemini.quant.int4 import Int4Weight, int4_values
 
 MAGIC = b"GEMINANO"
@@ -74,16 +76,15 @@ def int4_tensor(name: str, w: Int4Weight) -> Tensor:
 
 
 def model_tensors(qparams: dict, cfg: ModelConfig) -> List[Tensor]:
-  """The tensors of an int4 params tree (`gemini.quant.params.quantize_params`), FORMAT.md order."""
-  out = [int4_tensor("embed", qparams["embed"]["tokens"])]
-  for i, lp in enumerate(qparams["layers"]):
-    out.append(f32_tensor(f"layers.{i}.attn_norm", lp["attn_norm"]["scale"]))
-    out += [int4_tensor(f"layers.{i}.{n}", lp["attn"][n]) for n in ("wq", "wk", "wv", "wo")]
-    out.append(f32_tensor(f"layers.{i}.mlp_norm", lp["mlp_norm"]["scale"]))
-    out += [int4_tensor(f"layers.{i}.{n}", lp["mlp"][n]) for n in ("w_gate", "w_up", "w_down")]
-  out.append(f32_tensor("final_norm", qparams["final_norm"]["scale"]))
-  if not cfg.tie_embeddings:
-    out.append(int4_tensor("unembed", qparams["unembed"]))
+  """The tensors of an int4 params tree (`gemini.quant.params.quantize_params`), in the order
+  and with the names gemini.model.spec gives (FORMAT.md): Int4Weight leaves as int4, the
+  rest as f32; a stacked leaf contributes one tensor per decoder layer."""
+  out = []
+  for name, p, index in spec.decoder_exports(cfg):
+    leaf = spec.get(qparams, p.path)
+    if index:
+      leaf = jax.tree.map(lambda a: a[index], leaf)
+    out.append(int4_tensor(name, leaf) if isinstance(leaf, Int4Weight) else f32_tensor(name, leaf))
   return out
 
 
@@ -95,6 +96,7 @@ def config_dict(cfg: ModelConfig, group_size: int, *, bos_id: int = -1, eos_id: 
           "head_dim": cfg.head_dim, "d_ff": cfg.d_ff, "max_seq_len": cfg.max_seq_len,
           "rope_base": float(cfg.rope_base), "norm_eps": float(cfg.norm_eps),
           "logit_softcap": float(cfg.logit_softcap), "tie_embeddings": bool(cfg.tie_embeddings),
+          "qk_norm": bool(cfg.qk_norm),
           "activation": cfg.activation, "group_size": group_size, "bos_id": bos_id,
           "eos_id": eos_id, "add_bos": add_bos, "chat_template": chat_template}
 

@@ -10,7 +10,7 @@ import pytest
 
 from csrc.runtime import _runtime
 from gemini.export import gnb, nano_int4
-from gemini.quant import int4_forward
+from gemini.quant import test_util
 
 QUESTION = "What is the capital of France?"
 
@@ -50,7 +50,7 @@ def test_chat_answer_matches_jax_int4_greedy(smollm2):
   prompt_text = rt.config["chat_template"].replace("{prompt}", QUESTION)
   prompt = rt.encode(prompt_text)
   assert prompt == model.tokenizer.encode(prompt_text).ids
-  want = int4_forward.greedy_generate(q, prompt, model.cfg, 24, eos_id=model.eos_id)
+  want = test_util.greedy(q, prompt, model.cfg, 24, eos_id=model.eos_id)
   got = rt.generate(prompt, 24, stop_at_eos=True)
   assert got == want
   answer = rt.decode(got).decode()

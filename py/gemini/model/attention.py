@@ -12,12 +12,13 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec as P
+from pallas.ring_attention import ops as attention_ops
 
 from gemini import sharding
 from gemini.config import ModelConfig
-from gemini.model import rope
-from pallas.ring_attention import ops as attention_ops
+from gemini.model import dense, norm, rope
 
 IMPLS = ("xla", "flash", "ring")
 
@@ -113,39 +114,35 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
   raise ValueError(f"attention impl={impl!r}: expected one of {IMPLS}")
 
 
-def init_attention(key: jax.Array, cfg: ModelConfig, dtype=jnp.float32) -> dict:
-  """{'wq' [D,H,Dh], 'wk' [D,K,Dh], 'wv' [D,K,Dh], 'wo' [H,Dh,D]}, fan-in scaled normal."""
-  d, h, kh, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-  k1, k2, k3, k4 = jax.random.split(key, 4)
-  return {
-      "wq": jax.random.normal(k1, (d, h, dh), dtype) * d ** -0.5,
-      "wk": jax.random.normal(k2, (d, kh, dh), dtype) * d ** -0.5,
-      "wv": jax.random.normal(k3, (d, kh, dh), dtype) * d ** -0.5,
-      "wo": jax.random.normal(k4, (h, dh, d), dtype) * (h * dh) ** -0.5,
-  }
-
-
-def project_qkv(params: dict, x: jax.Array, positions: jax.Array, cfg: ModelConfig):
-  """x [B,S,D] -> q [B,S,H,Dh], k [B,S,K,Dh] (both rotated), v [B,S,K,Dh], in x.dtype."""
-  dt = x.dtype
-  q = jnp.einsum("bsd,dhk->bshk", x, params["wq"].astype(dt))
-  k = jnp.einsum("bsd,dhk->bshk", x, params["wk"].astype(dt))
-  v = jnp.einsum("bsd,dhk->bshk", x, params["wv"].astype(dt))
+def project_qkv(params: dict, x: jax.Array, positions: jax.Array, cfg: ModelConfig, *,
+                int4_impl: str = "xla"):
+  """x [B,S,D] -> q [B,S,H,Dh], k [B,S,K,Dh] (both rotated; RMS-normed per head first when
+  cfg.qk_norm), v [B,S,K,Dh], in x.dtype. Weights may be float or int4 (gemini.model.dense)."""
+  h, kh, dh = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+  q = dense.dense(x, params["wq"], 1, (h, dh), impl=int4_impl)
+  k = dense.dense(x, params["wk"], 1, (kh, dh), impl=int4_impl)
+  v = dense.dense(x, params["wv"], 1, (kh, dh), impl=int4_impl)
+  if cfg.qk_norm:
+    q = norm.rms_norm(params["q_norm"], q, cfg.norm_eps)
+    k = norm.rms_norm(params["k_norm"], k, cfg.norm_eps)
   return rope.apply_rope(q, positions, cfg.rope_base), rope.apply_rope(k, positions, cfg.rope_base), v
 
 
-def output_projection(params: dict, o: jax.Array) -> jax.Array:
+def output_projection(params: dict, o: jax.Array, cfg: ModelConfig, *,
+                      int4_impl: str = "xla") -> jax.Array:
   """o [B,S,H,Dh] -> [B,S,D] in o.dtype."""
-  return jnp.einsum("bshk,hkd->bsd", o, params["wo"].astype(o.dtype))
+  return dense.dense(o, params["wo"], 2, (cfg.d_model,), impl=int4_impl)
 
 
 def attention_block(params: dict, x: jax.Array, segment_ids: jax.Array, positions: jax.Array,
                     bidir_ids: Optional[jax.Array], cfg: ModelConfig, *, impl: str = "xla",
-                    mesh=None) -> jax.Array:
-  """Projections + RoPE + attention + output projection. x [B,S,D] -> [B,S,D]."""
-  q, k, v = project_qkv(params, x, positions, cfg)
+                    mesh=None, int4_impl: str = "xla") -> jax.Array:
+  """Projections + RoPE + attention + output projection. x [B,S,D] -> [B,S,D]. The attention
+  output is named 'attention_out' for the save_attention_out remat policy."""
+  q, k, v = project_qkv(params, x, positions, cfg, int4_impl=int4_impl)
   q = sharding.constrain(q, ("batch", "seq", "act_heads", None), mesh)
   k = sharding.constrain(k, ("batch", "seq", "act_kv_heads", None), mesh)
   v = sharding.constrain(v, ("batch", "seq", "act_kv_heads", None), mesh)
   o = attention(q, k, v, segment_ids, positions, bidir_ids, causal=True, impl=impl, mesh=mesh)
-  return output_projection(params, o)
+  o = checkpoint_name(o, "attention_out")
+  return output_projection(params, o, cfg, int4_impl=int4_impl)

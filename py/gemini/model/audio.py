@@ -21,29 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemini.config import AudioConfig, ModelConfig
-from gemini.model import encoder, norm
+from gemini.model import encoder
 
 LOG_FLOOR = 1e-10
-
-
-def init_audio_params(acfg: AudioConfig, d_model: int, key: jax.Array, dtype=jnp.float32) -> dict:
-  """The audio/ tree of family.py for a decoder of width d_model."""
-  k1, k2, kl, kp = jax.random.split(key, 4)
-  kc, m, da = acfg.conv_kernel, acfg.n_mels, acfg.d_model
-  return {
-      "conv1": jax.random.normal(k1, (kc, m, da), dtype) * (kc * m) ** -0.5,
-      "conv1_bias": jnp.zeros((da,), dtype),
-      "conv2": jax.random.normal(k2, (kc, da, da), dtype) * (kc * da) ** -0.5,
-      "conv2_bias": jnp.zeros((da,), dtype),
-      "layers": encoder.init_blocks(kl, acfg.n_layers, da, acfg.n_heads, acfg.d_ff, dtype),
-      "final_norm": norm.init_norm(da, dtype),
-      "proj": jax.random.normal(kp, (da, d_model), dtype) * da ** -0.5,
-  }
-
-
-def init_audio(key: jax.Array, cfg: ModelConfig, dtype=jnp.float32) -> dict:
-  """Same as init_audio_params(cfg.audio, cfg.d_model, key, dtype) (transformer.init_params)."""
-  return init_audio_params(cfg.audio, cfg.d_model, key, dtype)
 
 
 def num_frames(num_samples: int, acfg: AudioConfig) -> int:

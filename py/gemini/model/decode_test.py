@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gemini import config
+from gemini import config, family
 from gemini.model import decode, transformer
 
 
@@ -23,7 +23,7 @@ def test_cached_decode_32_steps_equals_full_forward(kv_heads):
   toks = jax.random.randint(jax.random.key(5), (b, p + n), 0, cfg.vocab_size)
   full, _ = transformer.forward(params, {"tokens": toks}, cfg)
   cache = decode.init_cache(cfg, b, p + n)
-  assert cache["layers"][0]["k"].shape == (b, p + n, kv_heads, cfg.head_dim)
+  assert cache["k"].shape == (cfg.n_layers, b, p + n, kv_heads, cfg.head_dim)
   logits, cache = jax.jit(decode.prefill, static_argnames="cfg")(
       params, {"tokens": toks[:, :p]}, cache, cfg=cfg)
   np.testing.assert_allclose(logits, full[:, :p], atol=1e-4)
@@ -31,7 +31,7 @@ def test_cached_decode_32_steps_equals_full_forward(kv_heads):
   for i in range(n):
     logits, cache = step(params, toks[:, p + i], cache, cfg=cfg)
     np.testing.assert_allclose(logits, full[:, p + i], atol=1e-4, err_msg=f"step {i}")
-  assert int(cache["index"]) == p + n
+  np.testing.assert_array_equal(cache["index"], [p + n] * b)
 
 
 def test_generate_greedy_matches_argmax_rollout_and_left_padding():
@@ -126,9 +126,29 @@ def test_cache_overflow_is_a_clear_error():
 
 @pytest.mark.parametrize("name", ["nano_tiny", "pro_tiny", "smollm2_135m"])
 def test_cache_is_sized_by_config(name):
-  from gemini import family
   cfg = config.get_config(name)  # bf16 cache: family's KV bytes per token
   cache = jax.eval_shape(lambda: decode.init_cache(cfg, 3))
-  kv = sum(x.size * x.dtype.itemsize for layer in cache["layers"] for x in layer.values())
+  kv = sum(cache[k].size * cache[k].dtype.itemsize for k in ("k", "v"))
   assert kv == family.kv_bytes_per_token(cfg) * 3 * cfg.max_seq_len
-  assert cache["layers"][0]["k"].shape == (3, cfg.max_seq_len, cfg.n_kv_heads, cfg.head_dim)
+  assert cache["k"].shape == (cfg.n_layers, 3, cfg.max_seq_len, cfg.n_kv_heads, cfg.head_dim)
+
+
+def test_rows_decode_independently_at_their_own_offsets():
+  """A slot that joins late (its own write offset) decodes as if it were alone."""
+  cfg = _cfg()
+  params = transformer.init_params(cfg, jax.random.key(4))
+  toks = jax.random.randint(jax.random.key(6), (2, 12), 0, cfg.vocab_size)
+  full, _ = transformer.forward(params, {"tokens": toks}, cfg)
+  cache = decode.init_cache(cfg, 2, 16)
+  # Row 0 prefills 6 tokens, row 1 only 2 (its other columns are padding: segment 0, and it
+  # keeps its own offset): then both step one token at a time.
+  seg = jnp.array([[1] * 6, [1, 1, 0, 0, 0, 0]], jnp.int32)
+  _, cache = decode.jit_prefill(params, {"tokens": toks[:, :6], "segment_ids": seg}, cache,
+                                cfg=cfg)
+  cache = dict(cache, index=jnp.array([6, 2], jnp.int32),
+               next_position=jnp.array([6, 2], jnp.int32), segment=jnp.array([1, 1], jnp.int32))
+  for t in range(4):
+    step_toks = jnp.stack([toks[0, 6 + t], toks[1, 2 + t]])
+    logits, cache = decode.jit_decode_step(params, step_toks, cache, cfg=cfg)
+    np.testing.assert_allclose(logits[0], full[0, 6 + t], atol=1e-4)
+    np.testing.assert_allclose(logits[1], full[1, 2 + t], atol=1e-4)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 
 from gemini import sharding
 from gemini.config import ModelConfig
+from gemini.model import dense
 
 
 def activation(name: str):
@@ -16,21 +17,12 @@ def activation(name: str):
   raise ValueError(f"activation={name!r}: expected 'gelu' or 'silu'")
 
 
-def init_mlp(key: jax.Array, d_model: int, d_ff: int, dtype=jnp.float32) -> dict:
-  """{'w_gate' [D,F], 'w_up' [D,F], 'w_down' [F,D]}, fan-in scaled normal."""
-  k1, k2, k3 = jax.random.split(key, 3)
-  return {
-      "w_gate": jax.random.normal(k1, (d_model, d_ff), dtype) * d_model ** -0.5,
-      "w_up": jax.random.normal(k2, (d_model, d_ff), dtype) * d_model ** -0.5,
-      "w_down": jax.random.normal(k3, (d_ff, d_model), dtype) * d_ff ** -0.5,
-  }
-
-
-def gated_mlp(params: dict, x: jax.Array, cfg: ModelConfig, mesh=None) -> jax.Array:
-  """x [B,S,D] (compute dtype) -> [B,S,D] same dtype; weights cast to x.dtype.
-  With a mesh, the hidden [B,S,F] is constrained to ('batch', 'seq', 'act_mlp')."""
-  dt = x.dtype
-  gate = x @ params["w_gate"].astype(dt)
-  up = x @ params["w_up"].astype(dt)
+def gated_mlp(params: dict, x: jax.Array, cfg: ModelConfig, mesh=None, *,
+              int4_impl: str = "xla") -> jax.Array:
+  """x [B,S,D] (compute dtype) -> [B,S,D] same dtype; float weights cast to x.dtype, int4
+  weights through gemini.model.dense. With a mesh, the hidden [B,S,F] is constrained to
+  ('batch', 'seq', 'act_mlp')."""
+  gate = dense.dense(x, params["w_gate"], impl=int4_impl)
+  up = dense.dense(x, params["w_up"], impl=int4_impl)
   h = sharding.constrain(activation(cfg.activation)(gate) * up, ("batch", "seq", "act_mlp"), mesh)
-  return h @ params["w_down"].astype(dt)
+  return dense.dense(h, params["w_down"], impl=int4_impl)

@@ -7,7 +7,7 @@
       dropless: sort the T*k assignments by expert ─ragged_dot (grouped matmul)─▶ unsort
       combine:  y[t] = sum_j gates[t,j] * FFN_{expert_ids[t,j]}(x[t])  ─▶ [B,S,D]
 
-Each expert is the brief's gated MLP: down(act(x @ w_gate[e]) * (x @ w_up[e])). With one
+Each expert is the dense layer's gated MLP: down(act(x @ w_gate[e]) * (x @ w_up[e])). With one
 expert and k=1 (softmax gate = 1, capacity >= T) the layer equals `mlp.gated_mlp` exactly.
 
 Capacity: C = ceil(capacity_factor * T * k / E) per expert, T = B*S (the whole batch).
@@ -32,23 +32,6 @@ import jax.numpy as jnp
 from gemini.config import ModelConfig
 from gemini.model import mlp as mlp_lib
 from gemini.model import router as router_lib
-
-
-def init_moe_params(cfg: ModelConfig, key: jax.Array, dtype=jnp.float32) -> dict:
-  """{'router' [D,E], 'w_gate' [E,D,Fe], 'w_up' [E,D,Fe], 'w_down' [E,Fe,D]}, fan-in normal.
-
-  The router starts at std 0.02/sqrt(D)-scale small values so initial routing is near uniform.
-  """
-  d, e, f = cfg.d_model, cfg.moe.num_experts, cfg.moe.d_ff
-  if e <= 0 or f <= 0:
-    raise ValueError(f"init_moe_params: cfg {cfg.name!r} has moe.num_experts={e}, moe.d_ff={f}")
-  kr, kg, ku, kd = jax.random.split(key, 4)
-  return {
-      "router": jax.random.normal(kr, (d, e), dtype) * (0.02 * d ** -0.5),
-      "w_gate": jax.random.normal(kg, (e, d, f), dtype) * d ** -0.5,
-      "w_up": jax.random.normal(ku, (e, d, f), dtype) * d ** -0.5,
-      "w_down": jax.random.normal(kd, (e, f, d), dtype) * f ** -0.5,
-  }
 
 
 def dense_as_moe(mlp_params: dict, d_model: int) -> dict:

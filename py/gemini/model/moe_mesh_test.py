@@ -9,7 +9,7 @@ import pytest
 
 from gemini import sharding
 from gemini.config import ModelConfig, MoEConfig
-from gemini.model import moe
+from gemini.model import moe, spec
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake) devices: "
                                 "XLA_FLAGS=--xla_force_host_platform_device_count=8")
@@ -25,7 +25,7 @@ def _cfg(dispatch):
 @pytest.mark.parametrize("dispatch", ["capacity", "dropless"])
 def test_moe_on_data_expert_mesh_equals_single_device(dispatch):
   cfg = _cfg(dispatch)
-  params = moe.init_moe_params(cfg, jax.random.PRNGKey(0))
+  params = spec.init_layer(cfg, jax.random.PRNGKey(0), moe=True)["moe"]
   params["router"] = params["router"] * 50.0          # decisive routing, some drops
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 16), jnp.float32)
 
@@ -36,7 +36,7 @@ def test_moe_on_data_expert_mesh_equals_single_device(dispatch):
   grad_fn = jax.value_and_grad(loss, has_aux=True)
   (l1, (y1, d1)), g1 = jax.jit(grad_fn, static_argnums=2)(params, x, None)
   mesh = sharding.make_mesh({"data": 2, "expert": 4})
-  p_sh = jax.device_put(params, sharding.param_shardings(params, mesh))
+  p_sh = jax.device_put(params, spec.shardings_of(spec.decoder_layer(cfg, True), mesh)["moe"])
   x_sh = jax.device_put(x, sharding.batch_sharding(mesh, x.shape))
   (l8, (y8, d8)), g8 = jax.jit(grad_fn, static_argnums=2)(p_sh, x_sh, mesh)
   assert p_sh["w_up"].sharding.spec[0] == "expert"
@@ -58,11 +58,11 @@ def test_pallas_tokens_follow_the_activation_layout():
 def test_pallas_on_expert_context_tensor_mesh_equals_single_device():
   cfg = _cfg("capacity")
   cfg = cfg.replace(moe=dataclasses.replace(cfg.moe, capacity_factor=4.0))
-  params = moe.init_moe_params(cfg, jax.random.PRNGKey(0))
+  params = spec.init_layer(cfg, jax.random.PRNGKey(0), moe=True)["moe"]
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 16), jnp.float32)
   want, _ = jax.jit(lambda p, x: moe.moe_mlp(p, x, cfg))(params, x)
   mesh = sharding.make_mesh({"tensor": 2, "context": 2, "expert": 2})
-  p_sh = jax.device_put(params, sharding.param_shardings(params, mesh))
+  p_sh = jax.device_put(params, spec.shardings_of(spec.decoder_layer(cfg, True), mesh)["moe"])
   x_sh = jax.device_put(x, sharding.batch_sharding(mesh, x.shape))
   got, m = jax.jit(lambda p, x: moe.moe_mlp(p, x, cfg, impl="pallas", mesh=mesh))(p_sh, x_sh)
   assert int(m["tokens_dropped"]) == 0              # capacity_factor = E: nothing dropped

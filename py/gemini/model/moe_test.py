@@ -9,7 +9,7 @@ import pytest
 
 from gemini.config import ModelConfig, MoEConfig
 from gemini.model import mlp as mlp_lib
-from gemini.model import moe
+from gemini.model import moe, spec
 
 
 def _cfg(e=4, k=2, gate="softmax", dispatch="dropless", cf=1.25, act="gelu", d=16, fe=24):
@@ -20,7 +20,7 @@ def _cfg(e=4, k=2, gate="softmax", dispatch="dropless", cf=1.25, act="gelu", d=1
 
 
 def _params(cfg, seed=0, router_scale=50.0):
-  p = moe.init_moe_params(cfg, jax.random.PRNGKey(seed))
+  p = spec.init_layer(cfg, jax.random.PRNGKey(seed), moe=True)["moe"]
   # A stronger router than init so routing is decisive and uneven (drops happen).
   p["router"] = p["router"] * router_scale
   return p
@@ -98,7 +98,7 @@ def _np_moe(params, x, cfg, cap=None):
 @pytest.mark.parametrize("act", ["gelu", "silu"])
 def test_one_expert_equals_dense_mlp(dispatch, act):
   cfg = _cfg(e=1, k=1, dispatch=dispatch, act=act)
-  dense = mlp_lib.init_mlp(jax.random.PRNGKey(3), cfg.d_model, cfg.moe.d_ff)
+  dense = spec.init_layer(cfg.replace(d_ff=cfg.moe.d_ff), jax.random.PRNGKey(3))["mlp"]
   x = _x()
   y, metrics = moe.moe_mlp(moe.dense_as_moe(dense, cfg.d_model), x, cfg)
   d = {k: np.asarray(v, np.float64) for k, v in dense.items()}

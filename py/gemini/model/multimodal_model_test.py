@@ -44,7 +44,7 @@ def test_full_model_forward_backward(name):
   step = jax.jit(jax.value_and_grad(loss_and_logits, has_aux=True))   # one compile for all calls
   (loss, base), grads = step(params, jbatch)
   assert abs(float(loss) - np.log(cfg.vocab_size)) < 0.1 * np.log(cfg.vocab_size), float(loss)
-  for part in ("vision", "audio", "layers", "embed"):
+  for part in ("vision", "audio", "blocks", "embed"):
     leaves = [np.asarray(g) for g in jax.tree_util.tree_leaves(grads[part])]
     assert all(np.all(np.isfinite(g)) for g in leaves), part
     assert any(np.any(g != 0) for g in leaves), part
@@ -57,9 +57,9 @@ def test_media_bidirectional_within_item_causal_across(name):
   # Make the ViT blocks identities (zero residual branches) so each image token depends on its
   # own patch only: any effect of a later patch on an earlier image token must then come from
   # the decoder's bidirectional attention inside the item.
-  for layer in params["vision"]["layers"]:
-    layer["attn"]["wo"] = jnp.zeros_like(layer["attn"]["wo"])
-    layer["mlp"]["w_down"] = jnp.zeros_like(layer["mlp"]["w_down"])
+  layers = params["vision"]["layers"]            # stacked over the ViT's blocks
+  layers["attn"]["wo"] = jnp.zeros_like(layers["attn"]["wo"])
+  layers["mlp"]["w_down"] = jnp.zeros_like(layers["mlp"]["w_down"])
   batch = jax.tree_util.tree_map(jnp.asarray,
                                  multimodal.build_batch([_example(cfg)], cfg, 66))
   fwd = jax.jit(lambda p, b: (transformer.forward(p, b, cfg)[0],

@@ -4,11 +4,6 @@ import jax
 import jax.numpy as jnp
 
 
-def init_norm(dim: int, dtype=jnp.float32) -> dict:
-  """Returns {'scale': ones [dim]}."""
-  return {"scale": jnp.ones((dim,), dtype)}
-
-
 def rms_norm(params: dict, x: jax.Array, eps: float) -> jax.Array:
   """x [..., D] any float dtype -> [..., D] in x.dtype. Statistics in f32 for stability."""
   xf = x.astype(jnp.float32)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gemini import config, family
-from gemini.model import transformer
+from gemini.model import spec, transformer
 
 
 def _f32(name):
@@ -42,13 +42,27 @@ def test_tiny_forward_grad_and_init_loss(name):
 
 
 @pytest.mark.parametrize("name", config.FULL_SIZE + ("smollm2_135m",))
-def test_param_count_matches_family_table(name):
+def test_init_builds_the_stacked_tree_of_the_spec(name):
   cfg = config.get_config(name)
   shapes = jax.eval_shape(lambda: transformer.init_params(cfg, jax.random.key(0)))
   assert sum(math.prod(x.shape) for x in jax.tree.leaves(shapes)) == family.total_params(cfg)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(shapes))
-  assert isinstance(shapes["layers"], list) and len(shapes["layers"]) == cfg.n_layers
-  layer0 = shapes["layers"][0]
-  assert layer0["attn"]["wq"].shape == (cfg.d_model, cfg.n_heads, cfg.head_dim)
-  assert layer0["attn"]["wk"].shape == (cfg.d_model, cfg.n_kv_heads, cfg.head_dim)
-  assert layer0["attn"]["wo"].shape == (cfg.n_heads, cfg.head_dim, cfg.d_model)
+  spec.check_tree(shapes, cfg)
+  p = len(spec.block_pattern(cfg))
+  assert len(shapes["blocks"]) == p and cfg.n_layers % p == 0
+  r = cfg.n_layers // p
+  layer0 = shapes["blocks"][0]
+  assert layer0["attn"]["wq"].shape == (r, cfg.d_model, cfg.n_heads, cfg.head_dim)
+  assert layer0["attn"]["wk"].shape == (r, cfg.d_model, cfg.n_kv_heads, cfg.head_dim)
+  assert layer0["attn"]["wo"].shape == (r, cfg.n_heads, cfg.head_dim, cfg.d_model)
+
+
+def test_block_pattern_of_interleaved_layers():
+  base = config.get_config("nano_tiny").replace(n_layers=6)
+  moe = lambda layers: base.replace(moe=config.MoEConfig(num_experts=2, top_k=1, d_ff=8,
+                                                         layers=layers))
+  assert spec.block_pattern(base) == (False,)
+  assert spec.block_pattern(moe(())) == (True,)
+  assert spec.block_pattern(moe((1, 3, 5))) == (False, True)
+  assert spec.block_pattern(moe((2, 5))) == (False, False, True)
+  assert spec.block_pattern(moe((0,))) == (True,) + (False,) * 5   # no period: one block

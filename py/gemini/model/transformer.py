@@ -1,8 +1,17 @@
-"""The decoder: init_params, forward (logits) and loss_fn.
+"""The decoder: forward (logits) and loss_fn, as a `lax.scan` over stacked layer blocks.
 
-Parameter tree: exactly the one in gemini/family.py's docstring; `params['layers']` is a list of
-per-layer dicts (dense layers carry 'mlp', MoE layers carry 'moe'). Mixed precision: params
-stay f32; activations run in cfg.dtype; norms, softmax, router and logits are f32.
+Parameters come from `gemini.model.spec` (init_params re-exported here): the layers of one
+repeating block (dense/MoE pattern) are stacked on a leading [R] axis and the decoder scans
+over R, running the block's p layers in each step, so program size and compile time do not
+grow with depth. Weight leaves may be float arrays or `Int4Weight`s (one forward for both;
+`gemini.model.dense`). Mixed precision: params stay f32; activations run in cfg.dtype;
+norms, softmax, router and logits are f32.
+
+Rematerialisation (`remat=`) is a named policy applied to each scanned block:
+  none                 keep every activation for the backward pass
+  full                 keep only each block's input; recompute the rest
+  save_dots            keep the outputs of weight matmuls (no batch dims), recompute the rest
+  save_attention_out   keep only each layer's attention output (named 'attention_out')
 """
 
 from __future__ import annotations
@@ -14,48 +23,23 @@ import jax.numpy as jnp
 
 from gemini import sharding
 from gemini.config import ModelConfig
-from gemini.model import attention, embed, mlp, norm
+from gemini.model import attention, embed, mlp, moe, multimodal, norm, spec
 
+init_params = spec.init_params
 
-def init_params(cfg: ModelConfig, key: jax.Array) -> dict:
-  """All parameters (cfg.param_dtype, f32 by default) as the family.py tree."""
-  dt = jnp.dtype(cfg.param_dtype)
-  k_embed, k_unembed, k_layers, k_vision, k_audio = jax.random.split(key, 5)
-  params = {"embed": embed.init_embed(k_embed, cfg, dt), "layers": []}
-  for i, k in enumerate(jax.random.split(k_layers, cfg.n_layers)):
-    k_attn, k_mlp = jax.random.split(k)
-    layer = {"attn_norm": norm.init_norm(cfg.d_model, dt),
-             "attn": attention.init_attention(k_attn, cfg, dt),
-             "mlp_norm": norm.init_norm(cfg.d_model, dt)}
-    if cfg.is_moe_layer(i):
-      from gemini.model import moe
-      layer["moe"] = moe.init_moe_params(cfg, k_mlp, dt)
-    else:
-      layer["mlp"] = mlp.init_mlp(k_mlp, cfg.d_model, cfg.d_ff, dt)
-    params["layers"].append(layer)
-  params["final_norm"] = norm.init_norm(cfg.d_model, dt)
-  if not cfg.tie_embeddings:
-    params["unembed"] = embed.init_unembed(k_unembed, cfg, dt)
-  if cfg.vision.enabled:
-    from gemini.model import vision
-    params["vision"] = vision.init_vision(k_vision, cfg, dt)
-  if cfg.audio.enabled:
-    from gemini.model import audio
-    params["audio"] = audio.init_audio(k_audio, cfg, dt)
-  return params
-
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_attention_out": jax.checkpoint_policies.save_only_these_names("attention_out"),
+}
 
 _TEXT_KEYS = ("tokens", "targets", "segment_ids", "positions", "loss_mask")
 
 
 def has_media(batch: dict) -> bool:
-  """True if the batch carries media (any of multimodal.MEDIA_KEYS: arrays or layout).
-  Text-only batches never import the encoders."""
-  extra = [k for k in batch if k not in _TEXT_KEYS]
-  if not extra:
-    return False
-  from gemini.model import multimodal
-  return any(k in multimodal.MEDIA_KEYS for k in extra)
+  """True if the batch carries media (any of multimodal.MEDIA_KEYS: arrays or layout)."""
+  return any(k in multimodal.MEDIA_KEYS for k in batch if k not in _TEXT_KEYS)
 
 
 def embed_inputs(params: dict, batch: dict, cfg: ModelConfig):
@@ -77,7 +61,6 @@ def embed_inputs(params: dict, batch: dict, cfg: ModelConfig):
   if positions is None:
     positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
   if has_media(batch):
-    from gemini.model import multimodal
     x, bidir_ids = multimodal.embed_sequence(params, batch, cfg)
     x = x.astype(cfg.dtype)
   else:
@@ -85,63 +68,95 @@ def embed_inputs(params: dict, batch: dict, cfg: ModelConfig):
   return x, segment_ids, positions, bidir_ids
 
 
-def decoder_layer(layer: dict, x: jax.Array, attn_fn: Callable, cfg: ModelConfig, index: int,
-                  *, moe_impl: str = "xla", mesh=None) -> Tuple[jax.Array, Optional[dict]]:
-  """One pre-norm block. x [B,S,D]; attn_fn(attn_params, h [B,S,D]) -> [B,S,D].
-  Returns (x [B,S,D], MoE metrics dict or None for dense layers)."""
+def decoder_layer(layer: dict, x: jax.Array, attn_fn: Callable, cfg: ModelConfig, is_moe: bool,
+                  *, moe_impl: str = "xla", int4_impl: str = "xla", mesh=None):
+  """One pre-norm block. x [B,S,D]; attn_fn(attn_params, h [B,S,D]) -> ([B,S,D], aux).
+  Returns (x [B,S,D], MoE metrics dict or None for dense layers, aux)."""
   h = norm.rms_norm(layer["attn_norm"], x, cfg.norm_eps)
-  x = x + attn_fn(layer["attn"], h)
-  x = sharding.constrain(x, ("batch", "seq", "act_embed"), mesh)
+  a, aux = attn_fn(layer["attn"], h)
+  x = sharding.constrain(x + a, ("batch", "seq", "act_embed"), mesh)
   h = norm.rms_norm(layer["mlp_norm"], x, cfg.norm_eps)
   metrics = None
-  if cfg.is_moe_layer(index):
-    from gemini.model import moe
+  if is_moe:
     y, metrics = moe.moe_mlp(layer["moe"], h, cfg, impl=moe_impl, mesh=mesh)
   else:
-    y = mlp.gated_mlp(layer["mlp"], h, cfg, mesh)
+    y = mlp.gated_mlp(layer["mlp"], h, cfg, mesh, int4_impl=int4_impl)
   x = x + y.astype(x.dtype)
-  return sharding.constrain(x, ("batch", "seq", "act_embed"), mesh), metrics
+  return sharding.constrain(x, ("batch", "seq", "act_embed"), mesh), metrics, aux
 
 
-def collect_moe_metrics(per_layer, cfg: ModelConfig) -> Dict[str, jax.Array]:
-  """Stacks per-MoE-layer metrics: expert_load [Lm,E], drop_fraction [Lm], tokens_dropped
-  int32 [Lm]; aux_loss/z_loss: mean over the MoE layers (scalars, 0 for dense models)."""
-  per_layer = [m for m in per_layer if m is not None]
-  if not per_layer:
+def scan_decoder(params: dict, x: jax.Array, cfg: ModelConfig, layer_fn: Callable, state=None,
+                 *, remat: str = "none", unroll: bool = False):
+  """Runs every decoder layer over x with a scan over the stacked blocks.
+
+  layer_fn(layer_params, x, is_moe, layer_index int32 [], state) -> (x, MoE metrics or None,
+  state); `state` is carried through all layers (decoding carries the KV cache in it, so
+  each layer updates its slice in place). Returns (x, [the MoE metrics dict of all MoE
+  layers, leaves [R, pm, ...] in layer order] or [], state)."""
+  pattern = spec.block_pattern(cfg)
+  p, r = len(pattern), spec.repeats(cfg)
+
+  def body(carry, xs):
+    x, state = carry
+    blocks, rep = xs
+    metrics = []
+    for j, is_moe in enumerate(pattern):
+      x, m, state = layer_fn(blocks[j], x, is_moe, rep * p + j, state)
+      if m is not None:
+        metrics.append(m)
+    return (x, state), metrics
+
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat={remat!r}: expected one of {tuple(REMAT_POLICIES)}")
+  if remat != "none":
+    body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
+  (x, state), metrics = jax.lax.scan(body, (x, state),
+                                     (params["blocks"], jnp.arange(r, dtype=jnp.int32)),
+                                     unroll=unroll)
+  # metrics: one dict per MoE block position, leaves [R, ...] -> one dict, leaves [R, pm, ...].
+  per_moe = [jax.tree.map(lambda *a: jnp.stack(a, axis=1), *metrics)] if metrics else []
+  return x, per_moe, state
+
+
+def collect_moe_metrics(per_moe_layer, cfg: ModelConfig) -> Dict[str, jax.Array]:
+  """expert_load [Lm,E], drop_fraction [Lm], tokens_dropped int32 [Lm]; aux_loss/z_loss: mean
+  over the MoE layers (scalars, 0 for dense models)."""
+  if not per_moe_layer:
     e = max(cfg.moe.num_experts, 1)
     return {"aux_loss": jnp.zeros((), jnp.float32), "z_loss": jnp.zeros((), jnp.float32),
             "expert_load": jnp.zeros((0, e), jnp.float32),
             "drop_fraction": jnp.zeros((0,), jnp.float32),
             "tokens_dropped": jnp.zeros((0,), jnp.int32)}
-  stack = lambda k, dt=jnp.float32: jnp.stack([jnp.asarray(m.get(k, 0), dt) for m in per_layer])
-  return {"aux_loss": jnp.mean(stack("aux_loss")), "z_loss": jnp.mean(stack("z_loss")),
-          "expert_load": stack("expert_load"), "drop_fraction": stack("drop_fraction"),
-          "tokens_dropped": stack("tokens_dropped", jnp.int32)}
+  m = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), per_moe_layer[0])  # [R*pm, ...]
+  return {"aux_loss": jnp.mean(m["aux_loss"]), "z_loss": jnp.mean(m["z_loss"]),
+          "expert_load": m["expert_load"], "drop_fraction": m["drop_fraction"],
+          "tokens_dropped": m["tokens_dropped"].astype(jnp.int32)}
 
 
 def forward(params: dict, batch: dict, cfg: ModelConfig, *, attn_impl: str = "xla",
-            moe_impl: str = "xla", mesh=None,
-            remat: bool = False) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+            moe_impl: str = "xla", int4_impl: str = "xla", mesh=None, remat: str = "none",
+            unroll: bool = False) -> Tuple[jax.Array, Dict[str, jax.Array]]:
   """batch (tokens int32 [B,S], optional segment_ids/positions int32 [B,S], media keys)
-  remat=True recomputes each layer's activations in the backward pass (jax.checkpoint).
-  -> (logits f32 [B,S,V], metrics of collect_moe_metrics; Lm = cfg.num_moe_layers)."""
+  -> (logits f32 [B,S,V], metrics of collect_moe_metrics; Lm = cfg.num_moe_layers).
+  remat: a REMAT_POLICIES name; unroll=True unrolls the layer scan (the pre-scan program,
+  kept to measure compile time against)."""
   x, segment_ids, positions, bidir_ids = embed_inputs(params, batch, cfg)
   x = sharding.constrain(x, ("batch", "seq", "act_embed"), mesh)
 
   def attn_fn(p, h):
     return attention.attention_block(p, h, segment_ids, positions, bidir_ids, cfg,
-                                     impl=attn_impl, mesh=mesh)
+                                     impl=attn_impl, mesh=mesh, int4_impl=int4_impl), None
 
-  per_layer = []
-  for i, layer in enumerate(params["layers"]):
-    run = lambda layer, x, i=i: decoder_layer(layer, x, attn_fn, cfg, i, moe_impl=moe_impl,
-                                              mesh=mesh)
-    x, m = (jax.checkpoint(run) if remat else run)(layer, x)
-    per_layer.append(m)
+  def layer_fn(lp, x, is_moe, _, state):
+    x, m, _ = decoder_layer(lp, x, attn_fn, cfg, is_moe, moe_impl=moe_impl,
+                            int4_impl=int4_impl, mesh=mesh)
+    return x, m, state
+
+  x, per_moe, _ = scan_decoder(params, x, cfg, layer_fn, remat=remat, unroll=unroll)
   x = norm.rms_norm(params["final_norm"], x, cfg.norm_eps)
-  logits = embed.logits(params, x, cfg)
+  logits = embed.logits(params, x, cfg, int4_impl=int4_impl)
   logits = sharding.constrain(logits, ("batch", "seq", "act_vocab"), mesh)
-  return logits, collect_moe_metrics(per_layer, cfg)
+  return logits, collect_moe_metrics(per_moe, cfg)
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array):
@@ -156,12 +171,12 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array):
 
 
 def loss_fn(params: dict, batch: dict, cfg: ModelConfig, *, attn_impl: str = "xla",
-            moe_impl: str = "xla", mesh=None,
-            remat: bool = False) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+            moe_impl: str = "xla", int4_impl: str = "xla", mesh=None, remat: str = "none",
+            unroll: bool = False) -> Tuple[jax.Array, Dict[str, jax.Array]]:
   """Mean next-token CE over tokens with segment_ids != 0 (times optional loss_mask), plus
   cfg.moe.aux_loss_weight * aux_loss + cfg.moe.z_loss_weight * z_loss. -> (loss f32, metrics)."""
-  logits, metrics = forward(params, batch, cfg, attn_impl=attn_impl, moe_impl=moe_impl, mesh=mesh,
-                            remat=remat)
+  logits, metrics = forward(params, batch, cfg, attn_impl=attn_impl, moe_impl=moe_impl,
+                            int4_impl=int4_impl, mesh=mesh, remat=remat, unroll=unroll)
   tokens = batch["tokens"]
   weights = (batch.get("segment_ids", jnp.ones_like(tokens)) != 0).astype(jnp.float32)
   if "loss_mask" in batch:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gemini import config
-from gemini.model import transformer
+from gemini.model import attention, norm, spec, transformer
 
 
 def _small(name="nano_tiny", **kw):
@@ -63,14 +63,46 @@ def test_loss_ignores_padding_and_loss_mask():
   assert float(m2["num_tokens"]) == 4
 
 
-def test_remat_same_grads_and_bad_batch_errors():
+@pytest.mark.parametrize("name", ["nano_tiny", "flash_tiny"])
+def test_every_remat_policy_and_unrolled_scan_give_the_same_grads(name):
+  cfg = config.get_config(name).replace(dtype="float32", vocab_size=256, d_model=64, d_ff=128,
+                                        head_dim=16, vision=config.VisionConfig(),
+                                        audio=config.AudioConfig())
+  params = transformer.init_params(cfg, jax.random.key(0))
+  b = _text_batch(cfg, b=1, s=8)
+  grad = lambda remat, unroll=False: jax.jit(jax.grad(
+      lambda p: transformer.loss_fn(p, b, cfg, remat=remat, unroll=unroll)[0]))(params)
+  want = jax.tree.leaves(grad("none"))
+  for run in [grad(r) for r in transformer.REMAT_POLICIES if r != "none"] + [grad("none", True)]:
+    for a, c in zip(jax.tree.leaves(run), want):
+      np.testing.assert_allclose(a, c, atol=1e-6)
+  with pytest.raises(ValueError, match="remat='sometimes'"):
+    grad("sometimes")
+
+
+def test_scanned_decoder_equals_layer_by_layer_reference():
+  """The scan over stacked blocks runs decoder layer i with layer i's weights, in order."""
+  cfg = config.get_config("flash_tiny").replace(dtype="float32", vocab_size=256, d_model=64,
+                                                d_ff=128, head_dim=16,
+                                                vision=config.VisionConfig(),
+                                                audio=config.AudioConfig())
+  params = transformer.init_params(cfg, jax.random.key(3))
+  toks = jax.random.randint(jax.random.key(4), (2, 8), 0, cfg.vocab_size)
+  want, _ = transformer.forward(params, {"tokens": toks}, cfg)
+  seg = jnp.ones((2, 8), jnp.int32)
+  pos = jnp.broadcast_to(jnp.arange(8), (2, 8))
+  x = params["embed"]["tokens"][toks]
+  attn = lambda p, h: (attention.attention_block(p, h, seg, pos, None, cfg), None)
+  for i, layer in enumerate(spec.unstack_layers(params, cfg)):
+    x, _, _ = transformer.decoder_layer(layer, x, attn, cfg, cfg.is_moe_layer(i))
+  x = norm.rms_norm(params["final_norm"], x, cfg.norm_eps)
+  np.testing.assert_allclose(x @ params["embed"]["tokens"].T, want, atol=1e-4)
+
+
+def test_bad_batch_errors():
   cfg = _small()
   params = transformer.init_params(cfg, jax.random.key(0))
   b = _text_batch(cfg, b=1, s=8)
-  grad = lambda remat: jax.jit(jax.grad(
-      lambda p: transformer.loss_fn(p, b, cfg, remat=remat)[0]))(params)
-  for a, c in zip(jax.tree.leaves(grad(True)), jax.tree.leaves(grad(False))):
-    np.testing.assert_allclose(a, c, atol=1e-6)
   with pytest.raises(ValueError, match="'segment_ids' has shape"):
     transformer.forward(params, dict(b, segment_ids=jnp.ones((1, 7), jnp.int32)), cfg)
   with pytest.raises(ValueError, match="no 'tokens'"):

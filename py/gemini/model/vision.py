@@ -10,7 +10,7 @@ s = floor(sqrt(T)) and r = T - s^2, the first s^2 tokens are an s x s adaptive a
 of the g x g patch grid (bin i spans rows [floor(i g/s), ceil((i+1) g/s))), and the r extra
 tokens are means over r horizontal bands of the whole image (coarse global context). So
 258 = 16x16 + 2 bands, 66 = 8x8 + 2 bands, 16 = 4x4. T may exceed the patch count (bins
-then repeat patches). Params: family.py's vision/ tree.
+then repeat patches). Params: the vision/ subtree of gemini.model.spec.
 """
 
 import math
@@ -20,30 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemini.config import ModelConfig, VisionConfig
-from gemini.model import encoder, norm
-
-
-def init_vision_params(vcfg: VisionConfig, d_model: int, key: jax.Array,
-                       dtype=jnp.float32) -> dict:
-  """The vision/ tree of family.py for a decoder of width d_model."""
-  if vcfg.image_size % vcfg.patch_size:
-    raise ValueError(f"vision: image_size={vcfg.image_size} is not a multiple of "
-                     f"patch_size={vcfg.patch_size}")
-  kp, kpos, kl, kproj = jax.random.split(key, 4)
-  pin, dv = vcfg.patch_size * vcfg.patch_size * vcfg.channels, vcfg.d_model
-  return {
-      "patch_embed": jax.random.normal(kp, (pin, dv), dtype) * pin ** -0.5,
-      "patch_bias": jnp.zeros((dv,), dtype),
-      "pos_embed": jax.random.normal(kpos, (vcfg.num_patches, dv), dtype) * 0.02,
-      "layers": encoder.init_blocks(kl, vcfg.n_layers, dv, vcfg.n_heads, vcfg.d_ff, dtype),
-      "final_norm": norm.init_norm(dv, dtype),
-      "proj": jax.random.normal(kproj, (dv, d_model), dtype) * dv ** -0.5,
-  }
-
-
-def init_vision(key: jax.Array, cfg: ModelConfig, dtype=jnp.float32) -> dict:
-  """Same as init_vision_params(cfg.vision, cfg.d_model, key, dtype) (transformer.init_params)."""
-  return init_vision_params(cfg.vision, cfg.d_model, key, dtype)
+from gemini.model import encoder
 
 
 def _bins(n: int, parts: int):

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gemini.config import ModelConfig
-from gemini.quant import int4, int4_forward, linear, params as qparams
+from gemini.config import ModelConfig, MoEConfig
+from gemini.model import decode, dense, transformer
+from gemini.quant import int4, params as qparams, test_util
 from gemini.quant.test_util import random_params
 
 
@@ -51,88 +52,71 @@ def test_quantize_rejects_bad_arguments():
     int4.quantize(jnp.ones((64, 4)), 32, "float32")
 
 
-def test_int4_linear_matches_dequantised_dot():
+def test_dense_int4_matches_dequantised_dot_and_lookup():
   rng = np.random.default_rng(0)
   w = jnp.asarray(rng.standard_normal((96, 40)), jnp.float32)
   x = jnp.asarray(rng.standard_normal((2, 3, 96)), jnp.float32)
   qw = int4.quantize(w, 32)
   want = np.asarray(x) @ np.asarray(int4.dequantize(qw))
-  np.testing.assert_allclose(np.asarray(linear.int4_linear(x, qw)), want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(dense.dense(x, qw)), want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(dense.dense(x, qw, out=(4, 10))),
+                             want.reshape(2, 3, 4, 10), rtol=1e-5, atol=1e-5)
   tok = jnp.asarray([[3, 0], [39, 3]])
-  e = np.asarray(linear.embed_lookup(qw, tok))
+  e = np.asarray(dense.lookup(qw, tok, jnp.float32))
   np.testing.assert_array_equal(e, np.asarray(int4.dequantize(qw)).T[np.asarray(tok)])
 
 
-# Jitted (cfg static): op-by-op dispatch of a whole forward is slow on a busy CI machine.
-FWD = jax.jit(int4_forward.forward, static_argnames=("cfg", "dtype", "impl", "collect"))
-
 TINY = ModelConfig(name="t", vocab_size=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
-                   head_dim=16, d_ff=96, max_seq_len=64, activation="silu")
+                   head_dim=16, d_ff=96, max_seq_len=64, activation="silu", dtype="float32")
+# Jitted (cfg static): op-by-op dispatch of a whole forward is slow on a busy CI machine.
+FWD = jax.jit(lambda p, t, cfg, impl="xla": transformer.forward(p, {"tokens": t}, cfg,
+                                                                int4_impl=impl)[0],
+              static_argnames=("cfg", "impl"))
 
 
-def test_forward_float_matches_dequantised_tree_and_cache():
-  params = random_params(TINY, jax.random.key(0))
-  qp = qparams.quantize_params(params, TINY, group_size=32)
-  assert isinstance(qp["layers"][1]["attn"]["wo"], int4.Int4Weight)
-  assert qp["layers"][1]["attn"]["wo"].k == TINY.n_heads * TINY.head_dim
-  # The int4 forward equals the float forward run on the dequantised weights.
-  deq = jax.tree.map(lambda l: l, qp, is_leaf=lambda l: isinstance(l, int4.Int4Weight))
-  deq = {"embed": {"tokens": int4.dequantize(qp["embed"]["tokens"]).T},
-         "final_norm": qp["final_norm"],
-         "layers": [{"attn_norm": l["attn_norm"], "mlp_norm": l["mlp_norm"],
-                     "attn": {n: int4.dequantize(l["attn"][n]) for n in ("wq", "wk", "wv", "wo")},
-                     "mlp": {n: int4.dequantize(l["mlp"][n]) for n in ("w_gate", "w_up", "w_down")}}
-                    for l in qp["layers"]]}
-  for l in deq["layers"]:  # Back to the family shapes.
-    a = l["attn"]
-    a["wq"] = a["wq"].reshape(64, 4, 16); a["wk"] = a["wk"].reshape(64, 2, 16)
-    a["wv"] = a["wv"].reshape(64, 2, 16); a["wo"] = a["wo"].reshape(4, 16, 64)
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_one_forward_runs_int4_trees_like_their_dequantised_floats(qk_norm):
+  cfg = TINY.replace(qk_norm=qk_norm)
+  params = random_params(cfg, jax.random.key(0))
+  qp = qparams.quantize_params(params, cfg, group_size=32)
+  wo = qp["blocks"][0]["attn"]["wo"]
+  assert isinstance(wo, int4.Int4Weight) and wo.k == cfg.n_heads * cfg.head_dim
+  assert wo.packed.shape[0] == cfg.n_layers                      # stacked [L, Kp/2, N]
   tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 64)
-  lq, _, _ = FWD(qp, tokens, TINY)
-  ld, _, _ = FWD(deq, tokens, TINY)
+  lq = FWD(qp, tokens, cfg)
+  ld = FWD(test_util.dequantized(qp, cfg), tokens, cfg)
   np.testing.assert_allclose(np.asarray(lq), np.asarray(ld), rtol=1e-4, atol=1e-4)
-  # Cached prefill + one-token steps reproduce the full causal forward.
-  cache = int4_forward.init_cache(TINY, 2, 16)
-  l1, cache, _ = FWD(qp, tokens[:, :7], TINY, cache=cache, cache_index=0)
+  # Cached prefill + one-token steps of the int4 tree reproduce its full causal forward.
+  cache = decode.init_cache(cfg, 2, 16)
+  l1, cache = decode.jit_prefill(qp, {"tokens": tokens[:, :7]}, cache, cfg=cfg)
   steps = [l1]
   for t in range(7, 12):
-    lt, cache, _ = FWD(qp, tokens[:, t:t + 1], TINY, cache=cache, cache_index=t)
-    steps.append(lt)
+    lt, cache = decode.jit_decode_step(qp, tokens[:, t], cache, cfg=cfg)
+    steps.append(lt[:, None])
   np.testing.assert_allclose(np.asarray(jnp.concatenate(steps, 1)), np.asarray(lq),
                              rtol=1e-4, atol=1e-4)
   # Int4 is close to (but not equal to) the float model.
-  lf, _, _ = FWD(params, tokens, TINY)
+  lf = FWD(params, tokens, cfg)
   rel = float(jnp.linalg.norm(lf - lq) / jnp.linalg.norm(lf))
   assert 1e-3 < rel < 0.6, rel  # Random Gaussian weights lose ~10% per matrix in int4.
 
 
-def test_forward_matches_gemini_model_when_available():
-  transformer = pytest.importorskip("gemini.model.transformer")
-  cfg = TINY.replace(dtype="float32")
-  params = random_params(cfg, jax.random.key(2))
-  tokens = jax.random.randint(jax.random.key(3), (1, 10), 0, 64)
-  want, _ = transformer.forward(params, {"tokens": tokens}, cfg)
-  got, _, _ = int4_forward.forward(params, tokens, cfg)
-  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-4, atol=2e-4)
-
-
 def test_forward_through_pallas_kernel_matches_xla():
-  """The model's linear layers through the Pallas int4 kernel (interpret mode on CPU)."""
+  """The model's matmuls through the Pallas int4 kernel (interpret mode on CPU)."""
   cfg = TINY.replace(n_layers=1)
   params = random_params(cfg, jax.random.key(4))
   qp = qparams.quantize_params(params, cfg, group_size=32)
   tokens = jax.random.randint(jax.random.key(5), (1, 9), 0, 64)
-  want, _, _ = int4_forward.forward(qp, tokens, cfg, impl="xla")
-  got, _, _ = int4_forward.forward(qp, tokens, cfg, impl="pallas")
+  want = FWD(qp, tokens, cfg, "xla")
+  got = FWD(qp, tokens, cfg, "pallas")
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
 
 
 def test_quantize_params_refuses_a_tree_that_is_not_the_config():
   params = random_params(TINY, jax.random.key(0))
-  with pytest.raises(ValueError, match="n_layers=3"):
+  with pytest.raises(ValueError, match=r"attn_norm/scale' has shape \(2, 64\).*\(3, 64\)"):
     qparams.quantize_params(params, TINY.replace(n_layers=3))
-  with pytest.raises(ValueError, match="layers/0/mlp/w_gate' has shape"):
+  with pytest.raises(ValueError, match="mlp/w_gate' has shape"):
     qparams.quantize_params(params, TINY.replace(d_ff=128))
   with pytest.raises(ValueError, match="MoE"):
-    from gemini.config import MoEConfig
     qparams.quantize_params(params, TINY.replace(moe=MoEConfig(num_experts=2, top_k=1, d_ff=8)))

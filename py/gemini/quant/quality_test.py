@@ -2,8 +2,6 @@
 int4 (plain rounding and AWQ-style scaling) within 2% of the bf16 model; AWQ folding is an
 exact float-model identity."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,12 +9,22 @@ import optax
 import pytest
 
 from gemini.config import ModelConfig
-from gemini.quant import awq, int4_forward, params as qparams
+from gemini.model import norm, transformer
+from gemini.quant import awq, params as qparams
 from gemini.quant.test_util import random_params
 
-# Byte-level tiny model: vocab = 256 bytes.
+# Byte-level tiny model: vocab = 256 bytes. f32 activations (what the CPU runtime computes).
 CFG = ModelConfig(name="quality_tiny", vocab_size=256, d_model=128, n_layers=2, n_heads=4,
-                  n_kv_heads=1, head_dim=32, d_ff=384, max_seq_len=128, activation="gelu")
+                  n_kv_heads=1, head_dim=32, d_ff=384, max_seq_len=128, activation="gelu",
+                  dtype="float32")
+
+
+def _loss(params, tokens, targets, cfg=CFG):
+  return transformer.loss_fn(params, {"tokens": tokens, "targets": targets}, cfg)[0]
+
+
+def _logits(params, tokens):
+  return transformer.forward(params, {"tokens": tokens}, CFG)[0]
 SEQ, BATCH, STEPS = 64, 8, 200
 LICENSES = "/usr/share/common-licenses/"  # Debian base-files: always present English prose.
 
@@ -35,7 +43,7 @@ def trained():
 
   @jax.jit
   def step(params, state, batch):
-    loss, g = jax.value_and_grad(int4_forward.loss)(params, batch[:, :-1], batch[:, 1:], CFG)
+    loss, g = jax.value_and_grad(_loss)(params, batch[:, :-1], batch[:, 1:])
     upd, state = opt.update(g, state, params)
     return optax.apply_updates(params, upd), state, loss
 
@@ -53,10 +61,10 @@ def trained():
 
 def test_int4_loss_within_two_percent_of_bf16(trained):
   params, train_loss, (hx, hy), calib = trained
-  ev = jax.jit(functools.partial(int4_forward.loss, cfg=CFG), static_argnames=("dtype",))
+  ev = jax.jit(_loss, static_argnames=("cfg",))
   f32 = float(ev(params, hx, hy))
   bf16_params = jax.tree.map(lambda w: w.astype(jnp.bfloat16), params)
-  bf16 = float(ev(bf16_params, hx, hy, dtype=jnp.bfloat16))
+  bf16 = float(ev(bf16_params, hx, hy, cfg=CFG.replace(dtype="bfloat16")))
   assert train_loss < 2.8 and f32 < 3.0, (train_loss, f32)  # it really learned (ln 256 = 5.5)
   results = {}
   for group in (32,):
@@ -76,19 +84,27 @@ def test_int4_loss_within_two_percent_of_bf16(trained):
 
 def test_awq_folding_is_an_identity_of_the_float_model():
   params = random_params(CFG, jax.random.key(5))
-  keys = jax.random.split(jax.random.key(6), 3 * CFG.n_layers)
-  scales = {}
-  for i in range(CFG.n_layers):
-    for j, (site, dim) in enumerate((("attn", CFG.d_model), ("mlp", CFG.d_model),
-                                     ("w_down", CFG.d_ff))):
-      scales[f"{i}/{site}"] = jnp.exp(jax.random.normal(keys[3 * i + j], (dim,)))
+  keys = jax.random.split(jax.random.key(6), 3)
+  scales = {site: jnp.exp(jax.random.normal(k, (CFG.n_layers, dim))) for k, (site, dim) in
+            zip(keys, (("attn", CFG.d_model), ("mlp", CFG.d_model), ("w_down", CFG.d_ff)))}
   folded = awq.apply_scales(params, CFG, scales)
   tokens = jax.random.randint(jax.random.key(7), (2, 16), 0, 256)
-  a, _, _ = int4_forward.forward(params, tokens, CFG)
-  b, _, _ = int4_forward.forward(folded, tokens, CFG)
-  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
-  assert not np.allclose(np.asarray(folded["layers"][0]["mlp"]["w_up"]),
-                         np.asarray(params["layers"][0]["mlp"]["w_up"]))
+  np.testing.assert_allclose(np.asarray(_logits(params, tokens)),
+                             np.asarray(_logits(folded, tokens)), rtol=1e-4, atol=1e-4)
+  assert not np.allclose(np.asarray(folded["blocks"][0]["mlp"]["w_up"]),
+                         np.asarray(params["blocks"][0]["mlp"]["w_up"]))
+
+
+def test_awq_records_each_sites_input_from_the_one_forward():
+  params = random_params(CFG, jax.random.key(8))
+  tokens = jax.random.randint(jax.random.key(9), (2, 8), 0, 256)
+  acts = awq.record_activations(params, CFG, tokens)
+  assert sorted(acts) == ["attn", "mlp", "w_down"]
+  assert [a.shape for a in acts["w_down"]] == [(16, CFG.d_ff)] * CFG.n_layers
+  # Layer 0's 'attn' input is the normed embedding: check it by hand.
+  x0 = params["embed"]["tokens"][tokens].reshape(16, -1)
+  want = norm.rms_norm({"scale": params["blocks"][0]["attn_norm"]["scale"][0]}, x0, CFG.norm_eps)
+  np.testing.assert_allclose(acts["attn"][0], np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
 def test_awq_search_never_worse_than_plain_on_calibration_data():

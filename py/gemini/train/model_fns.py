@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from typing import Optional
 
-import jax
 from jax.sharding import Mesh
 
 from gemini import family, sharding
 from gemini.config import ModelConfig
+from gemini.model import spec, transformer
 from gemini.train.trainer import ModelFns
 
 
 def gemini_model(cfg: ModelConfig, seq_len: int, attn_impl: str = "xla",
-                 moe_impl: str = "xla", remat: bool = False) -> ModelFns:
+                 moe_impl: str = "xla", remat: str = "none") -> ModelFns:
   """ModelFns for `cfg`; MFU counts family.train_flops_per_token(cfg, seq_len).
 
-  remat=True recomputes each decoder layer in the backward pass (transformer.loss_fn)."""
-  from gemini.model import transformer  # pylint: disable=import-outside-toplevel
+  remat: a transformer.REMAT_POLICIES name, applied to each scanned block of layers."""
 
   def make_loss(mesh: Optional[Mesh]):
     def loss_fn(params, batch, rng):
@@ -27,8 +26,9 @@ def gemini_model(cfg: ModelConfig, seq_len: int, attn_impl: str = "xla",
     return loss_fn
 
   return ModelFns(
-      init=lambda key: transformer.init_params(cfg, key),
+      init=lambda key: spec.init_params(cfg, key),
       make_loss=make_loss,
-      param_shardings=sharding.param_shardings,
+      param_shardings=lambda _, mesh: spec.shardings(cfg, mesh),
       batch_sharding=sharding.batch_sharding,
-      flops_per_token=family.train_flops_per_token(cfg, seq_len), vocab_size=cfg.vocab_size)
+      flops_per_token=family.train_flops_per_token(cfg, seq_len),
+      decay_mask=spec.decay_mask(cfg), vocab_size=cfg.vocab_size)

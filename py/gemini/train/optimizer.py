@@ -1,11 +1,7 @@
 """AdamW with linear warmup + cosine decay, global-norm clipping and a weight-decay mask.
 
-Weight decay applies to matrices only. Not decayed (the usual practice for LLMs, because
-shrinking them towards zero changes the function rather than regularising it):
-  - every parameter with fewer than 2 dimensions: RMSNorm scales, biases;
-  - embedding tables: `embed/tokens` and the vision `pos_embed` (rows of rare tokens would
-    otherwise decay to zero between their rare updates). A tied output projection is the
-    embedding, so it is not decayed either; an untied `unembed` is an ordinary matrix and is.
+The mask comes with the model (`ModelFns.decay_mask`; for the Gemini decoder
+`gemini.model.spec.decay_mask`: matrices decay, norms, biases and embedding tables do not).
 The optimizer state is f32 like the master weights.
 """
 
@@ -13,31 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import optax
 
 from gemini.train.train_config import TrainConfig
-
-_NO_DECAY_NAMES = ("tokens", "pos_embed")
-
-
-def _path_names(path) -> tuple:
-  names = []
-  for k in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        names.append(str(getattr(k, attr)))
-        break
-  return tuple(names)
-
-
-def decay_mask(params: Any) -> Any:
-  """Pytree of bools shaped like `params`: True where weight decay applies."""
-  def decays(path, leaf):
-    names = _path_names(path)
-    return leaf.ndim >= 2 and not (names and names[-1] in _NO_DECAY_NAMES)
-  return jax.tree_util.tree_map_with_path(decays, params)
-
 
 def lr_schedule(tc: TrainConfig) -> optax.Schedule:
   """Linear warmup 0 -> tc.lr over warmup_steps, cosine to tc.lr*min_lr_ratio at tc.steps."""
@@ -47,8 +21,9 @@ def lr_schedule(tc: TrainConfig) -> optax.Schedule:
       decay_steps=max(tc.steps, warmup + 1), end_value=tc.lr * tc.min_lr_ratio)
 
 
-def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
-  """The training optimizer for `tc` (clip -> AdamW with masked decay)."""
+def make_optimizer(tc: TrainConfig, decay_mask: Any) -> optax.GradientTransformation:
+  """The training optimizer for `tc` (clip -> AdamW with weight decay where `decay_mask`,
+  a tree of bools shaped like the params or a callable params -> such a tree, is True)."""
   parts = []
   if tc.clip_norm > 0:
     parts.append(optax.clip_by_global_norm(tc.clip_norm))

@@ -49,7 +49,8 @@ def _model():
                   param_shardings=lambda p, mesh: jax.tree.map(
                       lambda _: NamedSharding(mesh, P()), p),
                   batch_sharding=lambda mesh, shape: NamedSharding(mesh, P()),
-                  flops_per_token=1.0, vocab_size=V)
+                  flops_per_token=1.0, decay_mask=lambda p: jax.tree.map(lambda a: a.ndim >= 2, p),
+                  vocab_size=V)
 
 
 class Loader:

@@ -54,6 +54,7 @@ class ModelFns:
   param_shardings: Callable[[Any, Mesh], Any]           # abstract params, mesh -> shardings
   batch_sharding: Callable[[Mesh, tuple], NamedSharding]  # mesh, [B, S] -> sharding
   flops_per_token: float                                # training FLOPs per token
+  decay_mask: Any                                       # bools like params (or params -> bools)
   vocab_size: int = 0                                   # token ids must be < this (0: unchecked)
 
 
@@ -124,7 +125,7 @@ class Trainer:
     self.check_memory = check_memory
     self.is_main = jax.process_index() == 0
     self.log = log if self.is_main else (lambda _: None)
-    self.optimizer = make_optimizer(tc)
+    self.optimizer = make_optimizer(tc, model.decay_mask)
     self.schedule = lr_schedule(tc)
     self.metrics = metrics_lib.MetricsLog(
         os.path.join(workdir or ".", "metrics.jsonl"), enabled=bool(workdir) and self.is_main)

@@ -132,12 +132,13 @@ def train_step_fn(cfg: ModelConfig, mesh, batch: int, seq: int, attn_impl: str =
   from gemini.train.trainer import state_shardings  # pylint: disable=import-outside-toplevel
 
   tc = TrainConfig(batch_size=batch, seq_len=seq)
-  opt = optimizer.make_optimizer(tc)
+  model = model_fns.gemini_model(cfg, seq, attn_impl=attn_impl, moe_impl=moe_impl,
+                                 remat="full" if remat else "none")
+  opt = optimizer.make_optimizer(tc, model.decay_mask)
   sched = optimizer.lr_schedule(tc)
-  model = model_fns.gemini_model(cfg, seq, attn_impl=attn_impl, moe_impl=moe_impl, remat=remat)
   params = jax.eval_shape(model.init, jax.random.key(0))
   abstract = jax.eval_shape(lambda p: step_lib.init_state(p, opt, 0), params)
-  st_sh = state_shardings(abstract, sharding.param_shardings(params, mesh), mesh)
+  st_sh = state_shardings(abstract, model.param_shardings(params, mesh), mesh)
   state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                        abstract, st_sh)
   b_sh = sharding.batch_sharding(mesh, (batch, seq))

@@ -29,6 +29,7 @@ import jax
 
 from gemini import family
 from gemini.config import ModelConfig
+from gemini.model import spec as spec_lib
 from gemini.train.aot import analyze as an
 from gemini.train.aot import hardware
 
@@ -71,11 +72,10 @@ def _shards(spec, mesh: Dict[str, int]) -> int:
   return n
 
 
-def state_bytes_per_device(params, mesh: Dict[str, int]) -> float:
+def state_bytes_per_device(cfg: ModelConfig, params, mesh: Dict[str, int]) -> float:
   """Exact bytes per device of f32 params + AdamW mu + nu under gemini.sharding's rules."""
-  from gemini import sharding  # pylint: disable=import-outside-toplevel
   fake = types.SimpleNamespace(shape=dict(mesh))
-  specs = sharding.param_specs(params, fake)
+  specs = spec_lib.partition_specs(cfg, fake)
   total = 0.0
   for leaf, spec in zip(jax.tree.leaves(params), jax.tree.leaves(
       specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))):
@@ -111,7 +111,7 @@ def analytic_seconds(cfg: ModelConfig, params, mesh: Dict[str, int], chip: hardw
   fsdp: gather bf16 weights twice (fwd, bwd) + reduce-scatter f32 grads; data: all-reduce
   f32 grads; tensor: 4 activation all-reduces per layer; expert: 4 token all-to-alls per MoE
   layer; context: pass K/V around the ring (3x for fwd + bwd)."""
-  param_dev = state_bytes_per_device(params, mesh) / 3.0      # f32 bytes per device
+  param_dev = state_bytes_per_device(cfg, params, mesh) / 3.0      # f32 bytes per device
   d, f, t, e, c = (mesh[a] for a in AXES)
   frac = lambda n: (n - 1) / n
   comm = 0.0
@@ -197,7 +197,7 @@ def plan(cfg: ModelConfig, topology: str, batch: int, seq: int, *, attn_impl: st
     raise ValueError(f"no valid mesh for {cfg.name} on {topology} with batch={batch}, "
                      f"seq={seq}: batch must be divisible by some data*fsdp*expert split of "
                      f"{chips} chips")
-  cands = [Candidate(m, state_bytes_per_device(params, m),
+  cands = [Candidate(m, state_bytes_per_device(cfg, params, m),
                      analytic_seconds(cfg, params, m, chip, chips, batch, seq),
                      activation_bytes_per_device(cfg, m, batch, seq, attn_impl, remat))
            for m in meshes]

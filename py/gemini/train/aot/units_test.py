@@ -126,10 +126,10 @@ def test_state_bytes_per_device_matches_hand_count():
   from gemini.model import transformer
   params = jax.eval_shape(lambda k: transformer.init_params(cfg, k), jax.random.key(0))
   total = family.total_params(cfg) * 4
-  assert planner.state_bytes_per_device(params, {"data": 4}) == 3 * total
+  assert planner.state_bytes_per_device(cfg, params, {"data": 4}) == 3 * total
   # fsdp=4 splits every matrix on its d_model dim; only the 2L+1 norm vectors stay whole.
   norms = (2 * cfg.n_layers + 1) * cfg.d_model * 4
-  got = planner.state_bytes_per_device(params, {"fsdp": 4})
+  got = planner.state_bytes_per_device(cfg, params, {"fsdp": 4})
   assert got == pytest.approx(3 * ((total - norms) / 4 + norms))
 
 
