@@ -96,9 +96,10 @@ def config_dict(cfg: ModelConfig, group_size: int, *, bos_id: int = -1, eos_id: 
           "head_dim": cfg.head_dim, "d_ff": cfg.d_ff, "max_seq_len": cfg.max_seq_len,
           "rope_base": float(cfg.rope_base), "norm_eps": float(cfg.norm_eps),
           "logit_softcap": float(cfg.logit_softcap), "tie_embeddings": bool(cfg.tie_embeddings),
-          "qk_norm": bool(cfg.qk_norm),
           "activation": cfg.activation, "group_size": group_size, "bos_id": bos_id,
-          "eos_id": eos_id, "add_bos": add_bos, "chat_template": chat_template}
+          "eos_id": eos_id, "add_bos": add_bos, "chat_template": chat_template,
+          # Optional key (absent = false), so files without it stay byte-identical.
+          **({"qk_norm": True} if cfg.qk_norm else {})}
 
 
 def _entry(t: Tensor, offset: int) -> bytes:

@@ -28,7 +28,9 @@ from typing import Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+from pallas.moe import ops as pallas_moe_ops
 
+from gemini import sharding
 from gemini.config import ModelConfig
 from gemini.model import mlp as mlp_lib
 from gemini.model import router as router_lib
@@ -89,7 +91,7 @@ def moe_mlp(params: dict, x: jax.Array, cfg: ModelConfig, *, impl: str = "xla",
   metrics["drop_fraction"] = dropped.astype(jnp.float32) / routing.expert_ids.size
   y = y.reshape(b, s, d)
   if mesh is not None:
-    y = _constrain(y, ("batch", "seq", "act_embed"), mesh)
+    y = sharding.constrain(y, ("batch", "seq", "act_embed"), mesh)
   return y, metrics
 
 
@@ -117,10 +119,10 @@ def _capacity_ffn(params, xt, routing, cap, act, mesh):
   buf = jnp.zeros((trash + 1, d), xt.dtype).at[slot].add(src)        # kept slots are unique
   h = buf[:trash].reshape(e, cap, d)
   if mesh is not None:
-    h = _constrain(h, ("experts", None, "act_embed"), mesh)
+    h = sharding.constrain(h, ("experts", None, "act_embed"), mesh)
   out = _expert_ffn_batched(params, h, act)
   if mesh is not None:
-    out = _constrain(out, ("experts", None, "act_embed"), mesh)
+    out = sharding.constrain(out, ("experts", None, "act_embed"), mesh)
   out = jnp.concatenate([out.reshape(trash, d), jnp.zeros((1, d), out.dtype)], axis=0)
   per_assign = out[slot].reshape(k, t, d)                            # dropped -> zero row
   gates = routing.gates.T.astype(xt.dtype)[:, :, None]               # [k, T, 1]
@@ -150,7 +152,6 @@ def _token_axes(bs: Tuple[int, int], mesh) -> Tuple[str, ...]:
   """Mesh axes of the flattened [B*S] tokens in the order x [B,S,D] is already split (batch
   axes, then seq's), then the axes x is replicated over: shard_map then slices locally
   instead of resharding every token into mesh-axis order on each MoE layer."""
-  from gemini import sharding  # pylint: disable=g-import-not-at-top
   spec = sharding.logical_to_spec(("batch", "seq"), bs, mesh)
   used = [a for e in spec if e for a in ((e,) if isinstance(e, str) else e)]
   return tuple(used) + tuple(a for a in mesh.axis_names if a not in used)
@@ -158,12 +159,6 @@ def _token_axes(bs: Tuple[int, int], mesh) -> Tuple[str, ...]:
 
 def _pallas_ffn(params, xt, routing, cfg, mesh, bs):
   """The Pallas grouped-matmul / expert-parallel path (pallas/moe/README.md)."""
-  from gemini import sharding  # pylint: disable=g-import-not-at-top
-  try:
-    from pallas.moe import ops as pallas_moe_ops  # pylint: disable=g-import-not-at-top
-  except ImportError as err:
-    raise ValueError(f"moe_mlp(impl='pallas') needs module pallas.moe.ops, which failed to "
-                     f"import: {err}") from err
   y, pm = pallas_moe_ops.moe_ffn(
       xt, routing.expert_ids, routing.gates, params["w_gate"], params["w_up"],
       params["w_down"], activation=cfg.activation, mesh=mesh, mode=cfg.moe.dispatch,
@@ -172,7 +167,3 @@ def _pallas_ffn(params, xt, routing, cfg, mesh, bs):
       interpret=sharding.kernel_interpret(mesh))
   return y.astype(xt.dtype), jnp.asarray(pm["tokens_dropped"], jnp.int32)
 
-
-def _constrain(x, logical_axes, mesh):
-  from gemini import sharding  # pylint: disable=g-import-not-at-top  (H1's module; mesh only)
-  return sharding.constrain(x, logical_axes, mesh)

@@ -357,8 +357,12 @@ def check_tree(params, cfg: ModelConfig, what: str = "params"):
     if path not in have:
       raise ValueError(f"{what} have no '{name}' (config {cfg.name!r})")
     if have[path] != shape:
+      layers = ""
+      if path[0] == "blocks" and have[path][1:] == shape[1:]:
+        layers = (f" ({have[path][0]} stacked layers; config {cfg.name!r} has "
+                  f"n_layers={cfg.n_layers})")
       raise ValueError(f"{what} '{name}' has shape {have[path]} but config {cfg.name!r} "
-                       f"needs {shape}")
+                       f"needs {shape}{layers}")
   extra = sorted("/".join(map(str, p)) for p in have if p not in want)
   if extra:
     raise ValueError(f"{what} have entries config {cfg.name!r} does not define: {extra[:5]}")
