@@ -14,7 +14,7 @@ from gemini.distill import data as data_lib
 from gemini.distill import loop, teacher_targets, train
 from gemini.distill.testing import (kill_then_resume, subprocess_env, targets_args,
                                     tiny_teacher)
-from gemini.model import transformer
+from gemini.model import spec, transformer
 
 TINY = ["--d_model=32", "--n_layers=1", "--n_heads=2", "--head_dim=16", "--d_ff=64"]
 
@@ -45,7 +45,7 @@ def test_online_full_kd_step_equals_numpy(kd, tmp_path):
   # Recompute step 1's loss terms from the initial student and the teacher with NumPy.
   from gemini.train.optimizer import make_optimizer
   from gemini.train.train_config import TrainConfig
-  state0 = train.init_fn(cfg, make_optimizer(TrainConfig(steps=1, batch_size=4, seq_len=16)),
+  state0 = train.init_fn(cfg, make_optimizer(TrainConfig(steps=1, batch_size=4, seq_len=16), spec.decay_mask(cfg)),
                          0)()
   d = data_lib.WindowData(out, "train", 4, "none", seed=0)
   b = d.next()
@@ -94,7 +94,7 @@ def test_sigkill_then_resume_is_bit_identical(kd, tmp_path):
   cfg = train.student_config(260, 32, 1, 2, 16, 64, 16)
   from gemini.train.optimizer import make_optimizer
   from gemini.train.train_config import TrainConfig
-  like = train.init_fn(cfg, make_optimizer(TrainConfig(steps=14, batch_size=4, seq_len=16)), 0)()
+  like = train.init_fn(cfg, make_optimizer(TrainConfig(steps=14, batch_size=4, seq_len=16), spec.decay_mask(cfg)), 0)()
   ref = loop.restore_final(str(tmp_path / "ref"), like)
   got = loop.restore_final(str(tmp_path / "killed"), like)
   assert int(got["step"]) == 14

@@ -31,7 +31,7 @@ from gemini.config import ModelConfig, get_config
 from gemini.distill import data as data_lib
 from gemini.distill import loop, losses
 from gemini.distill import teacher as teacher_lib
-from gemini.model import transformer
+from gemini.model import spec, transformer
 from gemini.train import step as step_lib
 from gemini.train.optimizer import lr_schedule, make_optimizer
 from gemini.train.train_config import TrainConfig
@@ -84,7 +84,7 @@ def make_loss(cfg: ModelConfig, dc: DistillConfig):
 
 def make_step(cfg: ModelConfig, dc: DistillConfig, tc: TrainConfig, teacher=None):
   """Jitted step(state, host batch) -> (state, metrics); `teacher` (mode full) runs inside."""
-  optimizer, schedule = make_optimizer(tc), lr_schedule(tc)
+  optimizer, schedule = make_optimizer(tc, spec.decay_mask(cfg)), lr_schedule(tc)
   loss_fn = make_loss(cfg, dc)
   t_forward = teacher_lib.logits_fn(teacher.cfg) if teacher is not None else None
 

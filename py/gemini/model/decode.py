@@ -37,11 +37,12 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_len: Optional[int] = None,
     raise ValueError(f"init_cache: max_len={max_len} > cfg.max_seq_len={cfg.max_seq_len}")
   dt = jnp.dtype(dtype or cfg.dtype)
   shape = (cfg.n_layers, batch_size, max_len, cfg.n_kv_heads, cfg.head_dim)
-  zeros_bt = jnp.zeros((batch_size, max_len), jnp.int32)
-  zeros_b = jnp.zeros((batch_size,), jnp.int32)
+  # Distinct arrays per entry (never one buffer under two keys): callers donate the cache.
+  bt = lambda: jnp.zeros((batch_size, max_len), jnp.int32)
+  b = lambda: jnp.zeros((batch_size,), jnp.int32)
   return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt),
-          "segment_ids": zeros_bt, "positions": zeros_bt, "bidir_ids": zeros_bt,
-          "index": zeros_b, "next_position": zeros_b, "segment": jnp.ones_like(zeros_b)}
+          "segment_ids": bt(), "positions": bt(), "bidir_ids": bt(),
+          "index": b(), "next_position": b(), "segment": b() + 1}
 
 
 def _put_rows(buf: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:

@@ -24,7 +24,7 @@ import numpy as np
 
 from gemini.distill import loop
 from gemini.distill import train as distill_train
-from gemini.model import transformer
+from gemini.model import spec, transformer
 from gemini.posttrain import bradley_terry, chat, pairs as pairs_lib, sft, tasks as tasks_lib
 from gemini.train import step as step_lib
 from gemini.train.optimizer import lr_schedule, make_optimizer
@@ -149,7 +149,7 @@ def run(args, tok=None, bank=None, log=print) -> dict:
   held = encode_pairs(fmt, held_pairs, args.seq_len)
   tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
                    lr=args.lr, warmup_steps=args.warmup_steps, seed=args.seed)
-  optimizer, schedule = make_optimizer(tc), lr_schedule(tc)
+  optimizer, schedule = make_optimizer(tc, spec.decay_mask(cfg)), lr_schedule(tc)
 
   def loss_fn(params, batch, rng):
     del rng

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemini.distill import loop
-from gemini.model import transformer
+from gemini.model import spec, transformer
 from gemini.posttrain import chat, generate as gen_lib, grpo, reward as rm_lib, sft
 from gemini.posttrain import tasks as tasks_lib
 from gemini.train import step as step_lib
@@ -108,7 +108,7 @@ def run(args, tok=None, bank=None, log=print) -> dict:
     raise ValueError(f"--kinds={args.kinds}: no held-out prompt differs from the training ones")
   tc = TrainConfig(steps=args.steps, batch_size=args.prompts * args.group, seq_len=args.seq_len,
                    lr=args.lr, warmup_steps=1, seed=args.seed, weight_decay=0.0)
-  optimizer, schedule = make_optimizer(tc), lr_schedule(tc)
+  optimizer, schedule = make_optimizer(tc, spec.decay_mask(cfg)), lr_schedule(tc)
   logps = jax.jit(lambda p, t, s, q: token_logps(p, cfg, t, s, q))
 
   def loss_fn(params, batch, rng):

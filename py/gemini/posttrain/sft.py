@@ -30,7 +30,7 @@ from gemini.config import ModelConfig
 from gemini.distill import loop, losses
 from gemini.distill import teacher as teacher_lib
 from gemini.distill import train as distill_train
-from gemini.model import transformer
+from gemini.model import spec, transformer
 from gemini.posttrain import chat, data as data_lib, generate as gen_lib, tasks as tasks_lib
 from gemini.train import step as step_lib
 from gemini.train.optimizer import lr_schedule, make_optimizer
@@ -49,7 +49,7 @@ def load_student_config(workdir: str) -> ModelConfig:
 def load_params(workdir: str, cfg: ModelConfig):
   """Params of the final checkpoint of a stage that ran loop.run with a step.py state."""
   like = step_lib.init_state(transformer.init_params(cfg, jax.random.key(0)),
-                             make_optimizer(TrainConfig(steps=1)), 0)
+                             make_optimizer(TrainConfig(steps=1), spec.decay_mask(cfg)), 0)
   return loop.restore_final(workdir, like)["params"]
 
 
@@ -129,7 +129,7 @@ def build(args, tok, bank=None, teacher=None, log=print):
 
 
 def make_step(cfg: ModelConfig, tc: TrainConfig):
-  optimizer, schedule = make_optimizer(tc), lr_schedule(tc)
+  optimizer, schedule = make_optimizer(tc, spec.decay_mask(cfg)), lr_schedule(tc)
 
   def loss_fn(params, batch, rng):
     del rng
