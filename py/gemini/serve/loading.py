@@ -32,9 +32,11 @@ def _checkpoint_dir(path: str) -> str:
 def load_checkpoint(path: str, config: str, tokenizer_path: str, step: Optional[int] = None,
                     dtype: str = "float32") -> Tuple[dict, object, object]:
   """(params, cfg, tokenizer) from a training workdir (or its checkpoints/ folder): the
-  newest step's `state.params`, restored into the shapes of `config`'s parameters."""
+  newest step's `state.params`, restored into the shapes of `config`'s parameters (`config`: a
+  preset name or a ModelConfig)."""
   import orbax.checkpoint as ocp
-  cfg = dataclasses.replace(get_config(config), dtype=dtype)
+  cfg = get_config(config) if isinstance(config, str) else config
+  cfg = dataclasses.replace(cfg, dtype=dtype)
   directory = os.path.abspath(_checkpoint_dir(path))
   mngr = ocp.CheckpointManager(directory)
   step = mngr.latest_step() if step is None else step

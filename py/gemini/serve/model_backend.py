@@ -46,7 +46,9 @@ def init_row(cfg: ModelConfig, max_len: int) -> dict:
 def init_slots(cfg: ModelConfig, n_slots: int, max_len: int) -> dict:
   """The engine's batched cache of n_slots rows, every row empty."""
   if stacked_layout(cfg):
-    return decode.init_cache(cfg, n_slots, max_len)
+    # Distinct buffers per leaf (init_cache may share one zeros array between leaves, and the
+    # decode step donates the state).
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), decode.init_cache(cfg, n_slots, max_len))
   row = init_row(cfg, max_len)
   return jax.tree.map(lambda x: jnp.broadcast_to(x, (n_slots,) + x.shape), row)
 
