@@ -11,7 +11,7 @@ import fastapi
 import pydantic
 from sse_starlette.sse import EventSourceResponse
 
-from gemini.serve import chat
+from gemini.serve import chat, cot
 from gemini.serve import request as request_lib
 
 _Cfg = pydantic.ConfigDict(extra="allow")
@@ -53,6 +53,8 @@ class ChatRequest(Sampling):
   response_format: Optional[Dict[str, Any]] = None
   reasoning_effort: Optional[Literal["none", "minimal", "low", "medium", "high"]] = None
   thinking_budget: Optional[int] = pydantic.Field(None, ge=-1, le=100_000)
+  cot_samples: Optional[int] = pydantic.Field(None, ge=1, le=16)     # uncertainty-routed CoT
+  cot_threshold: float = pydantic.Field(0.5, gt=0.0, le=1.0)
 
 
 class CompletionRequest(Sampling):
@@ -197,6 +199,15 @@ def router(ctx) -> fastapi.APIRouter:
     job = chat_job(r, ctx)
     reqs = chat.make_requests(job, ctx.backend)
     cid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
+    if r.cot_samples:
+      if r.stream or r.n != 1:
+        raise chat.BadRequest("cot_samples answers one non-streamed choice", "cot_samples")
+      res, vote = await cot.routed(ctx.backend, job, r.cot_samples, r.cot_threshold)
+      ctx.raise_errors([res])
+      return {"id": cid, "object": "chat.completion", "created": created, "model": ctx.model_id,
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": res.text},
+                           "finish_reason": _finish(res.finish_reason), "logprobs": None}],
+              "usage": _usage([res]), "cot_vote": vote}
     if r.stream:
       return EventSourceResponse(_chat_stream(ctx, job, reqs, cid, created, r), ping=15)
     results = [await chat.collect(ctx.backend, q, job) for q in reqs]
