@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 
 def activation_fn(name: str):
-  """The brief's activations: gelu (tanh approximation) or silu."""
+  """The gated MLP's activations: gelu (tanh approximation) or silu."""
   if name == "gelu":
     return lambda h: jax.nn.gelu(h, approximate=True)
   if name == "silu":
