@@ -53,10 +53,14 @@ def evaluate(lm, problems: Sequence[Dict[str, str]], *, n: int = 1, temperature:
   sb = sb or sandbox_lib.Sandbox()
   t0 = time.perf_counter()
   completions: List[List[str]] = []
-  for i, p in enumerate(problems):
-    reqs = [GenerateUntil(p["prompt"], STOPS, max_gen_toks, temperature, top_p, seed=i)] * n
-    completions.append(lm.generate_until(reqs))
-    done = i + 1
+  per_call = max(1, getattr(lm, "batch_size", 1) // n)   # problems per batch of n*k rows
+  for lo in range(0, len(problems), per_call):
+    chunk = problems[lo:lo + per_call]
+    reqs = [GenerateUntil(p["prompt"], STOPS, max_gen_toks, temperature, top_p, seed=lo)
+            for p in chunk for _ in range(n)]
+    texts = lm.generate_until(reqs)
+    completions += [texts[i * n:(i + 1) * n] for i in range(len(chunk))]
+    done = len(completions)
     rate = done / (time.perf_counter() - t0)
     log(f"humaneval: generated {done}/{len(problems)} problems x {n} samples "
         f"({rate * 60:.1f} problems/min, ETA {(len(problems) - done) / rate / 60:.1f} min)")
