@@ -44,7 +44,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
+from gemini import config_flags
 from gemini.crc32c import crc32c
 from gemini.train.tree_paths import path_name
 
@@ -90,7 +92,6 @@ def json_crc(x: Any) -> int:
 def host_tree(tree: Any) -> Any:
   """Full numpy copy of a (possibly multi-process sharded) pytree of arrays."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     return multihost_utils.process_allgather(tree, tiled=True)
   return jax.device_get(tree)
 
@@ -221,8 +222,10 @@ class Checkpointer:
     self._pending.append((step, abstract))
 
   def poll(self) -> None:
-    """Finishes the bookkeeping of saves that completed in the background (non-blocking)."""
-    if self._pending and not self._mngr.is_saving_in_progress():
+    """Finishes the bookkeeping of saves that completed in the background (non-blocking).
+    Multi-process runs leave it to `wait` (called by every process at the same step): the
+    bookkeeping has collectives, and save completion is seen at different times per process."""
+    if self._pending and jax.process_count() == 1 and not self._mngr.is_saving_in_progress():
       self._finalize()
 
   def wait(self) -> None:
@@ -385,7 +388,6 @@ class _quiet_orbax:
 
 def _barrier(name: str) -> None:
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices(name)
 
 
@@ -404,7 +406,6 @@ class InferenceModel:
 
 def describe_model(cfg: Any, tokenizer_path: Optional[str] = None) -> Dict[str, Any]:
   """The `model` item of a checkpoint: the config and (if given) the tokenizer's bytes."""
-  from gemini import config_flags  # pylint: disable=import-outside-toplevel
   out: Dict[str, Any] = {"config": config_flags.config_to_dict(cfg)}
   if tokenizer_path:
     with open(tokenizer_path, "rb") as f:
@@ -461,7 +462,6 @@ def load_for_inference(directory: str, cfg: Any = None, log=print) -> InferenceM
   """Config, params (numpy f32) and tokenizer of the newest intact step in `directory` (a
   training workdir or its checkpoints/ folder): the checkpoint describes itself. `cfg`
   replaces the recorded config (needed only for checkpoints that do not record one)."""
-  from gemini import config_flags  # pylint: disable=import-outside-toplevel
   r = read_newest(directory, log)
   where = os.path.join(checkpoint_dir(directory), str(r.step))
   if cfg is None:

@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, Iterable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from gemini.train import checkpoint as ckpt_lib
@@ -100,7 +101,6 @@ def use_compilation_cache(directory: str) -> None:
 def params_to_host(params: Any) -> Any:
   """Full numpy copy of (possibly multi-process sharded) params."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     return multihost_utils.process_allgather(params, tiled=True)
   return jax.device_get(params)
 
@@ -492,7 +492,6 @@ def _all_finite(tree: Any) -> jax.Array:
 
 def _allgather_json(x: Any) -> list:
   """Every process's JSON-able `x`, in process order."""
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   data = np.frombuffer(json.dumps(x, sort_keys=True).encode(), np.uint8)
   sizes = multihost_utils.process_allgather(np.asarray([data.size], np.int64))
   padded = np.zeros(int(np.max(sizes)), np.uint8)
