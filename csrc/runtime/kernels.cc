@@ -1,10 +1,19 @@
+// The portable scalar kernels (the reference every ISA path is tested against), activation
+// quantisation (one implementation for every ISA, so their inputs are bit-identical), f16
+// conversion and the run-time choice of kernels.
 #include "csrc/runtime/kernels.h"
 
-#include <immintrin.h>
-
+#include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <fstream>
 #include <stdexcept>
 #include <vector>
+
+#if defined(__aarch64__)
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
+#endif
 
 namespace gemini::runtime {
 
@@ -36,31 +45,123 @@ float BF16ToF32(uint16_t h) {
   return f;
 }
 
-namespace {
-
-inline float Scale(const Int4Matrix& w, const uint16_t* s) {
-  return w.bf16_scales ? BF16ToF32(*s) : F16ToF32(*s);
+uint16_t F32ToF16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  uint32_t sign = (x >> 16) & 0x8000;
+  uint32_t abs = x & 0x7FFFFFFF;
+  if (abs >= 0x7F800000) return static_cast<uint16_t>(sign | 0x7C00 | (abs > 0x7F800000 ? 0x200 : 0));
+  if (abs >= 0x477FF000) return static_cast<uint16_t>(sign | 0x7C00);  // rounds to >= 65520: inf
+  if (abs < 0x38800000) {  // f16 subnormal or zero: scale into the 10-bit mantissa, round to even
+    float a;
+    std::memcpy(&a, &abs, 4);
+    return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(a * 16777216.0f)));
+  }
+  uint32_t mant = abs & 0x7FFFFF, e = (abs >> 23) - 127 + 15;
+  uint32_t h = (e << 10) | (mant >> 13);
+  uint32_t rest = mant & 0x1FFF;
+  if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) ++h;  // may carry into the exponent: correct
+  return static_cast<uint16_t>(sign | h);
 }
 
-// Decodes row r into out[kp] (q * scale).
-void DecodeRowScalar(const Int4Matrix& w, int r, float* out) {
-  const uint8_t* p = w.packed + static_cast<size_t>(r) * (w.kp / 2);
-  const uint16_t* s = w.scales + static_cast<size_t>(r) * (w.kp / w.group);
-  for (int b = 0; b < w.kp / 32; ++b) {
-    float sc = Scale(w, s + (b * 32) / w.group);
-    for (int j = 0; j < 16; ++j) {
-      uint8_t byte = p[b * 16 + j];
-      out[b * 32 + j] = static_cast<float>(static_cast<int>(byte & 0xF) - 8) * sc;
-      out[b * 32 + 16 + j] = static_cast<float>(static_cast<int>(byte >> 4) - 8) * sc;
+uint64_t QMatrix::Bytes() const {
+  uint64_t b = static_cast<uint64_t>(n) * RowBytes() + 2ULL * n * (kp / group);
+  if (format == WFormat::kQ4Min) b += 2ULL * n * (kp / 32);
+  return b;
+}
+
+void QuantizeActs(const float* x, int t, int ldx, int kp, QActs* out) {
+  const int nb = kp / 32;
+  out->t = t;
+  out->kp = kp;
+  auto grow = [](auto& v, size_t n) { if (v.size() < n) v.resize(n); };
+  grow(out->q, static_cast<size_t>(t) * kp);
+  grow(out->d, static_cast<size_t>(t) * nb);
+  grow(out->s, static_cast<size_t>(t) * nb);
+  grow(out->sumq, static_cast<size_t>(t) * nb);
+  grow(out->dexp, static_cast<size_t>(t) * nb * 8);
+  grow(out->bexp, static_cast<size_t>(t) * nb * 8);
+  for (int i = 0; i < t; ++i) {
+    const float* xi = x + static_cast<size_t>(i) * ldx;
+    int8_t* qi = out->q.data() + static_cast<size_t>(i) * kp;
+    for (int b = 0; b < nb; ++b) {
+      const float* xb = xi + b * 32;
+      float amax = 0.f;
+      for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
+      float d = amax / 127.f, id = amax > 0.f ? 127.f / amax : 0.f;
+      int sum = 0;
+      for (int j = 0; j < 32; ++j) {
+        int q = static_cast<int>(std::nearbyint(xb[j] * id));
+        q = std::min(127, std::max(-127, q));
+        qi[b * 32 + j] = static_cast<int8_t>(q);
+        sum += q;
+      }
+      size_t o = static_cast<size_t>(i) * nb + b;
+      out->d[o] = d;
+      out->sumq[o] = sum;
+      out->s[o] = d * static_cast<float>(sum);
+      for (int j = 0; j < 8; ++j) {
+        out->dexp[o * 8 + j] = d;
+        out->bexp[o * 8 + j] = -sum;
+      }
     }
   }
 }
 
-void MatVecScalar(const Int4Matrix& w, const float* x, float* y, int r0, int r1) {
+namespace {
+
+inline float Scale(const QMatrix& w, int r, int b) {
+  uint16_t s = w.scales[static_cast<size_t>(r) * (w.kp / w.group) + (b * 32) / w.group];
+  return w.bf16_scales ? BF16ToF32(s) : F16ToF32(s);
+}
+
+// Unsigned element j of block b of row r, and the block's m (value = u * d + m).
+inline int U(const QMatrix& w, const uint8_t* row, int b, int j) {
+  if (w.format == WFormat::kQ8) return row[b * 32 + j];
+  uint8_t byte = row[b * 16 + (j & 15)];
+  return j < 16 ? (byte & 0xF) : (byte >> 4);
+}
+
+inline float M(const QMatrix& w, int r, int b, float d) {
+  if (w.format == WFormat::kQ4) return -8.f * d;
+  if (w.format == WFormat::kQ8) return -128.f * d;
+  return F16ToF32(w.mins[static_cast<size_t>(r) * (w.kp / 32) + b]);
+}
+
+}  // namespace
+
+void DequantizeRow(const QMatrix& w, int r, float* out) {
+  const uint8_t* row = w.packed + static_cast<size_t>(r) * w.RowBytes();
+  for (int b = 0; b < w.kp / 32; ++b) {
+    float d = Scale(w, r, b);
+    if (w.format == WFormat::kQ4Min) {
+      float m = M(w, r, b, d);
+      for (int j = 0; j < 32; ++j) out[b * 32 + j] = static_cast<float>(U(w, row, b, j)) * d + m;
+    } else {  // (u - offset) * d: the exact product the quantiser's reference computes
+      int off = w.format == WFormat::kQ4 ? 8 : 128;
+      for (int j = 0; j < 32; ++j) out[b * 32 + j] = static_cast<float>(U(w, row, b, j) - off) * d;
+    }
+  }
+}
+
+namespace {
+
+void DecodeRow(const QMatrix& w, int r, float* out) { DequantizeRow(w, r, out); }
+
+void MatVecScalar(const QMatrix& w, const float* x, float* y, int r0, int r1) {
+  if (w.format != WFormat::kQ4) {
+    std::vector<float> row(w.kp);
+    for (int r = r0; r < r1; ++r) {
+      DecodeRow(w, r, row.data());
+      float acc = 0.f;
+      for (int k = 0; k < w.kp; ++k) acc += row[k] * x[k];
+      y[r] = acc;
+    }
+    return;
+  }
   const int blocks_per_group = w.group / 32;
   for (int r = r0; r < r1; ++r) {
     const uint8_t* p = w.packed + static_cast<size_t>(r) * (w.kp / 2);
-    const uint16_t* s = w.scales + static_cast<size_t>(r) * (w.kp / w.group);
     float acc = 0.f;
     for (int g = 0; g < w.kp / w.group; ++g) {
       float gacc = 0.f;
@@ -72,17 +173,17 @@ void MatVecScalar(const Int4Matrix& w, const float* x, float* y, int r0, int r1)
           gacc += static_cast<float>(static_cast<int>(pb[j] >> 4) - 8) * xb[16 + j];
         }
       }
-      acc += gacc * Scale(w, s + g);
+      acc += gacc * Scale(w, r, g * blocks_per_group);
     }
     y[r] = acc;
   }
 }
 
-void MatMulScalar(const Int4Matrix& w, const float* x, int t, int ldx, float* y, int ldy, int r0,
+void MatMulScalar(const QMatrix& w, const float* x, int t, int ldx, float* y, int ldy, int r0,
                   int r1) {
   std::vector<float> row(w.kp);
   for (int r = r0; r < r1; ++r) {
-    DecodeRowScalar(w, r, row.data());
+    DecodeRow(w, r, row.data());
     for (int i = 0; i < t; ++i) {
       const float* xi = x + static_cast<size_t>(i) * ldx;
       float acc = 0.f;
@@ -92,119 +193,127 @@ void MatMulScalar(const Int4Matrix& w, const float* x, int t, int ldx, float* y,
   }
 }
 
-// ---- AVX2 + FMA: 16 bytes -> 32 signed nibbles -> 4 x 8 floats against 32 activations. ----
-// Scales convert with the F16C instruction (every AVX2 CPU has it; checked at selection).
-__attribute__((target("avx2,fma,f16c"))) inline float ScaleFast(const Int4Matrix& w, const uint16_t* s) {
-  return w.bf16_scales ? BF16ToF32(*s) : _cvtsh_ss(*s);
-}
-
-__attribute__((target("avx2,fma,f16c"))) inline float HSum(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
-  return _mm_cvtss_f32(lo);
-}
-
-__attribute__((target("avx2,fma,f16c"))) inline void Nibbles(const uint8_t* pb, __m256* w0, __m256* w1,
-                                                         __m256* w2, __m256* w3) {
-  const __m128i mask = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
-  __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(pb));
-  __m128i lo = _mm_sub_epi8(_mm_and_si128(bytes, mask), eight);
-  __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), mask), eight);
-  *w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
-  *w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
-  *w2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
-  *w3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
-}
-
-__attribute__((target("avx2,fma,f16c"))) void MatVecAvx2(const Int4Matrix& w, const float* x, float* y,
-                                                     int r0, int r1) {
-  const int blocks_per_group = w.group / 32;
-  const int groups = w.kp / w.group;
+void QMatMulScalar(const QMatrix& w, const QActs& x, float* y, int ldy, int r0, int r1) {
+  const int nb = w.kp / 32;
   for (int r = r0; r < r1; ++r) {
-    const uint8_t* p = w.packed + static_cast<size_t>(r) * (w.kp / 2);
-    const uint16_t* s = w.scales + static_cast<size_t>(r) * groups;
-    if (r + 1 < r1) _mm_prefetch(reinterpret_cast<const char*>(p + w.kp / 2), _MM_HINT_T0);
-    __m256 acc = _mm256_setzero_ps();
-    for (int g = 0; g < groups; ++g) {
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-      for (int b = g * blocks_per_group; b < (g + 1) * blocks_per_group; ++b) {
-        __m256 w0, w1, w2, w3;
-        Nibbles(p + b * 16, &w0, &w1, &w2, &w3);
-        const float* xb = x + b * 32;
-        a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xb), a0);
-        a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xb + 8), a1);
-        a0 = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xb + 16), a0);
-        a1 = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xb + 24), a1);
+    const uint8_t* row = w.packed + static_cast<size_t>(r) * w.RowBytes();
+    for (int i = 0; i < x.t; ++i) {
+      const int8_t* q = x.qrow(i);
+      float acc = 0.f;
+      for (int b = 0; b < nb; ++b) {
+        int32_t dot = 0;
+        for (int j = 0; j < 32; ++j) dot += U(w, row, b, j) * q[b * 32 + j];
+        size_t o = static_cast<size_t>(i) * nb + b;
+        float d = Scale(w, r, b);
+        if (w.format == WFormat::kQ4Min) {
+          acc += d * x.d[o] * static_cast<float>(dot) + M(w, r, b, d) * x.s[o];
+        } else {
+          int off = w.format == WFormat::kQ4 ? 8 : 128;
+          acc += d * x.d[o] * static_cast<float>(dot - off * x.sumq[o]);
+        }
       }
-      acc = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(ScaleFast(w, s + g)), acc);
-    }
-    y[r] = HSum(acc);
-  }
-}
-
-__attribute__((target("avx2,fma,f16c"))) void MatMulAvx2(const Int4Matrix& w, const float* x, int t,
-                                                     int ldx, float* y, int ldy, int r0, int r1) {
-  std::vector<float> row_store(w.kp + 8);
-  float* row = row_store.data();
-  const int groups = w.kp / w.group;
-  for (int r = r0; r < r1; ++r) {
-    const uint8_t* p = w.packed + static_cast<size_t>(r) * (w.kp / 2);
-    const uint16_t* s = w.scales + static_cast<size_t>(r) * groups;
-    for (int b = 0; b < w.kp / 32; ++b) {
-      __m256 sc = _mm256_set1_ps(ScaleFast(w, s + (b * 32) / w.group));
-      __m256 w0, w1, w2, w3;
-      Nibbles(p + b * 16, &w0, &w1, &w2, &w3);
-      _mm256_storeu_ps(row + b * 32, _mm256_mul_ps(w0, sc));
-      _mm256_storeu_ps(row + b * 32 + 8, _mm256_mul_ps(w1, sc));
-      _mm256_storeu_ps(row + b * 32 + 16, _mm256_mul_ps(w2, sc));
-      _mm256_storeu_ps(row + b * 32 + 24, _mm256_mul_ps(w3, sc));
-    }
-    int i = 0;
-    for (; i + 4 <= t; i += 4) {  // Four tokens per pass over the decoded row.
-      const float* x0 = x + static_cast<size_t>(i) * ldx;
-      __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
-      for (int k = 0; k < w.kp; k += 8) {
-        __m256 wv = _mm256_loadu_ps(row + k);
-        c0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + k), c0);
-        c1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + ldx + k), c1);
-        c2 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + 2 * ldx + k), c2);
-        c3 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + 3 * ldx + k), c3);
-      }
-      y[static_cast<size_t>(i) * ldy + r] = HSum(c0);
-      y[static_cast<size_t>(i + 1) * ldy + r] = HSum(c1);
-      y[static_cast<size_t>(i + 2) * ldy + r] = HSum(c2);
-      y[static_cast<size_t>(i + 3) * ldy + r] = HSum(c3);
-    }
-    for (; i < t; ++i) {
-      const float* xi = x + static_cast<size_t>(i) * ldx;
-      __m256 c = _mm256_setzero_ps();
-      for (int k = 0; k < w.kp; k += 8) c = _mm256_fmadd_ps(_mm256_loadu_ps(row + k), _mm256_loadu_ps(xi + k), c);
-      y[static_cast<size_t>(i) * ldy + r] = HSum(c);
+      y[static_cast<size_t>(i) * ldy + r] = acc;
     }
   }
 }
 
-const Kernels kScalar = {"scalar", MatVecScalar, MatMulScalar};
-const Kernels kAvx2 = {"avx2", MatVecAvx2, MatMulAvx2};
+float DotF16Scalar(const float* q, const uint16_t* k, int n) {
+  float acc = 0.f;
+  for (int i = 0; i < n; ++i) acc += q[i] * F16ToF32(k[i]);
+  return acc;
+}
+
+void AxpyF16Scalar(float a, const uint16_t* v, float* o, int n) {
+  for (int i = 0; i < n; ++i) o[i] += a * F16ToF32(v[i]);
+}
+
+void ToF16Scalar(const float* x, uint16_t* y, int n) {
+  for (int i = 0; i < n; ++i) y[i] = F32ToF16(x[i]);
+}
+
+const Kernels kScalar = {"scalar", MatVecScalar, MatMulScalar, QMatMulScalar,
+                         DotF16Scalar, AxpyF16Scalar, ToF16Scalar, 1};
+
+std::string ProcCpuinfoField(const std::string& key) {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind(key, 0) == 0) {
+      size_t colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(colon + 2);
+    }
+  }
+  return "";
+}
 
 }  // namespace
 
-bool CpuHasAvx2Fma() {
+const Kernels& ScalarKernels() { return kScalar; }
+
+bool CpuSupports(const std::string& isa) {
+#if defined(__x86_64__)
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
+  bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+              __builtin_cpu_supports("f16c");
+  if (isa == "avx2") return avx2;
+  if (isa == "avxvnni") return avx2 && __builtin_cpu_supports("avxvnni");
+  if (isa == "avx512")
+    return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+  return false;
+#elif defined(__aarch64__)
+  if (isa == "neon") return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+  return false;
+#else
+  (void)isa;
+  return false;
+#endif
+}
+
+bool CpuHasAvx2Fma() { return CpuSupports("avx2"); }
+
+namespace {
+
+const Kernels* ByName(const std::string& name) {
+  if (name == "avx2") return Avx2Kernels();
+  if (name == "avxvnni") return AvxVnniKernels();
+  if (name == "avx512") return Avx512Kernels();
+  if (name == "neon") return NeonKernels();
+  return nullptr;
+}
+
+}  // namespace
+
+std::vector<std::string> AvailableKernels() {
+  std::vector<std::string> out = {"scalar"};
+  for (const char* n : {"avx2", "avxvnni", "avx512", "neon"})
+    if (ByName(n) != nullptr && CpuSupports(n)) out.push_back(n);
+  return out;
 }
 
 const Kernels& SelectKernels(const std::string& which) {
   if (which == "scalar") return kScalar;
-  if (which == "avx2") {
-    if (!CpuHasAvx2Fma()) throw std::invalid_argument("--kernel=avx2: this CPU has no AVX2+FMA");
-    return kAvx2;
+  if (which == "auto") {
+    for (const char* n : {"avx512", "avxvnni", "avx2", "neon"})
+      if (ByName(n) != nullptr && CpuSupports(n)) return *ByName(n);
+    return kScalar;
   }
-  if (which == "auto") return CpuHasAvx2Fma() ? kAvx2 : kScalar;
-  throw std::invalid_argument("--kernel='" + which + "': expected auto|avx2|scalar");
+  const Kernels* k = ByName(which);
+  if (which != "avx2" && which != "avxvnni" && which != "avx512" && which != "neon")
+    throw std::invalid_argument("--kernel='" + which + "': expected auto|scalar|avx2|avxvnni|avx512|neon");
+  if (k == nullptr) throw std::invalid_argument("--kernel=" + which + ": not built for this architecture");
+  if (!CpuSupports(which)) throw std::invalid_argument("--kernel=" + which + ": this CPU lacks it");
+  return *k;
+}
+
+std::string CpuDescription() {
+  std::string name = ProcCpuinfoField("model name");
+  if (name.empty()) name = "CPU implementer " + ProcCpuinfoField("CPU implementer") + " part " +
+                           ProcCpuinfoField("CPU part");
+  std::string isa;
+  for (const char* n : {"avx2", "avxvnni", "avx512", "neon"})
+    if (CpuSupports(n)) isa += std::string(isa.empty() ? "" : ",") + n;
+  return name + " [ISA: " + (isa.empty() ? "scalar only" : isa) + "]";
 }
 
 }  // namespace gemini::runtime

@@ -1,43 +1,114 @@
-// int4 x f32 matrix-vector and matrix-matrix kernels over the .gnb int4 layout
-// (FORMAT.md: row-major [N, Kp/2] packed 32-blocks, then f16|bf16 scales [N, Kp/g]).
-// Two implementations — portable scalar C++ and AVX2+FMA(+F16C) — chosen at run time.
+// Quantised-weight matrix kernels: int4/int8 weights x f32 or int8 activations.
+//
+// Weight formats (row-major, 32-element blocks; element value = u * d + m, u unsigned):
+//   kQ4     nibbles [n, kp/2] then scales d [n, kp/group] (f16|bf16); m = -8 d. In block b of a
+//           row, byte j holds element j (low nibble) and element j+16 (high nibble). This is the
+//           .gnb int4 layout (py/gemini/export/FORMAT.md); GGUF Q4_0 repacks to it exactly.
+//   kQ4Min  the same nibbles, scales d and mins m f16 [n, kp/32] (GGUF Q4_1).
+//   kQ8     bytes u = q + 128 [n, kp], scales d f16 [n, kp/32]; m = -128 d (GGUF Q8_0).
+//
+// Activations for the integer path are quantised per 32-block (QuantizeActs): q = round(x / dx),
+// dx = max|x| / 127, so a block's dot is dw * dx * sum(u * q) + m * dx * sum(q), the integer
+// sum done with maddubs (AVX2), vpdpbusd (AVX-VNNI / AVX-512 VNNI) or sdot (NEON).
+//
+// Implementations: portable scalar (the reference), AVX2+FMA+F16C, AVX-VNNI, AVX-512 VNNI and
+// NEON+dotprod, each in its own translation unit built for its ISA and chosen at run time.
 #ifndef GEMINI_CSRC_RUNTIME_KERNELS_H_
 #define GEMINI_CSRC_RUNTIME_KERNELS_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace gemini::runtime {
 
-struct Int4Matrix {
+enum class WFormat : uint8_t { kQ4 = 0, kQ4Min = 1, kQ8 = 2 };
+
+struct QMatrix {
+  WFormat format = WFormat::kQ4;
   int n = 0;            // output rows
   int k = 0;            // input features
-  int kp = 0;           // k rounded up to the group size (row length in nibbles)
-  int group = 32;
+  int kp = 0;           // k rounded up to the group size (row length in elements)
+  int group = 32;       // elements per scale (a multiple of 32; 32 for kQ4Min/kQ8)
   bool bf16_scales = false;
-  const uint8_t* packed = nullptr;    // [n, kp/2]
+  const uint8_t* packed = nullptr;    // [n, RowBytes()]
   const uint16_t* scales = nullptr;   // [n, kp/group]
+  const uint16_t* mins = nullptr;     // [n, kp/32] (kQ4Min only)
+
+  size_t RowBytes() const { return format == WFormat::kQ8 ? kp : kp / 2; }
+  // Bytes of weights + scales (+ mins) the matrix occupies.
+  uint64_t Bytes() const;
+};
+using Int4Matrix = QMatrix;
+
+// Activations quantised to int8 per 32-block, for t rows of kp features.
+struct QActs {
+  int t = 0, kp = 0;
+  std::vector<int8_t> q;       // [t, kp]
+  std::vector<float> d;        // [t, kp/32] block scales dx
+  std::vector<float> s;        // [t, kp/32] dx * sum(q) (the m term)
+  std::vector<int32_t> sumq;   // [t, kp/32] sum(q)
+  std::vector<float> dexp;     // [t, kp/32, 8] dx repeated 8x (vector kernels load it whole)
+  std::vector<int32_t> bexp;   // [t, kp/32, 8] -sum(q) repeated 8x (folds m = -8 d into the sum)
+  const int8_t* qrow(int i) const { return q.data() + static_cast<size_t>(i) * kp; }
+  int blocks() const { return kp / 32; }
 };
 
 float F16ToF32(uint16_t h);
 float BF16ToF32(uint16_t h);
+uint16_t F32ToF16(float f);  // round to nearest even
 
-// y[r] = sum_k W[r, k] * x[k] for rows [r0, r1). x must hold kp floats (zeros past k).
-using MatVecFn = void (*)(const Int4Matrix& w, const float* x, float* y, int r0, int r1);
-// Y[t, r] = sum_k W[r, k] * X[t, k] for t < T and rows [r0, r1); X rows have stride ldx >= kp,
-// Y rows stride ldy. Each weight row is decoded once for all T (prefill).
-using MatMulFn = void (*)(const Int4Matrix& w, const float* x, int t, int ldx, float* y, int ldy,
+// Row r of w decoded to floats (kp values): embedding lookups and tests.
+void DequantizeRow(const QMatrix& w, int r, float* out);
+
+// x [t, ldx] (kp features per row; columns >= k are zero) -> out. Resizes out's buffers only
+// when they grow, so a decode loop does not allocate.
+void QuantizeActs(const float* x, int t, int ldx, int kp, QActs* out);
+
+// y[r] = sum_k W[r, k] * x[k] for rows [r0, r1). x holds kp floats (zeros past k).
+using MatVecFn = void (*)(const QMatrix& w, const float* x, float* y, int r0, int r1);
+// Y[i, r] = sum_k W[r, k] * X[i, k] for i < t and rows [r0, r1); X rows stride ldx >= kp, Y rows
+// stride ldy. Each weight row is decoded once for all t (prefill).
+using MatMulFn = void (*)(const QMatrix& w, const float* x, int t, int ldx, float* y, int ldy,
                           int r0, int r1);
+// Y[i, r] = sum_b W[r, b] . X[i, b] on int8 activations, for all t rows of x and rows [r0, r1).
+// Tiles of rows x tokens: each tile's weights are unpacked once into registers for all tokens.
+using QMatMulFn = void (*)(const QMatrix& w, const QActs& x, float* y, int ldy, int r0, int r1);
+// f16 KV cache helpers: dot(q, k) and o += a * v over n elements.
+using DotF16Fn = float (*)(const float* q, const uint16_t* k, int n);
+using AxpyF16Fn = void (*)(float a, const uint16_t* v, float* o, int n);
+// f32 -> f16 of n values (KV cache writes).
+using ToF16Fn = void (*)(const float* x, uint16_t* y, int n);
 
 struct Kernels {
   const char* name;
-  MatVecFn matvec;
+  MatVecFn matvec;     // f32 activations (the accuracy reference path)
   MatMulFn matmul;
+  QMatMulFn qmatmul;   // int8 activations
+  DotF16Fn dot_f16;
+  AxpyF16Fn axpy_f16;
+  ToF16Fn to_f16;
+  int row_tile;        // ParallelFor alignment that keeps qmatmul's row tiles whole
 };
 
-// "scalar", "avx2" or "auto" (AVX2+FMA when the CPU has them). Throws std::invalid_argument
-// for an unknown name or "avx2" on a CPU without it.
+// The portable reference (always available).
+const Kernels& ScalarKernels();
+// ISA implementations: nullptr when not compiled in (another architecture).
+const Kernels* Avx2Kernels();
+const Kernels* AvxVnniKernels();
+const Kernels* Avx512Kernels();
+const Kernels* NeonKernels();
+
+// Which of the ISA paths this CPU can run, by name ("avx2", "avxvnni", "avx512", "neon").
+bool CpuSupports(const std::string& isa);
+// "auto" (the fastest the CPU has), "scalar", "avx2", "avxvnni", "avx512" or "neon". Throws
+// std::invalid_argument for an unknown name or an ISA the CPU (or this build) lacks.
 const Kernels& SelectKernels(const std::string& which = "auto");
+// Every kernel name this build knows and this CPU runs, reference first.
+std::vector<std::string> AvailableKernels();
+// A one-line description of the CPU (model name) and the ISA features the kernels use.
+std::string CpuDescription();
 bool CpuHasAvx2Fma();
 
 }  // namespace gemini::runtime

@@ -23,9 +23,7 @@ Int4Matrix MatrixOf(const TensorView& t) {
   return m;
 }
 
-uint64_t MatrixBytes(const Int4Matrix& m) {
-  return static_cast<uint64_t>(m.n) * m.kp / 2 + 2ULL * m.n * (m.kp / m.group);
-}
+uint64_t MatrixBytes(const QMatrix& m) { return m.Bytes(); }
 
 int RoundUp(int x, int m) { return (x + m - 1) / m * m; }
 
@@ -43,6 +41,12 @@ float Gelu(float x) {
 
 float Silu(float x) { return x / (1.0f + std::exp(-x)); }
 
+bool HasTensor(const GnbFile& f, const std::string& name) {
+  for (const TensorView& t : f.tensors())
+    if (t.name == name) return true;
+  return false;
+}
+
 }  // namespace
 
 std::unique_ptr<Model> Model::FromFile(std::shared_ptr<GnbFile> file, const Kernels& kernels) {
@@ -58,6 +62,11 @@ std::unique_ptr<Model> Model::FromFile(std::shared_ptr<GnbFile> file, const Kern
     LayerWeights l;
     l.attn_norm = reinterpret_cast<const float*>(file->Get(p + "attn_norm").data);
     l.mlp_norm = reinterpret_cast<const float*>(file->Get(p + "mlp_norm").data);
+    // qk_norm models carry both (the reader checks presence against the config's qk_norm).
+    if (HasTensor(*file, p + "q_norm")) {
+      l.q_norm = reinterpret_cast<const float*>(file->Get(p + "q_norm").data);
+      l.k_norm = reinterpret_cast<const float*>(file->Get(p + "k_norm").data);
+    }
     l.wq = MatrixOf(file->Get(p + "wq"));
     l.wk = MatrixOf(file->Get(p + "wk"));
     l.wv = MatrixOf(file->Get(p + "wv"));
@@ -67,6 +76,22 @@ std::unique_ptr<Model> Model::FromFile(std::shared_ptr<GnbFile> file, const Kern
     l.w_down = MatrixOf(file->Get(p + "w_down"));
     m->layers_.push_back(l);
   }
+  return m;
+}
+
+std::unique_ptr<Model> Model::FromParts(const ModelConfig& config, const Kernels& kernels,
+                                        std::vector<uint8_t> arena, std::vector<float> norms,
+                                        std::vector<LayerWeights> layers, QMatrix embed,
+                                        QMatrix unembed, const float* final_norm) {
+  std::unique_ptr<Model> m(new Model());
+  m->config_ = config;
+  m->kernels_ = &kernels;
+  m->owned_ = std::move(arena);   // moving a vector keeps its buffer: the pointers stay valid
+  m->owned_norms_ = std::move(norms);
+  m->layers_ = std::move(layers);
+  m->embed_ = embed;
+  m->unembed_ = unembed;
+  m->final_norm_ = final_norm;
   return m;
 }
 
@@ -142,70 +167,128 @@ std::unique_ptr<Model> Model::Random(const ModelConfig& c, uint64_t seed, const 
 }
 
 uint64_t Model::WeightBytesPerToken() const {
-  uint64_t b = MatrixBytes(unembed()) + embed_.kp / 2 + 2 * (embed_.kp / embed_.group);
+  uint64_t b = MatrixBytes(unembed()) + embed_.Bytes() / std::max(1, embed_.n);
   for (const LayerWeights& l : layers_)
     for (const Int4Matrix* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down})
       b += MatrixBytes(*w);
   return b + 4ULL * config_.d_model * (2 * config_.n_layers + 1);
 }
 
-Session::Session(const Model& model, int max_len, ThreadPool* pool)
-    : m_(model), c_(model.config()), pool_(pool), max_len_(max_len) {
+
+
+Session::Session(const Model& model, int max_len, ThreadPool* pool, SessionOptions options)
+    : m_(model), c_(model.config()), pool_(pool), opt_(options), max_len_(max_len) {
   if (max_len < 1) throw std::invalid_argument("session max_len must be >= 1");
   int widest = std::max({c_.d_model, c_.n_heads * c_.head_dim, c_.d_ff});
   ld_ = RoundUp(widest, 128);
   size_t kv = static_cast<size_t>(c_.n_layers) * max_len * c_.n_kv_heads * c_.head_dim;
-  k_cache_.assign(kv, 0.f);
-  v_cache_.assign(kv, 0.f);
+  if (opt_.kv_f16) {
+    k16_.assign(kv, 0);
+    v16_.assign(kv, 0);
+  } else {
+    k_cache_.assign(kv, 0.f);
+    v_cache_.assign(kv, 0.f);
+  }
+  const int group = c_.n_heads / c_.n_kv_heads;
+  scores_.assign(static_cast<size_t>(pool_->size()) * group * max_len, 0.f);
   inv_freq_.resize(c_.head_dim / 2);
   for (int i = 0; i < c_.head_dim / 2; ++i)
     inv_freq_[i] = static_cast<float>(std::pow(c_.rope_base, -2.0 * i / c_.head_dim));
 }
 
 uint64_t Session::KvBytesPerToken() const {
-  return 2ULL * c_.n_layers * pos_ * c_.n_kv_heads * c_.head_dim * sizeof(float);
+  return 2ULL * c_.n_layers * pos_ * c_.n_kv_heads * c_.head_dim * (opt_.kv_f16 ? 2 : 4);
 }
 
-void Session::MatMul(const Int4Matrix& w, const float* x, int t, int ldx, float* y, int ldy) {
+void Session::MatMul(const QMatrix& w, const float* x, int t, int ldx, float* y, int ldy, bool reuse) {
   const Kernels& kern = m_.kernels();
-  if (t == 1) {
+  if (opt_.int8_activations) {
+    if (!reuse || qa_.t != t || qa_.kp != w.kp) QuantizeActs(x, t, ldx, w.kp, &qa_);
+    const QActs& qa = qa_;
+    pool_->ParallelFor(w.n, [&](int r0, int r1) { kern.qmatmul(w, qa, y, ldy, r0, r1); }, kern.row_tile);
+  } else if (t == 1) {
     pool_->ParallelFor(w.n, [&](int r0, int r1) { kern.matvec(w, x, y, r0, r1); });
   } else {
     pool_->ParallelFor(w.n, [&](int r0, int r1) { kern.matmul(w, x, t, ldx, y, ldy, r0, r1); });
   }
 }
 
+// Causal attention of the t new tokens over the cache. A job is one (token, kv head) pair and
+// covers every query head of that GQA group, so each cached key/value row is read once for the
+// whole group; a single-token step splits by query head instead, so 2 threads share even a
+// 1-kv-head (MQA) model.
 void Session::Attention(int layer, int t) {
   const int H = c_.n_heads, K = c_.n_kv_heads, Dh = c_.head_dim, group = H / K;
   const int kvw = K * Dh;
-  const float* kc = k_cache_.data() + static_cast<size_t>(layer) * max_len_ * kvw;
-  const float* vc = v_cache_.data() + static_cast<size_t>(layer) * max_len_ * kvw;
+  const size_t base = static_cast<size_t>(layer) * max_len_ * kvw;
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
-  pool_->ParallelFor(t * H, [&](int b, int e) {
-    std::vector<float> s(pos_ + t);
+  const Kernels& kern = m_.kernels();
+  const bool f16 = opt_.kv_f16;
+  const bool per_head = t == 1;
+  const int jobs = per_head ? H : t * K;
+  pool_->ParallelFor(jobs, [&](int b, int e, int part) {
+    float* s = scores_.data() + static_cast<size_t>(part) * group * max_len_;
     for (int job = b; job < e; ++job) {
-      int i = job / H, h = job % H, kvh = h / group;
-      int len = pos_ + i + 1;  // causal: this token sees positions 0..pos_+i
-      const float* q = q_.data() + static_cast<size_t>(i) * ld_ + h * Dh;
-      float mx = -INFINITY;
+      int i, h0, h1;
+      if (per_head) { i = 0; h0 = job; h1 = job + 1; }
+      else { i = job / K; h0 = (job % K) * group; h1 = h0 + group; }
+      const int kvh = h0 / group, nh = h1 - h0;
+      const int len = pos_ + i + 1;  // causal: this token sees positions 0..pos_+i
+      const float* q = q_.data() + static_cast<size_t>(i) * ld_;
       for (int j = 0; j < len; ++j) {
-        const float* kj = kc + static_cast<size_t>(j) * kvw + kvh * Dh;
-        float d = 0.f;
-        for (int x = 0; x < Dh; ++x) d += q[x] * kj[x];
-        s[j] = d * scale;
-        mx = std::max(mx, s[j]);
+        size_t at = base + static_cast<size_t>(j) * kvw + kvh * Dh;
+        for (int hh = 0; hh < nh; ++hh) {
+          const float* qh = q + (h0 + hh) * Dh;
+          float d;
+          if (f16) {
+            d = kern.dot_f16(qh, k16_.data() + at, Dh);
+          } else {
+            const float* kj = k_cache_.data() + at;
+            d = 0.f;
+            for (int x = 0; x < Dh; ++x) d += qh[x] * kj[x];
+          }
+          s[hh * max_len_ + j] = d * scale;
+        }
       }
-      float sum = 0.f;
-      for (int j = 0; j < len; ++j) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
-      float* o = o_.data() + static_cast<size_t>(i) * ld_ + h * Dh;
-      std::fill(o, o + Dh, 0.f);
+      for (int hh = 0; hh < nh; ++hh) {
+        float* sh = s + hh * max_len_;
+        float mx = -INFINITY, sum = 0.f;
+        for (int j = 0; j < len; ++j) mx = std::max(mx, sh[j]);
+        for (int j = 0; j < len; ++j) { sh[j] = std::exp(sh[j] - mx); sum += sh[j]; }
+        float inv = 1.0f / sum;
+        for (int j = 0; j < len; ++j) sh[j] *= inv;
+        float* o = o_.data() + static_cast<size_t>(i) * ld_ + (h0 + hh) * Dh;
+        std::fill(o, o + Dh, 0.f);
+      }
       for (int j = 0; j < len; ++j) {
-        const float* vj = vc + static_cast<size_t>(j) * kvw + kvh * Dh;
-        float p = s[j] / sum;
-        for (int x = 0; x < Dh; ++x) o[x] += p * vj[x];
+        size_t at = base + static_cast<size_t>(j) * kvw + kvh * Dh;
+        for (int hh = 0; hh < nh; ++hh) {
+          float p = s[hh * max_len_ + j];
+          float* o = o_.data() + static_cast<size_t>(i) * ld_ + (h0 + hh) * Dh;
+          if (f16) {
+            kern.axpy_f16(p, v16_.data() + at, o, Dh);
+          } else {
+            const float* vj = v_cache_.data() + at;
+            for (int x = 0; x < Dh; ++x) o[x] += p * vj[x];
+          }
+        }
       }
     }
   }, 1);
+}
+
+void Session::StoreKv(int layer, int i) {
+  const int kvw = c_.n_kv_heads * c_.head_dim;
+  size_t at = (static_cast<size_t>(layer) * max_len_ + pos_ + i) * kvw;
+  const float* k = &k_[static_cast<size_t>(i) * ld_];
+  const float* v = &v_[static_cast<size_t>(i) * ld_];
+  if (opt_.kv_f16) {
+    m_.kernels().to_f16(k, k16_.data() + at, kvw);
+    m_.kernels().to_f16(v, v16_.data() + at, kvw);
+  } else {
+    std::memcpy(k_cache_.data() + at, k, kvw * sizeof(float));
+    std::memcpy(v_cache_.data() + at, v, kvw * sizeof(float));
+  }
 }
 
 void Session::Forward(const int* tokens, int t, float* last_logits, std::vector<float>* all_logits) {
@@ -213,52 +296,55 @@ void Session::Forward(const int* tokens, int t, float* last_logits, std::vector<
   if (pos_ + t > max_len_)
     throw std::out_of_range("sequence of " + std::to_string(pos_ + t) + " tokens exceeds the session's max_len=" + std::to_string(max_len_));
   const int D = c_.d_model, H = c_.n_heads, Dh = c_.head_dim, F = c_.d_ff, V = c_.vocab_size;
-  const int kvw = c_.n_kv_heads * Dh, half = Dh / 2;
+  const int half = Dh / 2;
   const float eps = static_cast<float>(c_.norm_eps);
   size_t rows = static_cast<size_t>(t) * ld_;
   for (auto* b : {&x_, &h_, &q_, &k_, &v_, &o_, &g_, &u_})
-    if (b->size() < rows) b->assign(rows, 0.f);
-  // Embedding rows, dequantised from the int4 table.
-  const Int4Matrix& e = m_.embed();
+    if (b->size() < rows) b->resize(rows, 0.f);
+  for (int i = 0; i < t; ++i)
+    if (tokens[i] < 0 || tokens[i] >= V)
+      throw std::out_of_range("token id " + std::to_string(tokens[i]) + " outside the vocabulary [0, " + std::to_string(V) + ")");
+  // Embedding rows, dequantised from the quantised table (columns past D stay zero).
+  std::vector<float>& row = logits_;  // scratch until the logits are computed
+  if (row.size() < static_cast<size_t>(m_.embed().kp)) row.resize(m_.embed().kp);
   for (int i = 0; i < t; ++i) {
-    int tok = tokens[i];
-    if (tok < 0 || tok >= V) throw std::out_of_range("token id " + std::to_string(tok) + " outside the vocabulary [0, " + std::to_string(V) + ")");
-    const uint8_t* p = e.packed + static_cast<size_t>(tok) * (e.kp / 2);
-    const uint16_t* s = e.scales + static_cast<size_t>(tok) * (e.kp / e.group);
-    float* x = x_.data() + static_cast<size_t>(i) * ld_;
-    for (int b = 0; b < e.kp / 32; ++b) {
-      float sc = e.bf16_scales ? BF16ToF32(s[b * 32 / e.group]) : F16ToF32(s[b * 32 / e.group]);
-      for (int j = 0; j < 16; ++j) {
-        if (b * 32 + j < D) x[b * 32 + j] = static_cast<float>((p[b * 16 + j] & 0xF) - 8) * sc;
-        if (b * 32 + 16 + j < D) x[b * 32 + 16 + j] = static_cast<float>((p[b * 16 + j] >> 4) - 8) * sc;
-      }
+    DequantizeRow(m_.embed(), tokens[i], row.data());
+    std::memcpy(&x_[static_cast<size_t>(i) * ld_], row.data(), D * sizeof(float));
+  }
+  // RoPE angles of the t positions, shared by every layer: rope_[i, j] = (cos, sin).
+  rope_.resize(static_cast<size_t>(t) * half * 2);
+  for (int i = 0; i < t; ++i) {
+    float position = static_cast<float>(pos_ + i);
+    for (int j = 0; j < half; ++j) {
+      float a = position * inv_freq_[j];
+      rope_[(static_cast<size_t>(i) * half + j) * 2] = std::cos(a);
+      rope_[(static_cast<size_t>(i) * half + j) * 2 + 1] = std::sin(a);
     }
   }
   for (int l = 0; l < c_.n_layers; ++l) {
     const LayerWeights& w = m_.layers()[l];
     for (int i = 0; i < t; ++i) RmsNorm(&x_[i * ld_], w.attn_norm, D, eps, &h_[i * ld_]);
     MatMul(w.wq, h_.data(), t, ld_, q_.data(), ld_);
-    MatMul(w.wk, h_.data(), t, ld_, k_.data(), ld_);
-    MatMul(w.wv, h_.data(), t, ld_, v_.data(), ld_);
-    float* kc = k_cache_.data() + static_cast<size_t>(l) * max_len_ * kvw;
-    float* vc = v_cache_.data() + static_cast<size_t>(l) * max_len_ * kvw;
+    MatMul(w.wk, h_.data(), t, ld_, k_.data(), ld_, true);
+    MatMul(w.wv, h_.data(), t, ld_, v_.data(), ld_, true);
     for (int i = 0; i < t; ++i) {
-      float position = static_cast<float>(pos_ + i);
-      auto rope = [&](float* v, int heads) {
+      const float* cs = &rope_[static_cast<size_t>(i) * half * 2];
+      // Per-head q/k RMSNorm (qk_norm models) then rotate-half RoPE.
+      auto norm_rope = [&](float* v, int heads, const float* norm) {
         for (int hh = 0; hh < heads; ++hh) {
           float* x = v + hh * Dh;
+          if (norm != nullptr) RmsNorm(x, norm, Dh, eps, x);
           for (int j = 0; j < half; ++j) {
-            float a = position * inv_freq_[j], cs = std::cos(a), sn = std::sin(a);
+            float c = cs[2 * j], sn = cs[2 * j + 1];
             float x1 = x[j], x2 = x[j + half];
-            x[j] = x1 * cs - x2 * sn;
-            x[j + half] = x2 * cs + x1 * sn;
+            x[j] = x1 * c - x2 * sn;
+            x[j + half] = x2 * c + x1 * sn;
           }
         }
       };
-      rope(&q_[i * ld_], H);
-      rope(&k_[i * ld_], c_.n_kv_heads);
-      std::memcpy(kc + static_cast<size_t>(pos_ + i) * kvw, &k_[i * ld_], kvw * sizeof(float));
-      std::memcpy(vc + static_cast<size_t>(pos_ + i) * kvw, &v_[i * ld_], kvw * sizeof(float));
+      norm_rope(&q_[i * ld_], H, w.q_norm);
+      norm_rope(&k_[i * ld_], c_.n_kv_heads, w.k_norm);
+      StoreKv(l, i);
     }
     Attention(l, t);
     MatMul(w.wo, o_.data(), t, ld_, h_.data(), ld_);
@@ -266,7 +352,7 @@ void Session::Forward(const int* tokens, int t, float* last_logits, std::vector<
       for (int d = 0; d < D; ++d) x_[i * ld_ + d] += h_[i * ld_ + d];
     for (int i = 0; i < t; ++i) RmsNorm(&x_[i * ld_], w.mlp_norm, D, eps, &h_[i * ld_]);
     MatMul(w.w_gate, h_.data(), t, ld_, g_.data(), ld_);
-    MatMul(w.w_up, h_.data(), t, ld_, u_.data(), ld_);
+    MatMul(w.w_up, h_.data(), t, ld_, u_.data(), ld_, true);
     const bool gelu = c_.activation == "gelu";
     for (int i = 0; i < t; ++i)
       for (int f = 0; f < F; ++f) {
@@ -282,13 +368,13 @@ void Session::Forward(const int* tokens, int t, float* last_logits, std::vector<
   int first = all_logits != nullptr ? 0 : t - 1;
   int n = t - first;
   for (int i = first; i < t; ++i) RmsNorm(&x_[i * ld_], m_.final_norm(), D, eps, &h_[(i - first) * ld_]);
-  logits_.resize(static_cast<size_t>(n) * V);
+  if (logits_.size() < static_cast<size_t>(n) * V) logits_.resize(static_cast<size_t>(n) * V);
   MatMul(m_.unembed(), h_.data(), n, ld_, logits_.data(), V);
   if (c_.logit_softcap > 0) {
     float cap = static_cast<float>(c_.logit_softcap);
-    for (float& z : logits_) z = cap * std::tanh(z / cap);
+    for (size_t z = 0; z < static_cast<size_t>(n) * V; ++z) logits_[z] = cap * std::tanh(logits_[z] / cap);
   }
-  if (all_logits != nullptr) *all_logits = logits_;
+  if (all_logits != nullptr) all_logits->assign(logits_.begin(), logits_.begin() + static_cast<size_t>(n) * V);
   if (last_logits != nullptr)
     std::memcpy(last_logits, logits_.data() + static_cast<size_t>(n - 1) * V, V * sizeof(float));
 }

@@ -26,13 +26,15 @@ namespace {
 const char kUsage[] =
     "usage: nano_run --model FILE.gnb (--prompt TEXT | --prompt_ids 1,2,3) [--max_tokens 64]\n"
     "       [--chat] [--temperature 0] [--top_k 0] [--top_p 1] [--seed 0] [--threads 1]\n"
-    "       [--kernel auto|avx2|scalar] [--print_ids]\n";
+    "       [--kernel auto|scalar|avx2|avxvnni|avx512|neon] [--acts int8|f32] [--kv f16|f32]\n"
+    "       [--print_ids]\n";
 
 // Flag name -> takes a value.
 const std::map<std::string, bool> kKnownFlags = {
     {"model", true},  {"prompt", true}, {"prompt_ids", true}, {"max_tokens", true},
     {"temperature", true}, {"top_k", true}, {"top_p", true}, {"seed", true},
-    {"threads", true}, {"kernel", true}, {"chat", false}, {"print_ids", false}};
+    {"threads", true}, {"kernel", true}, {"acts", true}, {"kv", true}, {"chat", false},
+    {"print_ids", false}};
 
 constexpr int64_t kIntMax = 2147483647;
 constexpr int64_t kMaxThreads = 256;  // ThreadPool's own bound
@@ -90,7 +92,13 @@ int main(int argc, char** argv) {
                                   std::to_string(max_tokens) + " = " + std::to_string(total) +
                                   " exceeds max_seq_len=" + std::to_string(cfg.max_seq_len));
     const int max_len = static_cast<int>(total);
-    Session session(*model, max_len, &pool);
+    SessionOptions so;  // int8 activations and an f16 KV cache unless asked for the f32 paths
+    const std::string acts = flags.Get("acts", "int8"), kv = flags.Get("kv", "f16");
+    if (acts != "int8" && acts != "f32") throw std::invalid_argument("--acts=" + acts + ": expected int8|f32");
+    if (kv != "f16" && kv != "f32") throw std::invalid_argument("--kv=" + kv + ": expected f16|f32");
+    so.int8_activations = acts == "int8";
+    so.kv_f16 = kv == "f16";
+    Session session(*model, max_len, &pool, so);
     bool print_ids = flags.Has("print_ids");
     GenerateStats st;
     std::vector<int> out = Generate(&session, prompt, static_cast<int>(max_tokens), &sampler, cfg.eos_id, &st,
@@ -109,8 +117,8 @@ int main(int argc, char** argv) {
     } else {
       std::cout << std::endl;
     }
-    std::fprintf(stderr, "[nano_run] %s: kernel=%s threads=%d prompt=%d tokens (%.1f tok/s) generated=%d tokens (%.1f tok/s)\n",
-                 cfg.name.c_str(), kernels.name, pool.size(), st.prompt_tokens,
+    std::fprintf(stderr, "[nano_run] %s: kernel=%s acts=%s kv=%s threads=%d prompt=%d tokens (%.1f tok/s) generated=%d tokens (%.1f tok/s)\n",
+                 cfg.name.c_str(), kernels.name, acts.c_str(), kv.c_str(), pool.size(), st.prompt_tokens,
                  st.prompt_tokens / std::max(st.prefill_seconds, 1e-9), st.new_tokens,
                  st.new_tokens > 1 ? (st.new_tokens - 1) / std::max(st.decode_seconds, 1e-9) : 0.0);
     return 0;

@@ -18,6 +18,7 @@ using namespace gemini::runtime;
 namespace {
 
 struct Runner {
+  SessionOptions options;
   std::shared_ptr<GnbFile> file;
   std::unique_ptr<Model> model;
   std::unique_ptr<ThreadPool> pool;
@@ -57,6 +58,61 @@ PYBIND11_MODULE(_runtime, m) {
   "Parses and validates a whole .gnb image; returns (config dict, tensor names) or raises FormatError.");
 
   m.def("cpu_has_avx2", &CpuHasAvx2Fma);
+  m.def("available_kernels", &AvailableKernels, "Kernel names this build and CPU run, 'scalar' first.");
+  m.def("cpu_description", &CpuDescription);
+  m.def("cpu_supports", &CpuSupports);
+
+  m.def("quant_matmul", [](py::bytes packed, py::bytes scales, py::object mins, const std::string& fmt,
+                           int n, int k, int group, bool bf16,
+                           py::array_t<float, py::array::c_style | py::array::forcecast> x,
+                           const std::string& kernel, bool int8_acts) {
+    std::string p = packed, s = scales, mn = mins.is_none() ? std::string() : std::string(py::bytes(mins));
+    QMatrix w;
+    w.format = fmt == "q4" ? WFormat::kQ4 : fmt == "q4min" ? WFormat::kQ4Min : fmt == "q8" ? WFormat::kQ8
+             : throw std::invalid_argument("format must be q4|q4min|q8");
+    w.n = n; w.k = k; w.group = group; w.kp = (k + group - 1) / group * group; w.bf16_scales = bf16;
+    if (p.size() != static_cast<size_t>(n) * w.RowBytes() || s.size() != 2ULL * n * (w.kp / group) ||
+        (w.format == WFormat::kQ4Min && mn.size() != 2ULL * n * (w.kp / 32)))
+      throw std::invalid_argument("quant_matmul: buffer sizes do not match n, k, group, format");
+    w.packed = reinterpret_cast<const uint8_t*>(p.data());
+    w.scales = reinterpret_cast<const uint16_t*>(s.data());
+    w.mins = reinterpret_cast<const uint16_t*>(mn.data());
+    if (x.ndim() != 2 || x.shape(1) != k) throw std::invalid_argument("quant_matmul: x must be [T, k]");
+    int t = static_cast<int>(x.shape(0));
+    std::vector<float> xp(static_cast<size_t>(t) * w.kp, 0.f);
+    for (int i = 0; i < t; ++i) std::copy(x.data(i, 0), x.data(i, 0) + k, xp.begin() + static_cast<size_t>(i) * w.kp);
+    py::array_t<float> y({t, n});
+    const Kernels& kern = SelectKernels(kernel);
+    if (int8_acts) {
+      QActs qa;
+      QuantizeActs(xp.data(), t, w.kp, w.kp, &qa);
+      kern.qmatmul(w, qa, y.mutable_data(), n, 0, n);
+    } else if (t == 1) {
+      kern.matvec(w, xp.data(), y.mutable_data(), 0, n);
+    } else {
+      kern.matmul(w, xp.data(), t, w.kp, y.mutable_data(), n, 0, n);
+    }
+    return y;
+  }, py::arg("packed"), py::arg("scales"), py::arg("mins"), py::arg("format"), py::arg("n"), py::arg("k"),
+     py::arg("group"), py::arg("bf16"), py::arg("x"), py::arg("kernel"), py::arg("int8_acts"),
+  "y[T, n] = x[T, k] @ W^T for a quantised matrix given as its packed/scales/mins buffers.");
+
+  m.def("quantize_acts", [](py::array_t<float, py::array::c_style | py::array::forcecast> x) {
+    if (x.ndim() != 2 || x.shape(1) % 32 != 0) throw std::invalid_argument("x must be [T, 32k]");
+    int t = static_cast<int>(x.shape(0)), kp = static_cast<int>(x.shape(1));
+    QActs qa;
+    QuantizeActs(x.data(), t, kp, kp, &qa);
+    py::array_t<int8_t> q({t, kp});
+    py::array_t<float> d({t, kp / 32});
+    std::copy(qa.q.begin(), qa.q.begin() + static_cast<size_t>(t) * kp, q.mutable_data());
+    std::copy(qa.d.begin(), qa.d.begin() + static_cast<size_t>(t) * (kp / 32), d.mutable_data());
+    return py::make_tuple(q, d);
+  }, "int8 per-32-block activation quantisation: (q int8 [T, K], d f32 [T, K/32]).");
+  m.def("f32_to_f16_bits", [](py::array_t<float, py::array::c_style | py::array::forcecast> x) {
+    std::vector<uint16_t> out(x.size());
+    for (py::ssize_t i = 0; i < x.size(); ++i) out[i] = F32ToF16(x.data()[i]);
+    return out;
+  });
 
   m.def("int4_matvec", [](py::bytes tensor_data, int n, int k, int group, bool bf16,
                           py::array_t<float, py::array::c_style | py::array::forcecast> x,
@@ -80,15 +136,20 @@ PYBIND11_MODULE(_runtime, m) {
   }, "y[T, n] = x[T, k] @ W^T for one .gnb int4 tensor's data bytes (tests of the kernels).");
 
   py::class_<Runner>(m, "Runtime")
-      .def(py::init([](const std::string& path, int threads, const std::string& kernel) {
+      .def(py::init([](const std::string& path, int threads, const std::string& kernel,
+                       bool int8_activations, bool kv_f16) {
              auto r = std::make_unique<Runner>();
+             r->options.int8_activations = int8_activations;
+             r->options.kv_f16 = kv_f16;
              r->file = GnbFile::Open(path);
              r->model = Model::FromFile(r->file, SelectKernels(kernel));
              r->pool = std::make_unique<ThreadPool>(threads);
              if (r->file->tokenizer_kind() != kTokNone)
                r->tok = Tokenizer::Create(r->file->tokenizer_kind(), r->file->tokenizer_bytes(), path);
              return r;
-           }), py::arg("path"), py::arg("threads") = 1, py::arg("kernel") = "auto")
+           }), py::arg("path"), py::arg("threads") = 1, py::arg("kernel") = "auto",
+           // Python callers are parity tests: the f32 paths unless they ask for the fast ones.
+           py::arg("int8_activations") = false, py::arg("kv_f16") = false)
       .def_property_readonly("config", [](const Runner& r) { return ConfigDict(r.model->config()); })
       .def_property_readonly("kernel", [](const Runner& r) { return std::string(r.model->kernels().name); })
       .def("logits", [](Runner& r, const std::vector<int>& tokens) {
@@ -96,7 +157,7 @@ PYBIND11_MODULE(_runtime, m) {
              std::vector<float> all;
              {
                py::gil_scoped_release release;
-               Session s(*r.model, static_cast<int>(tokens.size()), r.pool.get());
+               Session s(*r.model, static_cast<int>(tokens.size()), r.pool.get(), r.options);
                s.Forward(tokens.data(), static_cast<int>(tokens.size()), nullptr, &all);
              }
              py::array_t<float> out({static_cast<py::ssize_t>(tokens.size()), static_cast<py::ssize_t>(V)});
@@ -108,7 +169,7 @@ PYBIND11_MODULE(_runtime, m) {
              SamplingParams sp{temperature, top_k, top_p, seed};
              Sampler sampler(sp);
              py::gil_scoped_release release;
-             Session s(*r.model, static_cast<int>(prompt.size()) + max_tokens, r.pool.get());
+             Session s(*r.model, static_cast<int>(prompt.size()) + max_tokens, r.pool.get(), r.options);
              return Generate(&s, prompt, max_tokens, &sampler, stop_at_eos ? r.model->config().eos_id : -1, nullptr);
            }, py::arg("prompt"), py::arg("max_tokens"), py::arg("temperature") = 0.f, py::arg("top_k") = 0,
            py::arg("top_p") = 1.f, py::arg("seed") = 0, py::arg("stop_at_eos") = false)

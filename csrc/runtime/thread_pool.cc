@@ -1,17 +1,37 @@
 #include "csrc/runtime/thread_pool.h"
 
-#include <immintrin.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <stdexcept>
 #include <string>
 
-namespace gemini::runtime {
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define GEMINI_CPU_RELAX() _mm_pause()
+#elif defined(__aarch64__)
+#define GEMINI_CPU_RELAX() asm volatile("yield")
+#else
+#define GEMINI_CPU_RELAX() ((void)0)
+#endif
 
-ThreadPool::ThreadPool(int threads) : threads_(threads) {
-  if (threads < 1 || threads > 256)
-    throw std::invalid_argument("--threads=" + std::to_string(threads) + " must be in 1..256");
-  for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { Worker(); });
+namespace gemini::runtime {
+namespace {
+
+void PinTo(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu % CPU_SETSIZE, &set);
+  sched_setaffinity(0, sizeof(set), &set);  // best effort: a refusal leaves the thread floating
+}
+
+}  // namespace
+
+ThreadPool::ThreadPool(int threads, bool pin) : threads_(threads), pin_(pin) {
+  if (threads < 1 || threads > 64)
+    throw std::invalid_argument("--threads=" + std::to_string(threads) + " must be in 1..64");
+  if (pin_) PinTo(0);
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { Worker(i); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -24,67 +44,73 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::Drain(uint32_t gen) {
-  while (true) {
-    uint64_t c = claim_.load(std::memory_order_acquire);
-    if (static_cast<uint32_t>(c >> 32) != gen) return;
-    // Job fields are read before the claim; a successful CAS proves they were for `gen`.
-    const auto* fn = fn_.load(std::memory_order_acquire);
-    int n = n_.load(std::memory_order_acquire), chunk = chunk_.load(std::memory_order_acquire);
-    int chunks = chunks_.load(std::memory_order_acquire);
-    uint32_t idx = static_cast<uint32_t>(c);
-    if (static_cast<int>(idx) >= chunks) return;
-    if (!claim_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel)) continue;
-    int begin = static_cast<int>(idx) * chunk, end = std::min(n, begin + chunk);
-    (*fn)(begin, end);
+void ThreadPool::Work(uint32_t gen, int first) {
+  for (int k = 0; k < threads_; ++k) {
+    int part = (first + k) % threads_;
+    uint64_t bit = 1ULL << part;
+    uint64_t c = claimed_.load(std::memory_order_acquire);
+    while (true) {
+      if (static_cast<uint32_t>(c >> 32) != gen) return;  // a later job: nothing of ours left
+      if (c & bit) break;
+      if (claimed_.compare_exchange_weak(c, c | bit, std::memory_order_acq_rel)) break;
+    }
+    if (c & bit) continue;
+    if (part < parts_) {
+      int b = part * part_len_, e = std::min(n_, b + part_len_);
+      fn_(ctx_, b, e, part);
+    }
     done_.fetch_add(1, std::memory_order_acq_rel);
   }
 }
 
-void ThreadPool::Worker() {
+void ThreadPool::Worker(int index) {
+  if (pin_) PinTo(index);
   uint32_t seen = 0;
   while (true) {
     uint32_t gen = generation_.load(std::memory_order_acquire);
-    for (int spin = 0; gen == seen && spin < 100000; ++spin) {
-      _mm_pause();
+    for (int spin = 0; gen == seen && spin < 20000; ++spin) {
+      GEMINI_CPU_RELAX();
       gen = generation_.load(std::memory_order_acquire);
     }
     if (gen == seen) {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return generation_.load() != seen; });
+      sleepers_.fetch_add(1, std::memory_order_seq_cst);
+      cv_.wait(lock, [&] { return generation_.load(std::memory_order_seq_cst) != seen; });
+      sleepers_.fetch_sub(1, std::memory_order_seq_cst);
       gen = generation_.load();
     }
     seen = gen;
     if (stop_) return;
-    Drain(gen);
+    Work(gen, index);
   }
 }
 
-void ThreadPool::ParallelFor(int n, const std::function<void(int, int)>& fn, int align) {
+void ThreadPool::Run(int n, int align, RawFn fn, void* ctx) {
   if (n <= 0) return;
+  align = std::max(1, align);
   if (threads_ == 1 || n <= align) {
-    fn(0, n);
+    fn(ctx, 0, n, 0);
     return;
   }
-  // A few chunks per thread balance uneven progress without much claiming overhead.
-  int chunk = (n + 4 * threads_ - 1) / (4 * threads_);
-  chunk = std::max(align, (chunk + align - 1) / align * align);
-  int chunks = (n + chunk - 1) / chunk;
-  uint32_t gen = generation_.load() + 1;
-  fn_.store(&fn, std::memory_order_release);
-  n_.store(n, std::memory_order_release);
-  chunk_.store(chunk, std::memory_order_release);
-  chunks_.store(chunks, std::memory_order_release);
-  done_.store(0, std::memory_order_release);
-  claim_.store(static_cast<uint64_t>(gen) << 32, std::memory_order_release);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    generation_.store(gen, std::memory_order_release);
+  // Balanced parts: ceil(n / threads) rounded up to the alignment.
+  int len = (n + threads_ - 1) / threads_;
+  len = (len + align - 1) / align * align;
+  uint32_t gen = generation_.load(std::memory_order_relaxed) + 1;
+  fn_ = fn;
+  ctx_ = ctx;
+  n_ = n;
+  part_len_ = len;
+  parts_ = (n + len - 1) / len;
+  done_.store(0, std::memory_order_relaxed);
+  claimed_.store(static_cast<uint64_t>(gen) << 32, std::memory_order_release);
+  generation_.store(gen, std::memory_order_seq_cst);
+  if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+    { std::lock_guard<std::mutex> lock(mu_); }
+    cv_.notify_all();
   }
-  cv_.notify_all();
-  Drain(gen);
-  for (int spin = 0; done_.load(std::memory_order_acquire) != chunks; ++spin) {
-    if (spin < 2000) _mm_pause();
+  Work(gen, 0);
+  for (int spin = 0; done_.load(std::memory_order_acquire) != threads_; ++spin) {
+    if (spin < 4000) GEMINI_CPU_RELAX();
     else std::this_thread::yield();
   }
 }

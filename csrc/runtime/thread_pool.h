@@ -1,47 +1,64 @@
-// A fixed pool that splits row ranges across threads. Chunks are claimed from a shared
-// counter, so a worker the OS has not scheduled (a busy machine) never stalls a job: the
-// caller simply takes the remaining chunks itself. Idle workers spin briefly (decode issues
-// hundreds of short matvecs per token) and then sleep on a condition variable.
+// A fixed pool that splits a range statically: job [0, n) is cut into one balanced part per
+// thread (boundaries multiples of `align`), and thread i runs part i. A part its owner has not
+// started (the OS did not schedule it on a busy machine) is taken by whoever finishes first, so
+// one descheduled worker never stalls a job. Idle workers spin (decode issues hundreds of short
+// jobs per token) and sleep on a condition variable only after ~0.2 ms without work. A job
+// allocates nothing: the callable is passed by pointer, never wrapped in std::function.
 #ifndef GEMINI_CSRC_RUNTIME_THREAD_POOL_H_
 #define GEMINI_CSRC_RUNTIME_THREAD_POOL_H_
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <functional>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace gemini::runtime {
 
 class ThreadPool {
  public:
-  explicit ThreadPool(int threads);
+  // pin: bind thread i to CPU i (sched_setaffinity); off by default because on a shared
+  // machine a pinned thread cannot move away from a core someone else is using.
+  explicit ThreadPool(int threads, bool pin = false);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int size() const { return threads_; }
-  // Calls fn(begin, end) on disjoint chunks covering [0, n), chunk boundaries multiples of
-  // `align`; returns when all are done. The calling thread works too.
-  void ParallelFor(int n, const std::function<void(int, int)>& fn, int align = 8);
+  // Calls fn(begin, end) — or fn(begin, end, part) with part in [0, size()) unique among the
+  // concurrent calls — on disjoint parts covering [0, n); returns when all are done.
+  template <class F>
+  void ParallelFor(int n, F&& fn, int align = 8) {
+    using Fn = std::remove_reference_t<F>;
+    Run(n, align, [](void* ctx, int b, int e, int part) {
+      if constexpr (std::is_invocable_v<Fn&, int, int, int>) (*static_cast<Fn*>(ctx))(b, e, part);
+      else (*static_cast<Fn*>(ctx))(b, e);
+    }, const_cast<void*>(static_cast<const void*>(&fn)));
+  }
 
  private:
-  void Worker();
-  // Claims and runs chunks of job `gen` until none are left.
-  void Drain(uint32_t gen);
+  using RawFn = void (*)(void*, int, int, int);
+  void Run(int n, int align, RawFn fn, void* ctx);
+  void Worker(int index);
+  // Runs part `first` if still unclaimed, then any other unclaimed part of job `gen`.
+  void Work(uint32_t gen, int first);
 
   int threads_;
+  bool pin_;
   std::vector<std::thread> workers_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::atomic<uint32_t> generation_{0};
-  std::atomic<uint64_t> claim_{0};   // (generation << 32) | next chunk index
-  std::atomic<int> done_{0};         // chunks finished in the current job
+  std::atomic<int> sleepers_{0};
+  std::atomic<uint64_t> claimed_{0};  // (generation << 32) | bitmask of claimed parts
+  std::atomic<int> done_{0};          // parts finished in the current job
   std::atomic<bool> stop_{false};
-  std::atomic<const std::function<void(int, int)>*> fn_{nullptr};
-  std::atomic<int> n_{0}, chunk_{0}, chunks_{0};
+  // The current job (written before generation_ is published, read after a claim succeeds).
+  RawFn fn_ = nullptr;
+  void* ctx_ = nullptr;
+  int n_ = 0, part_len_ = 0, parts_ = 0;
 };
 
 }  // namespace gemini::runtime

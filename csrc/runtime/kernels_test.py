@@ -1,0 +1,123 @@
+"""Every ISA kernel against the scalar reference, and the scalar reference against NumPy, on
+ragged shapes, for every weight format (.gnb int4 / GGUF Q4_0, Q4_1, Q8_0) and both activation
+paths. ISA paths this CPU (or this build's architecture) lacks are skipped by name."""
+
+import numpy as np
+import pytest
+
+from csrc.runtime import _runtime
+
+ISAS = ["avx2", "avxvnni", "avx512", "neon"]
+SHAPES = [(1, 32, 1), (3, 64, 2), (5, 200, 3), (19, 96, 5), (8, 416, 9), (7, 1056, 4)]  # (n, k, t)
+
+
+def _require(isa):
+  if isa not in _runtime.available_kernels():
+    pytest.skip(f"SKIPPED ISA {isa}: not available here ({_runtime.cpu_description()})")
+
+
+def _pack(fmt, u, group):
+  """u: unsigned values [n, kp] -> the kernels' packed row bytes."""
+  n, kp = u.shape
+  if fmt == "q8":
+    return u.astype(np.uint8).tobytes()
+  blocks = u.reshape(n, kp // 32, 2, 16).astype(np.uint8)
+  return (blocks[:, :, 0] | (blocks[:, :, 1] << 4)).reshape(n, kp // 2).tobytes()
+
+
+def _matrix(fmt, n, k, group, bf16, rng):
+  """Random matrix in `fmt`: (packed, scales bytes, mins bytes|None, dense f64 [n, k])."""
+  kp = -(-k // group) * group
+  hi = 255 if fmt == "q8" else 15
+  u = rng.integers(0, hi + 1, (n, kp))
+  u[:, k:] = 0 if fmt == "q4min" else (128 if fmt == "q8" else 8)  # zero weights past k
+  d = (rng.random((n, kp // group)) * 0.05 + 0.001).astype(np.float32)
+  if bf16:
+    bits = (d.view(np.uint32) >> 16).astype(np.uint16)
+    d = (bits.astype(np.uint32) << 16).view(np.float32)
+  else:
+    d = d.astype(np.float16)
+    bits = d.view(np.uint16)
+    d = d.astype(np.float32)
+  dense_d = np.repeat(d, group, axis=1).astype(np.float64)
+  mins = None
+  if fmt == "q4min":
+    m = (rng.standard_normal((n, kp // 32)) * 0.1).astype(np.float16)
+    mins = m.view(np.uint16).tobytes()
+    dense = u * dense_d + np.repeat(m.astype(np.float64), 32, axis=1)
+    dense[:, k:] = 0
+  else:
+    dense = (u - (128 if fmt == "q8" else 8)) * dense_d
+  return _pack(fmt, u, group), bits.tobytes(), mins, dense[:, :k], kp
+
+
+def _int8_reference(dense_rows, x, kp):
+  """The int8-activation result in float64: x quantised per 32-block as the runtime does."""
+  t, k = x.shape
+  xp = np.zeros((t, kp), np.float32)
+  xp[:, :k] = x
+  q, d = _runtime.quantize_acts(xp)
+  xq = q.astype(np.float64) * np.repeat(d.astype(np.float64), 32, axis=1)
+  w = np.zeros((dense_rows.shape[0], kp))
+  w[:, :k] = dense_rows
+  return xq @ w.T
+
+
+def test_activation_quantisation_matches_numpy():
+  rng = np.random.default_rng(0)
+  x = (rng.standard_normal((5, 256)) * rng.random((5, 1)) * 4).astype(np.float32)
+  x[1, 32:64] = 0.0  # an all-zero block
+  q, d = _runtime.quantize_acts(x)
+  blocks = x.reshape(5, 8, 32)
+  amax = np.abs(blocks).max(axis=2)
+  np.testing.assert_array_equal(d, (amax / np.float32(127)).astype(np.float32))
+  inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+  want = np.clip(np.rint(blocks * inv[:, :, None]), -127, 127).astype(np.int8).reshape(5, 256)
+  np.testing.assert_array_equal(q, want)
+  assert np.all(q[1, 32:64] == 0) and d[1, 1] == 0
+
+
+@pytest.mark.parametrize("fmt,group,bf16", [("q4", 32, False), ("q4", 64, True), ("q4", 128, False),
+                                            ("q4min", 32, False), ("q8", 32, False)])
+def test_scalar_reference_matches_numpy(fmt, group, bf16):
+  rng = np.random.default_rng(group + len(fmt))
+  for n, k, t in SHAPES:
+    packed, scales, mins, dense, kp = _matrix(fmt, n, k, group, bf16, rng)
+    x = rng.standard_normal((t, k)).astype(np.float32)
+    for int8 in (False, True):
+      got = _runtime.quant_matmul(packed, scales, mins, fmt, n, k, group, bf16, x, "scalar", int8)
+      want = _int8_reference(dense, x, kp) if int8 else x.astype(np.float64) @ dense.T
+      np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.abs(want).max(),
+                                 err_msg=f"{fmt} n={n} k={k} t={t} int8={int8}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fmt,group,bf16", [("q4", 32, False), ("q4", 64, True), ("q4", 128, False),
+                                            ("q4min", 32, False), ("q8", 32, False)])
+def test_isa_kernel_equals_scalar(isa, fmt, group, bf16):
+  _require(isa)
+  rng = np.random.default_rng(7 + group)
+  for n, k, t in SHAPES + [(13, 32 * 7, 17), (4, 64, 1), (6, 160, 6)]:
+    packed, scales, mins, _, _ = _matrix(fmt, n, k, group, bf16, rng)
+    x = (rng.standard_normal((t, k)) * 3).astype(np.float32)
+    for int8 in (True, False):
+      ref = _runtime.quant_matmul(packed, scales, mins, fmt, n, k, group, bf16, x, "scalar", int8)
+      got = _runtime.quant_matmul(packed, scales, mins, fmt, n, k, group, bf16, x, isa, int8)
+      np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max(),
+                                 err_msg=f"{isa} {fmt} n={n} k={k} t={t} int8={int8}")
+
+
+def test_f16_conversion_rounds_to_nearest_even():
+  rng = np.random.default_rng(5)
+  x = np.concatenate([rng.standard_normal(2000) * 10.0 ** rng.integers(-9, 5, 2000),
+                      [0.0, -0.0, 65504.0, 65519.0, 65520.0, 1e-8, 6e-8, 2.0 ** -25, np.inf, -np.inf]])
+  x = x.astype(np.float32)
+  with np.errstate(over="ignore"):  # 65520 and up round to inf, as intended
+    want = x.astype(np.float16).view(np.uint16)
+  np.testing.assert_array_equal(np.asarray(_runtime.f32_to_f16_bits(x), np.uint16), want)
+
+
+def test_auto_picks_the_best_available():
+  names = _runtime.available_kernels()
+  assert names[0] == "scalar"
+  print("kernels available:", names, "|", _runtime.cpu_description())
