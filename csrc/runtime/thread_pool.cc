@@ -28,8 +28,10 @@ void PinTo(int cpu) {
 }  // namespace
 
 ThreadPool::ThreadPool(int threads, bool pin) : threads_(threads), pin_(pin) {
-  if (threads < 1 || threads > 64)
-    throw std::invalid_argument("--threads=" + std::to_string(threads) + " must be in 1..64");
+  if (threads < 1 || threads > 256)
+    throw std::invalid_argument("--threads=" + std::to_string(threads) + " must be in 1..256");
+  claimed_.reset(new std::atomic<uint64_t>[threads]);
+  for (int i = 0; i < threads; ++i) claimed_[i].store(0);
   if (pin_) PinTo(0);
   for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { Worker(i); });
 }
@@ -44,17 +46,14 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::Work(uint32_t gen, int first) {
+void ThreadPool::Work(uint64_t gen, int first) {
   for (int k = 0; k < threads_; ++k) {
     int part = (first + k) % threads_;
-    uint64_t bit = 1ULL << part;
-    uint64_t c = claimed_.load(std::memory_order_acquire);
-    while (true) {
-      if (static_cast<uint32_t>(c >> 32) != gen) return;  // a later job: nothing of ours left
-      if (c & bit) break;
-      if (claimed_.compare_exchange_weak(c, c | bit, std::memory_order_acq_rel)) break;
+    uint64_t c = claimed_[part].load(std::memory_order_acquire);
+    bool mine = false;
+    while (c < gen && !(mine = claimed_[part].compare_exchange_weak(c, gen, std::memory_order_acq_rel))) {
     }
-    if (c & bit) continue;
+    if (!mine) continue;
     if (part < parts_) {
       int b = part * part_len_, e = std::min(n_, b + part_len_);
       fn_(ctx_, b, e, part);
@@ -65,9 +64,9 @@ void ThreadPool::Work(uint32_t gen, int first) {
 
 void ThreadPool::Worker(int index) {
   if (pin_) PinTo(index);
-  uint32_t seen = 0;
+  uint64_t seen = 0;
   while (true) {
-    uint32_t gen = generation_.load(std::memory_order_acquire);
+    uint64_t gen = generation_.load(std::memory_order_acquire);
     for (int spin = 0; gen == seen && spin < 20000; ++spin) {
       GEMINI_CPU_RELAX();
       gen = generation_.load(std::memory_order_acquire);
@@ -95,15 +94,14 @@ void ThreadPool::Run(int n, int align, RawFn fn, void* ctx) {
   // Balanced parts: ceil(n / threads) rounded up to the alignment.
   int len = (n + threads_ - 1) / threads_;
   len = (len + align - 1) / align * align;
-  uint32_t gen = generation_.load(std::memory_order_relaxed) + 1;
+  uint64_t gen = generation_.load(std::memory_order_relaxed) + 1;
   fn_ = fn;
   ctx_ = ctx;
   n_ = n;
   part_len_ = len;
   parts_ = (n + len - 1) / len;
   done_.store(0, std::memory_order_relaxed);
-  claimed_.store(static_cast<uint64_t>(gen) << 32, std::memory_order_release);
-  generation_.store(gen, std::memory_order_seq_cst);
+  generation_.store(gen, std::memory_order_seq_cst);  // publishes the job fields above
   if (sleepers_.load(std::memory_order_seq_cst) > 0) {
     { std::lock_guard<std::mutex> lock(mu_); }
     cv_.notify_all();

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <type_traits>
@@ -43,16 +44,18 @@ class ThreadPool {
   void Run(int n, int align, RawFn fn, void* ctx);
   void Worker(int index);
   // Runs part `first` if still unclaimed, then any other unclaimed part of job `gen`.
-  void Work(uint32_t gen, int first);
+  void Work(uint64_t gen, int first);
 
   int threads_;
   bool pin_;
   std::vector<std::thread> workers_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::atomic<uint32_t> generation_{0};
+  std::atomic<uint64_t> generation_{0};
   std::atomic<int> sleepers_{0};
-  std::atomic<uint64_t> claimed_{0};  // (generation << 32) | bitmask of claimed parts
+  // Part p of job g is claimed by moving claimed_[p] from below g to g; every part of a job is
+  // claimed before the next starts, so a late worker of an older job finds nothing to claim.
+  std::unique_ptr<std::atomic<uint64_t>[]> claimed_;
   std::atomic<int> done_{0};          // parts finished in the current job
   std::atomic<bool> stop_{false};
   // The current job (written before generation_ is published, read after a claim succeeds).
