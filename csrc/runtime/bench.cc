@@ -1,23 +1,28 @@
-// Runtime benchmark: prefill and decode tokens/s of int4 models on 1 and 2 threads, the
-// bytes one decode step reads, this machine's memory bandwidth (a copy test in the same run)
-// and the ratio of achieved to bandwidth-bound decode speed.
+// bench_native: the runtime's side of //csrc/runtime:bench (bench.py drives it and llama.cpp,
+// and prints the table). Measures prefill and decode tokens/s of models on each thread count,
+// `--runs` times interleaved (run 1 of every configuration, then run 2, ...) so load changes on
+// a shared machine hit all configurations alike, plus this machine's copy bandwidth. One JSON
+// object per line on stdout; progress on stderr.
 //
-//   bazel run //csrc/runtime:bench [-- --quick] [--smollm2_gnb=smollm2.gnb] [--gnb=a.gnb,...]
+//   bench_native [--model=A.gnb,B.gguf] [--random=nano_tiny,smollm2_135m,nano1] [--threads=1,2]
+//                [--runs=5] [--prompt_ids=1,2,3 | --prefill=64] [--decode=32] [--big_decode=8]
+//                [--kernel=auto] [--acts=int8|f32]
 //
-// Models: nano_tiny, smollm2_135m and nano1 (~1.8B) with the shapes of the presets in
-// py/gemini/config.py and random int4 weights generated in place (speed does not depend on
-// the values; the 1.8B model is never materialised in float). --smollm2_gnb runs the real
-// exported SmolLM2 file instead of its random twin; --gnb adds any exported files.
+// --random models have the shapes of py/gemini/config.py's presets and random int4 weights
+// generated in place (speed does not depend on the values; the 1.8B nano1 is never
+// materialised in float). Models with d_model >= 2048 use --big_decode tokens and a 16-token
+// prefill.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
 
-#include "csrc/runtime/gnb.h"
+#include "csrc/runtime/gguf_model.h"
 #include "csrc/runtime/kernels.h"
 #include "csrc/runtime/model.h"
 #include "csrc/runtime/thread_pool.h"
@@ -29,6 +34,14 @@ namespace {
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
+}
+
+std::vector<std::string> Split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) if (!item.empty()) out.push_back(item);
+  return out;
 }
 
 ModelConfig Preset(const std::string& name) {
@@ -52,12 +65,11 @@ ModelConfig Preset(const std::string& name) {
   return c;
 }
 
-// Copy bandwidth (bytes read + written per second) with `threads` threads over `bytes`.
-double CopyBandwidth(size_t bytes, int threads, int reps) {
+// Copy bandwidth (bytes read + written per second), best of `reps`, with `pool`'s threads.
+double CopyBandwidth(size_t bytes, ThreadPool* pool, int reps) {
   std::vector<char> a(bytes, 1), b(bytes, 0);
-  ThreadPool pool(threads);
   auto copy = [&] {
-    pool.ParallelFor(static_cast<int>(bytes / 4096), [&](int r0, int r1) {
+    pool->ParallelFor(static_cast<int>(bytes / 4096), [&](int r0, int r1) {
       std::memcpy(b.data() + static_cast<size_t>(r0) * 4096, a.data() + static_cast<size_t>(r0) * 4096,
                   static_cast<size_t>(r1 - r0) * 4096);
     }, 64);
@@ -67,103 +79,113 @@ double CopyBandwidth(size_t bytes, int threads, int reps) {
   for (int r = 0; r < reps; ++r) {
     auto t0 = Clock::now();
     copy();
-    double s = Seconds(t0, Clock::now());
-    best = std::max(best, 2.0 * bytes / s);
+    best = std::max(best, 2.0 * bytes / Seconds(t0, Clock::now()));
   }
-  if (b[bytes / 2] != 1) std::fprintf(stderr, "copy test failed\n");
+  if (b[bytes / 2] != 1) throw std::runtime_error("copy test failed");
   return best;
 }
 
-struct Result {
-  double prefill_tps, decode_tps;
-  uint64_t bytes_per_token;
+struct Entry {
+  std::string label;
+  std::unique_ptr<Model> model;
 };
 
-Result Run(const Model& model, int threads, int prefill, int decode) {
-  ThreadPool pool(threads);
-  const ModelConfig& c = model.config();
-  std::vector<int> prompt(prefill);
-  for (int i = 0; i < prefill; ++i) prompt[i] = (i * 7919 + 13) % c.vocab_size;
-  Session s(model, prefill + decode + 1, &pool);
-  std::vector<float> logits(c.vocab_size);
-  s.Forward(prompt.data(), 1, logits.data(), nullptr);  // warm-up: page in the weights
-  s.Reset();
-  auto t0 = Clock::now();
-  s.Forward(prompt.data(), prefill, logits.data(), nullptr);
-  auto t1 = Clock::now();
-  uint64_t kv_mid = 0;
-  int tok = 1;
-  for (int i = 0; i < decode; ++i) {
-    if (i == decode / 2) kv_mid = s.KvBytesPerToken();
-    s.Forward(&tok, 1, logits.data(), nullptr);
-    tok = static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-  }
-  auto t2 = Clock::now();
-  return {prefill / Seconds(t0, t1), decode / Seconds(t1, t2), model.WeightBytesPerToken() + kv_mid};
+std::string ReadLoad() {
+  std::ifstream f("/proc/loadavg");
+  std::string a, b, c;
+  f >> a >> b >> c;
+  return a + " " + b + " " + c;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false;
-  std::string smollm2_gnb;
-  std::vector<std::string> files;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--quick") quick = true;
-    else if (a.rfind("--smollm2_gnb=", 0) == 0) smollm2_gnb = a.substr(14);
-    else if (a.rfind("--gnb=", 0) == 0) {
-      std::stringstream ss(a.substr(6));
-      std::string f;
-      while (std::getline(ss, f, ',')) if (!f.empty()) files.push_back(f);
-    } else {
-      std::fprintf(stderr, "usage: bench [--quick] [--smollm2_gnb=FILE] [--gnb=A.gnb,B.gnb]\n");
-      return 2;
-    }
-  }
+  std::vector<std::string> files, randoms = {"smollm2_135m", "nano1"};
+  std::vector<int> threads = {1, 2}, prompt;
+  int runs = 5, prefill = 64, decode = 32, big_decode = 8;
+  std::string kernel = "auto", acts = "int8";
   try {
-    const Kernels& kernels = SelectKernels("auto");
-    std::printf("int4 runtime bench (%s): kernel=%s, group 32, f16 scales, f32 activations/KV\n",
-                quick ? "quick" : "full", kernels.name);
-    size_t copy_bytes = quick ? (64u << 20) : (256u << 20);
-    double bw1 = CopyBandwidth(copy_bytes, 1, quick ? 3 : 5);
-    double bw2 = CopyBandwidth(copy_bytes, 2, quick ? 3 : 5);
-    std::printf("memory bandwidth (memcpy of %zu MiB, read+write): 1 thread %.2f GB/s, 2 threads %.2f GB/s\n\n",
-                copy_bytes >> 20, bw1 / 1e9, bw2 / 1e9);
-    struct Entry { std::string label; std::unique_ptr<Model> model; std::shared_ptr<GnbFile> file; };
-    std::vector<Entry> models;
-    auto add_random = [&](const std::string& preset) {
-      models.push_back({preset + " (random int4)", Model::Random(Preset(preset), 1, kernels), nullptr});
-    };
-    add_random("nano_tiny");
-    if (!smollm2_gnb.empty()) files.insert(files.begin(), smollm2_gnb);
-    else add_random("smollm2_135m");
-    for (const std::string& f : files) {
-      std::shared_ptr<GnbFile> file = GnbFile::Open(f);
-      models.push_back({file->config().name + " (" + f + ")", Model::FromFile(file, kernels), file});
+    for (int i = 1; i < argc; ++i) {
+      std::string a = argv[i];
+      auto val = [&](const char* k) { return a.substr(std::strlen(k)); };
+      if (a.rfind("--model=", 0) == 0) files = Split(val("--model="));
+      else if (a.rfind("--random=", 0) == 0) randoms = Split(val("--random="));
+      else if (a.rfind("--threads=", 0) == 0) { threads.clear(); for (auto& s : Split(val("--threads="))) threads.push_back(std::stoi(s)); }
+      else if (a.rfind("--runs=", 0) == 0) runs = std::stoi(val("--runs="));
+      else if (a.rfind("--prefill=", 0) == 0) prefill = std::stoi(val("--prefill="));
+      else if (a.rfind("--decode=", 0) == 0) decode = std::stoi(val("--decode="));
+      else if (a.rfind("--big_decode=", 0) == 0) big_decode = std::stoi(val("--big_decode="));
+      else if (a.rfind("--prompt_ids=", 0) == 0) { for (auto& s : Split(val("--prompt_ids="))) prompt.push_back(std::stoi(s)); }
+      else if (a.rfind("--kernel=", 0) == 0) kernel = val("--kernel=");
+      else if (a.rfind("--acts=", 0) == 0) acts = val("--acts=");
+      else throw std::invalid_argument("unknown argument " + a);
     }
-    add_random("nano1");
-    std::printf("%-44s %3s %12s %12s %12s %12s %8s\n", "model", "thr", "prefill t/s", "decode t/s",
-                "MB/token", "bound t/s", "ratio");
-    for (const Entry& e : models) {
-      bool big = e.model->config().d_model >= 2048;
-      int prefill = quick ? (big ? 4 : 16) : (big ? 32 : 64);
-      int decode = quick ? (big ? 3 : 8) : (big ? 8 : 32);
-      for (int threads : {1, 2}) {
-        Result r = Run(*e.model, threads, prefill, decode);
-        double bw = threads == 1 ? bw1 : bw2;
-        // Decode must stream every weight byte once per token: bandwidth / bytes is its ceiling
-        // (copy bandwidth counts read+write, a fair proxy for pure streaming reads).
-        double bound = bw / static_cast<double>(r.bytes_per_token);
-        std::printf("%-44s %3d %12.1f %12.2f %12.1f %12.2f %8.2f\n", e.label.c_str(), threads,
-                    r.prefill_tps, r.decode_tps, r.bytes_per_token / 1e6, bound, r.decode_tps / bound);
-        std::fflush(stdout);
+    if (runs < 1 || prefill < 1 || decode < 1) throw std::invalid_argument("--runs, --prefill, --decode must be >= 1");
+    const Kernels& kernels = SelectKernels(kernel);
+    std::printf("{\"kind\": \"machine\", \"cpu\": \"%s\", \"kernel\": \"%s\", \"acts\": \"%s\", \"load\": \"%s\"}\n",
+                CpuDescription().c_str(), kernels.name, acts.c_str(), ReadLoad().c_str());
+    std::vector<std::unique_ptr<ThreadPool>> pools;
+    for (int t : threads) pools.push_back(std::make_unique<ThreadPool>(t));
+    for (size_t p = 0; p < pools.size(); ++p)
+      std::printf("{\"kind\": \"bandwidth\", \"threads\": %d, \"bytes_per_s\": %.4g}\n", threads[p],
+                  CopyBandwidth(256u << 20, pools[p].get(), 5));
+    std::fflush(stdout);
+    std::vector<Entry> models;
+    for (const std::string& f : files) models.push_back({f, OpenModelFile(f, kernels).model});
+    for (const std::string& r : randoms) models.push_back({r + " (random int4)", Model::Random(Preset(r), 1, kernels)});
+    SessionOptions so;
+    so.int8_activations = acts == "int8";
+    const int total = runs * static_cast<int>(models.size() * pools.size());
+    int done = 0;
+    auto start = Clock::now();
+    for (int run = 0; run < runs; ++run) {
+      for (const Entry& e : models) {
+        const ModelConfig& c = e.model->config();
+        const bool big = c.d_model >= 2048;
+        std::vector<int> ids = prompt;
+        const int n_pre = big ? 16 : (ids.empty() ? prefill : static_cast<int>(ids.size()));
+        if (ids.empty() || big) {
+          ids.resize(n_pre);
+          for (int i = 0; i < n_pre; ++i) ids[i] = (i * 7919 + 13) % c.vocab_size;
+        }
+        const int n_dec = big ? big_decode : decode;
+        for (size_t p = 0; p < pools.size(); ++p) {
+          Session s(*e.model, n_pre + n_dec + 1, pools[p].get(), so);
+          std::vector<float> logits(c.vocab_size);
+          s.Forward(ids.data(), 1, logits.data(), nullptr);  // warm-up: page in the weights
+          s.Reset();
+          auto t0 = Clock::now();
+          s.Forward(ids.data(), n_pre, logits.data(), nullptr);
+          auto t1 = Clock::now();
+          std::vector<int> out;
+          uint64_t kv_mid = 0;
+          for (int i = 0; i < n_dec; ++i) {
+            int tok = static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+            out.push_back(tok);
+            if (i == n_dec / 2) kv_mid = s.KvBytesPerToken();
+            s.Forward(&tok, 1, logits.data(), nullptr);
+          }
+          auto t2 = Clock::now();
+          std::string toks;
+          for (int t : out) toks += (toks.empty() ? "" : ",") + std::to_string(t);
+          std::printf("{\"kind\": \"run\", \"model\": \"%s\", \"threads\": %d, \"run\": %d, \"prefill_tokens\": %d, "
+                      "\"decode_tokens\": %d, \"prefill_tps\": %.4g, \"decode_tps\": %.4g, \"bytes_per_token\": %llu, "
+                      "\"tokens\": [%s], \"load\": \"%s\"}\n",
+                      e.label.c_str(), threads[p], run, n_pre, n_dec, n_pre / Seconds(t0, t1), n_dec / Seconds(t1, t2),
+                      static_cast<unsigned long long>(e.model->WeightBytesPerToken() + kv_mid), toks.c_str(),
+                      ReadLoad().c_str());
+          std::fflush(stdout);
+          ++done;
+          double el = Seconds(start, Clock::now());
+          std::fprintf(stderr, "[bench_native] %d/%d %s x%d: prefill %.1f t/s, decode %.1f t/s (elapsed %.0f s, ETA %.0f s)\n",
+                       done, total, e.label.c_str(), threads[p], n_pre / Seconds(t0, t1), n_dec / Seconds(t1, t2),
+                       el, el / done * (total - done));
+        }
       }
     }
-    std::printf("\nratio = achieved decode tokens/s / (copy bandwidth / bytes read per token)\n");
     return 0;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench: error: %s\n", e.what());
+    std::fprintf(stderr, "bench_native: error: %s\n", e.what());
     return 1;
   }
 }

@@ -41,12 +41,6 @@ float Gelu(float x) {
 
 float Silu(float x) { return x / (1.0f + std::exp(-x)); }
 
-bool HasTensor(const GnbFile& f, const std::string& name) {
-  for (const TensorView& t : f.tensors())
-    if (t.name == name) return true;
-  return false;
-}
-
 }  // namespace
 
 std::unique_ptr<Model> Model::FromFile(std::shared_ptr<GnbFile> file, const Kernels& kernels) {
@@ -62,8 +56,8 @@ std::unique_ptr<Model> Model::FromFile(std::shared_ptr<GnbFile> file, const Kern
     LayerWeights l;
     l.attn_norm = reinterpret_cast<const float*>(file->Get(p + "attn_norm").data);
     l.mlp_norm = reinterpret_cast<const float*>(file->Get(p + "mlp_norm").data);
-    // qk_norm models carry both (the reader checks presence against the config's qk_norm).
-    if (HasTensor(*file, p + "q_norm")) {
+    // qk_norm models carry both (the reader checks them against the config).
+    if (m->config_.qk_norm) {
       l.q_norm = reinterpret_cast<const float*>(file->Get(p + "q_norm").data);
       l.k_norm = reinterpret_cast<const float*>(file->Get(p + "k_norm").data);
     }

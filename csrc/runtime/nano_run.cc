@@ -12,6 +12,7 @@
 
 #include "csrc/runtime/cli_flags.h"
 #include "csrc/runtime/generate.h"
+#include "csrc/runtime/gguf_model.h"
 #include "csrc/runtime/gnb.h"
 #include "csrc/runtime/kernels.h"
 #include "csrc/runtime/model.h"
@@ -24,7 +25,7 @@ using namespace gemini::runtime;
 namespace {
 
 const char kUsage[] =
-    "usage: nano_run --model FILE.gnb (--prompt TEXT | --prompt_ids 1,2,3) [--max_tokens 64]\n"
+    "usage: nano_run --model FILE.gnb|FILE.gguf (--prompt TEXT | --prompt_ids 1,2,3) [--max_tokens 64]\n"
     "       [--chat] [--temperature 0] [--top_k 0] [--top_p 1] [--seed 0] [--threads 1]\n"
     "       [--kernel auto|scalar|avx2|avxvnni|avx512|neon] [--acts int8|f32] [--kv f16|f32]\n"
     "       [--print_ids]\n";
@@ -61,20 +62,19 @@ int main(int argc, char** argv) {
       return 2;
     }
     const Kernels& kernels = SelectKernels(flags.Get("kernel", "auto"));
-    std::shared_ptr<GnbFile> file = GnbFile::Open(flags.Get("model", ""));
-    std::unique_ptr<Model> model = Model::FromFile(file, kernels);
+    LoadedModel loaded = OpenModelFile(flags.Get("model", ""), kernels);  // .gnb or GGUF
+    std::unique_ptr<Model>& model = loaded.model;
     const ModelConfig& cfg = model->config();
-    std::unique_ptr<Tokenizer> tok;
-    if (file->tokenizer_kind() != kTokNone) tok = Tokenizer::Create(file->tokenizer_kind(), file->tokenizer_bytes(), file->path());
+    std::unique_ptr<Tokenizer> tok = std::move(loaded.tokenizer);
     std::vector<int> prompt;
     if (flags.Has("prompt_ids")) {
       for (int64_t id : flags.IntList("prompt_ids", 0, cfg.vocab_size - 1))
         prompt.push_back(static_cast<int>(id));
     } else {
-      if (!tok) throw std::invalid_argument(file->path() + " has no tokenizer; use --prompt_ids");
+      if (!tok) throw std::invalid_argument(loaded.no_tokenizer + "; use --prompt_ids");
       std::string text = flags.Get("prompt", "");
       if (flags.Has("chat")) {
-        if (cfg.chat_template.empty()) throw std::invalid_argument(file->path() + ": --chat but the file has no chat_template");
+        if (cfg.chat_template.empty()) throw std::invalid_argument(loaded.path + ": --chat but the file has no chat_template");
         std::string t = cfg.chat_template;
         size_t at = t.find("{prompt}");
         text = at == std::string::npos ? t + text : t.substr(0, at) + text + t.substr(at + 8);

@@ -6,6 +6,8 @@
 #include <memory>
 
 #include "csrc/runtime/generate.h"
+#include "csrc/runtime/gguf_model.h"
+#include "csrc/runtime/gguf_reader.h"
 #include "csrc/runtime/gnb.h"
 #include "csrc/runtime/kernels.h"
 #include "csrc/runtime/model.h"
@@ -58,6 +60,18 @@ PYBIND11_MODULE(_runtime, m) {
   "Parses and validates a whole .gnb image; returns (config dict, tensor names) or raises FormatError.");
 
   m.def("cpu_has_avx2", &CpuHasAvx2Fma);
+  m.def("parse_gguf", [](py::bytes data, const std::string& name) {
+    std::string s = data;
+    std::unique_ptr<GgufFile> f;
+    {
+      py::gil_scoped_release release;
+      f = GgufFile::FromBytes(s, name);
+    }
+    py::list names;
+    for (const auto& t : f->tensors()) names.append(t.name);
+    return py::make_tuple(ConfigDict(GgufConfig(*f)), names);
+  }, py::arg("data"), py::arg("name") = "<bytes>",
+  "Parses a whole GGUF image and its llama config; returns (config dict, tensor names) or raises FormatError.");
   m.def("available_kernels", &AvailableKernels, "Kernel names this build and CPU run, 'scalar' first.");
   m.def("cpu_description", &CpuDescription);
   m.def("cpu_supports", &CpuSupports);
@@ -141,11 +155,11 @@ PYBIND11_MODULE(_runtime, m) {
              auto r = std::make_unique<Runner>();
              r->options.int8_activations = int8_activations;
              r->options.kv_f16 = kv_f16;
-             r->file = GnbFile::Open(path);
-             r->model = Model::FromFile(r->file, SelectKernels(kernel));
+             LoadedModel loaded = OpenModelFile(path, SelectKernels(kernel));  // .gnb or GGUF
+             r->file = loaded.gnb;
+             r->model = std::move(loaded.model);
+             r->tok = std::move(loaded.tokenizer);
              r->pool = std::make_unique<ThreadPool>(threads);
-             if (r->file->tokenizer_kind() != kTokNone)
-               r->tok = Tokenizer::Create(r->file->tokenizer_kind(), r->file->tokenizer_bytes(), path);
              return r;
            }), py::arg("path"), py::arg("threads") = 1, py::arg("kernel") = "auto",
            // Python callers are parity tests: the f32 paths unless they ask for the fast ones.

@@ -16,6 +16,8 @@ import os
 import sys
 from typing import Tuple
 
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before JAX starts: no accelerator probing
+
 import jax
 import numpy as np
 from absl import app, flags
@@ -35,6 +37,8 @@ flags.DEFINE_enum("scale_dtype", "float16", ["float16", "bfloat16"], "Scale dtyp
 flags.DEFINE_string("awq_text", None, "Text file for activation-aware scaling calibration.")
 flags.DEFINE_integer("awq_tokens", 512, "Calibration tokens taken from --awq_text.")
 flags.DEFINE_integer("eos_id", -1, "EOS id for --checkpoint exports (-1: the tokenizer's).")
+flags.DEFINE_enum("format", "gnb", ["gnb", "gguf"],
+                  "gnb, or gguf: a llama-architecture Q4_0 GGUF for llama.cpp (gguf_writer.py).")
 
 
 def restore_params(directory: str) -> Tuple[dict, int]:
@@ -126,5 +130,21 @@ def main(argv):
         f"group {FLAGS.group_size}, {FLAGS.scale_dtype} scales")
 
 
+def run(argv):
+  """main(), then for --format=gguf the .gnb (written beside --out) converted to --out."""
+  if FLAGS.format == "gnb" or not FLAGS.out:
+    return main(argv)
+  from gemini.export import gguf_writer  # pylint: disable=import-outside-toplevel
+  final = FLAGS.out
+  FLAGS.out = final + ".gnb.tmp"
+  try:
+    main(argv)
+    gguf_writer.write_from_gnb(FLAGS.out, final)
+  finally:
+    if os.path.exists(FLAGS.out):
+      os.remove(FLAGS.out)
+  print(f"nano_int4: wrote {final} (GGUF, llama architecture, Q4_0)")
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(run)
