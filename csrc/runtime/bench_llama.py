@@ -15,7 +15,14 @@ import sys
 import time
 
 import numpy as np
+import llama_cpp
 from llama_cpp import Llama
+
+
+def _last_logits(llm):
+  """The last evaluated token's logits (llama_get_logits: the context's output row)."""
+  ptr = llama_cpp.llama_get_logits(llm._ctx.ctx)  # pylint: disable=protected-access
+  return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))
 
 
 def main(argv):
@@ -30,7 +37,7 @@ def main(argv):
   t1 = time.perf_counter()
   out = []
   for _ in range(n_decode):
-    tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    tok = int(np.argmax(_last_logits(llm)))
     out.append(tok)
     llm.eval([tok])
   t2 = time.perf_counter()

@@ -228,3 +228,84 @@ def test_cli_generates_and_refuses(golden, tmp_path):
   out = subprocess.run([binary, "--model", str(bad), "--prompt_ids", "1"], capture_output=True,
                        text=True, timeout=60)
   assert out.returncode == 1 and "truncated" in out.stderr and str(bad) in out.stderr
+
+
+def _np_forward(f: gnb.GnbFile, tokens):
+  """NumPy float64 reference of the runtime's forward on a .gnb's dequantised weights: RMSNorm,
+  per-head q/k RMSNorm when qk_norm (PROTOCOL: before RoPE), rotate-half RoPE, causal GQA,
+  gelu-tanh gated MLP, tied logits."""
+  c, T = f.config, f.tensors
+
+  def mat(name):
+    q, s = gnb.int4_from_tensor(T[name])
+    g = T[name].group_size
+    return q * np.repeat(s.astype(np.float64), g, axis=1)[:, :q.shape[1]]
+
+  vec = lambda name: np.frombuffer(T[name].data, np.float32).astype(np.float64)
+  eps = c["norm_eps"]
+  rms = lambda x, s: x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps) * s
+  H, K, Dh, t = c["n_heads"], c["n_kv_heads"], c["head_dim"], len(tokens)
+  half = Dh // 2
+  inv = np.asarray([np.float32(c["rope_base"] ** (-2.0 * i / Dh)) for i in range(half)], np.float32)
+  ang = (np.arange(t, dtype=np.float32)[:, None] * inv[None, :]).astype(np.float64)
+  cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+
+  def rope(x):
+    a, b = x[..., :half], x[..., half:]
+    return np.concatenate([a * cos - b * sin, b * cos + a * sin], -1)
+
+  emb = mat("embed")
+  x = emb[tokens]
+  for i in range(c["n_layers"]):
+    p = f"layers.{i}."
+    h = rms(x, vec(p + "attn_norm"))
+    q = (h @ mat(p + "wq").T).reshape(t, H, Dh)
+    k = (h @ mat(p + "wk").T).reshape(t, K, Dh)
+    v = (h @ mat(p + "wv").T).reshape(t, K, Dh)
+    if c.get("qk_norm"):
+      q, k = rms(q, vec(p + "q_norm")), rms(k, vec(p + "k_norm"))
+    q, k = rope(q), rope(k)
+    kk, vv = np.repeat(k, H // K, axis=1), np.repeat(v, H // K, axis=1)
+    s = np.einsum("thd,shd->hts", q, kk) / np.sqrt(Dh)
+    s = np.where(np.tril(np.ones((t, t), bool))[None], s, -np.inf)
+    pr = np.exp(s - s.max(-1, keepdims=True))
+    pr /= pr.sum(-1, keepdims=True)
+    o = np.einsum("hts,shd->thd", pr, vv).reshape(t, H * Dh)
+    x = x + o @ mat(p + "wo").T
+    h = rms(x, vec(p + "mlp_norm"))
+    g = h @ mat(p + "w_gate").T
+    g = 0.5 * g * (1 + np.tanh(0.7978845608028654 * (g + 0.044715 * g ** 3)))
+    x = x + (g * (h @ mat(p + "w_up").T)) @ mat(p + "w_down").T
+  return rms(x, vec("final_norm")) @ emb.T
+
+
+def test_qk_norm_matches_numpy_reference(golden, tmp_path):
+  """A qk_norm file (the golden model plus q_norm/k_norm scales): the runtime normalises each
+  q/k head before RoPE; checked against the NumPy reference, which itself matches the runtime
+  on the plain file."""
+  path, _ = golden
+  with open(path, "rb") as fh:
+    base = gnb.decode(fh.read(), path)
+  prompt = [int(t) for t in np.random.default_rng(4).integers(0, NANO.vocab_size, 20)]
+  plain = _runtime.Runtime(path).logits(prompt)
+  ref = _np_forward(base, prompt)
+  np.testing.assert_allclose(plain, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+  rng = np.random.default_rng(5)
+  tensors = []
+  for t in base.tensors.values():
+    tensors.append(t)
+    if t.name.endswith(".attn_norm"):
+      i = t.name.split(".")[1]
+      for nm in ("q_norm", "k_norm"):
+        tensors.append(gnb.f32_tensor(f"layers.{i}.{nm}", 1 + 0.5 * rng.standard_normal(NANO.head_dim)))
+  config = dict(base.config, qk_norm=True)
+  qk_path = str(tmp_path / "qk.gnb")
+  with open(qk_path, "wb") as fh:
+    fh.write(gnb.encode(config, base.tokenizer_kind, base.tokenizer, tensors))
+  with open(qk_path, "rb") as fh:
+    qk = gnb.decode(fh.read(), qk_path)
+  want = _np_forward(qk, prompt)
+  for kernel in _kernels():
+    got = _runtime.Runtime(qk_path, kernel=kernel).logits(prompt)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max(), err_msg=kernel)
+  assert np.max(np.abs(want - ref)) > 0.05 * np.abs(ref).max()  # the norms change the output
