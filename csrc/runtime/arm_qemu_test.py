@@ -16,7 +16,7 @@ import pytest
 
 from gemini.config import ModelConfig
 from gemini.export import export
-from gemini.quant import int4_forward
+from gemini.quant import test_util
 from gemini.quant.test_util import random_params
 
 NANO = ModelConfig(name="nano_arm", vocab_size=384, d_model=96, n_layers=2, n_heads=4,
@@ -66,8 +66,8 @@ def _run(binary, path, prompt, n, *flags):
 def test_golden_parity_and_greedy_under_qemu(arm_binary, golden):
   path, q = golden
   prompt = [int(t) for t in np.random.default_rng(1).integers(0, NANO.vocab_size, 32)]
-  want = np.asarray(int4_forward.forward(q, np.asarray([prompt], np.int32), NANO)[0][0])
-  want_tokens = int4_forward.greedy_generate(q, prompt, NANO, 16)
+  want = np.asarray(test_util.logits(q, prompt, NANO))
+  want_tokens = test_util.greedy(q, prompt, NANO, 16)
   scale = np.max(np.abs(want))
   for kernel in ("scalar", "neon"):
     out, got = _run(arm_binary, path, prompt, 16, f"--kernel={kernel}", "--acts=f32", "--kv=f32", "--threads=2")

@@ -96,7 +96,7 @@ def test_fast_paths_stay_close_to_jax(golden):
   turns last-bit differences of summation order into different int8 values now and then.)"""
   path, q = golden
   prompt = [int(t) for t in np.random.default_rng(2).integers(0, NANO.vocab_size, 48)]
-  want = np.asarray(int4_forward.forward(q, np.asarray([prompt], np.int32), NANO)[0][0])
+  want = np.asarray(test_util.logits(q, prompt, NANO))
   scale = np.max(np.abs(want))
   f16 = _runtime.Runtime(path, kernel="scalar", int8_activations=False, kv_f16=True).logits(prompt)
   assert np.max(np.abs(f16 - want)) / scale <= 2e-3
