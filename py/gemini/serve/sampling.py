@@ -53,11 +53,21 @@ def sample_rows(logits, temperature, top_k, top_p, seeds, counters, mask_bits, f
   lg = jnp.where(allowed, logits.astype(jnp.float32), NEG)
   greedy = jnp.argmax(lg, axis=-1).astype(jnp.int32)
 
-  def one(row, t, k, p, seed, count):
-    key = jax.random.fold_in(jax.random.key(seed), count)
-    row = _filter_row(row / jnp.maximum(t, 1e-6), k, p)
-    return jax.random.categorical(key, row).astype(jnp.int32)
+  def one(filtered):
+    def draw(row, t, k, p, seed, count):
+      key = jax.random.fold_in(jax.random.key(seed), count)
+      row = row / jnp.maximum(t, 1e-6)
+      if filtered:
+        row = _filter_row(row, k, p)
+      return jax.random.categorical(key, row).astype(jnp.int32)
+    return lambda: jax.vmap(draw)(lg, temperature, top_k, top_p, seeds, counters)
 
-  sampled = jax.vmap(one)(lg, temperature, top_k, top_p, seeds, counters)
+  # Batch-level branches: an all-greedy batch never sorts the vocabulary, and top-k/top-p
+  # sorting runs only when some row asks for it (a row's result is the same either way).
+  filtering = jnp.any((top_k > 0) | (top_p < 1.0))
+  sampled = jax.lax.cond(
+      jnp.any(temperature > 0),
+      lambda: jax.lax.cond(filtering, one(True), one(False)),
+      lambda: greedy)
   tok = jnp.where(temperature > 0, sampled, greedy)
   return jnp.where(forced >= 0, forced, tok)
