@@ -63,8 +63,8 @@ def main(argv=None):
     if not a.no_decontam:
       c = decontam.contaminated(out["items"], decontam.training_docs(a.corpus_dir))
       bad = c["contaminated"]
-    summary = dict(model=a.model, **suite.summarise(name, out, bad),
-                   seconds=round(time.perf_counter() - t, 1))
+    summary = dict(model=a.model, **suite.summarise(name, out, bad))
+    summary["seconds"] = round(time.perf_counter() - t, 1)
     with open(os.path.join(a.out, f"{tag}.{name}.records.jsonl"), "w") as f:
       for r in out["records"]:
         f.write(json.dumps(r) + "\n")
