@@ -1,4 +1,5 @@
 #include "csrc/runtime/gguf_model.h"
+#include "csrc/runtime/gnb.h"
 
 #include <sys/stat.h>
 
@@ -18,6 +19,15 @@ namespace {
 int PositiveInt(const GgufFile& f, const std::string& key) {
   int64_t v = f.Int(key);
   if (v <= 0 || v > (1 << 24)) Fail(f, "key '" + key + "'=" + std::to_string(v) + " is out of range");
+  return static_cast<int>(v);
+}
+
+// A special-token id: -1 (none) or in [0, vocab), checked as 64 bits before narrowing.
+int TokenId(const GgufFile& f, const std::string& key, int vocab) {
+  int64_t v = f.Int(key, -1);
+  if (v < -1 || v >= vocab)
+    Fail(f, "key '" + key + "'=" + std::to_string(v) + " is not -1 or an id below the vocabulary (" +
+                std::to_string(vocab) + ")");
   return static_cast<int>(v);
 }
 
@@ -202,6 +212,8 @@ ModelConfig GgufConfig(const GgufFile& f) {
   c.max_seq_len = f.Has("llama.context_length") ? PositiveInt(f, "llama.context_length") : 2048;
   const GgufTensor& emb = f.Tensor("token_embd.weight");
   if (emb.ne.size() != 2) Fail(f, "tensor 'token_embd.weight' is not a matrix");
+  if (emb.ne[1] == 0 || emb.ne[1] > (1u << 24))
+    Fail(f, "tensor 'token_embd.weight' has " + std::to_string(emb.ne[1]) + " rows: out of range");
   c.vocab_size = static_cast<int>(emb.ne[1]);
   if (f.Has("llama.vocab_size") && f.Int("llama.vocab_size") != c.vocab_size)
     Fail(f, "key 'llama.vocab_size'=" + std::to_string(f.Int("llama.vocab_size")) + " disagrees with tensor 'token_embd.weight' rows " + std::to_string(c.vocab_size));
@@ -211,10 +223,12 @@ ModelConfig GgufConfig(const GgufFile& f) {
   c.group_size = 32;
   c.tie_embeddings = f.Find("output.weight") == nullptr;
   c.qk_norm = f.Find("blk.0.attn_q_norm.weight") != nullptr;
-  c.bos_id = static_cast<int>(f.Int("tokenizer.ggml.bos_token_id", -1));
-  c.eos_id = static_cast<int>(f.Int("tokenizer.ggml.eos_token_id", -1));
+  c.bos_id = TokenId(f, "tokenizer.ggml.bos_token_id", c.vocab_size);
+  c.eos_id = TokenId(f, "tokenizer.ggml.eos_token_id", c.vocab_size);
   c.add_bos = f.Int("tokenizer.ggml.add_bos_token", 0) != 0;
   c.chat_template = ChatTemplate(f);
+  // The same value checks a .gnb config gets (finite positive eps, rope base, ids, sizes).
+  ValidateConfig(c, f.path());
   return c;
 }
 
