@@ -58,24 +58,6 @@ def _allow_shared_libtpu():
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
-def parse_mesh(text: str) -> Dict[str, int]:
-  """"fsdp=64,tensor=8" -> {"fsdp": 64, "tensor": 8} (order kept). ValueError names the part."""
-  from gemini.sharding import MESH_AXES  # pylint: disable=import-outside-toplevel
-  out: Dict[str, int] = {}
-  for part in filter(None, (p.strip() for p in text.split(","))):
-    name, sep, value = part.partition("=")
-    name = name.strip()
-    if not sep or name not in MESH_AXES or not value.strip().isdigit() or int(value) < 1:
-      raise ValueError(f"--mesh={text!r}: part {part!r} is not AXIS=N with AXIS one of "
-                       f"{', '.join(MESH_AXES)} and N >= 1")
-    if name in out:
-      raise ValueError(f"--mesh={text!r}: axis {name!r} given twice")
-    out[name] = int(value)
-  if not out:
-    raise ValueError(f"--mesh={text!r}: no axes")
-  return out
-
-
 def format_mesh(mesh: Dict[str, int]) -> str:
   return ",".join(f"{k}={v}" for k, v in mesh.items() if v > 1) or "data=1"
 

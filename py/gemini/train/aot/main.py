@@ -12,6 +12,7 @@ import dataclasses
 import sys
 from typing import List, Optional, Tuple
 
+from gemini import config_flags
 from gemini.config import get_config
 from gemini.train.aot import analyze as an
 from gemini.train.aot import compile_step, hardware, planner
@@ -169,7 +170,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if c is (p.best or p.closest) and c.analysis:
           print(format_analysis(c.analysis))
       return 0
-    mesh = compile_step.parse_mesh(args.mesh) if args.mesh else {"fsdp": chips}
+    mesh = config_flags.parse_mesh(args.mesh) if args.mesh else {"fsdp": chips}
     a = an.analyze(cfg, args.topology, mesh, batch, seq, attn_impl=args.attn_impl,
                    moe_impl=args.moe_impl, remat=args.remat, compile_layers=layers,
                    cache_dir=args.cache_dir,

@@ -7,7 +7,7 @@ import types
 import jax
 import pytest
 
-from gemini import family
+from gemini import config_flags, family
 from gemini.config import get_config
 from gemini.train.aot import collectives, compile_step, figures, hardware, planner
 
@@ -93,11 +93,11 @@ def test_topology_and_mesh_parsing_name_bad_input():
     hardware.parse_topology("v9:2x2")
   with pytest.raises(ValueError, match="4xq"):
     hardware.parse_topology("v5e:4xq")
-  assert compile_step.parse_mesh("fsdp=64,tensor=8") == {"fsdp": 64, "tensor": 8}
+  assert config_flags.parse_mesh("fsdp=64,tensor=8") == {"fsdp": 64, "tensor": 8}
   with pytest.raises(ValueError, match="pipeline"):
-    compile_step.parse_mesh("pipeline=4")
+    config_flags.parse_mesh("pipeline=4")
   with pytest.raises(ValueError, match="twice"):
-    compile_step.parse_mesh("data=2,data=2")
+    config_flags.parse_mesh("data=2,data=2")
 
 
 def test_with_layers_keeps_moe_pattern_below_the_cut():
