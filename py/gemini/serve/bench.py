@@ -61,22 +61,21 @@ def prompts(tok, n: int):
 
 def run_streams(backend, token_lists, max_tokens: int) -> float:
   """Submits all prompts at once; -> aggregate generated tokens / wall seconds."""
-  done, counts = threading.Barrier(len(token_lists) + 1), []
+  finished, counts = threading.Event(), []
   lock = threading.Lock()
 
-  def make_emit():
-    def emit(ev):
-      if ev.kind == "done":
-        with lock:
-          counts.append(ev.usage["completion_tokens"])
-        done.wait()
-    return emit
+  def emit(ev):                        # runs on the engine thread: never block here
+    if ev.kind == "done":
+      with lock:
+        counts.append(ev.usage["completion_tokens"])
+        if len(counts) == len(token_lists):
+          finished.set()
 
   t0 = time.perf_counter()
   for toks in token_lists:
     p = request_lib.GenParams(max_tokens=max_tokens, temperature=0.0)
-    backend.submit(request_lib.Request(toks, p, make_emit()))
-  done.wait()
+    backend.submit(request_lib.Request(toks, p, emit))
+  finished.wait()
   return sum(counts) / (time.perf_counter() - t0)
 
 
