@@ -13,16 +13,17 @@ from gemini.train.trainer import ModelFns
 
 
 def gemini_model(cfg: ModelConfig, seq_len: int, attn_impl: str = "xla",
-                 moe_impl: str = "xla", remat: str = "none") -> ModelFns:
+                 moe_impl: str = "xla", remat: str = "none", unroll: bool = False) -> ModelFns:
   """ModelFns for `cfg`; MFU counts family.train_flops_per_token(cfg, seq_len).
 
-  remat: a transformer.REMAT_POLICIES name, applied to each scanned block of layers."""
+  remat: a transformer.REMAT_POLICIES name, applied to each scanned block of layers;
+  unroll: unroll the layer scan (transformer.forward)."""
 
   def make_loss(mesh: Optional[Mesh]):
     def loss_fn(params, batch, rng):
       del rng  # The decoder is deterministic (no dropout); the key is kept for future use.
       return transformer.loss_fn(params, batch, cfg, attn_impl=attn_impl, moe_impl=moe_impl,
-                                 mesh=mesh, remat=remat)
+                                 mesh=mesh, remat=remat, unroll=unroll)
     return loss_fn
 
   return ModelFns(

@@ -114,8 +114,10 @@ def train_step_fn(cfg: ModelConfig, mesh, batch: int, seq: int, attn_impl: str =
   from gemini.train.trainer import state_shardings  # pylint: disable=import-outside-toplevel
 
   tc = TrainConfig(batch_size=batch, seq_len=seq)
+  # Unrolled layer scan: XLA's cost analysis counts a while loop's body once, so a scanned
+  # step would report one layer's FLOPs and bytes; the figures need every layer counted.
   model = model_fns.gemini_model(cfg, seq, attn_impl=attn_impl, moe_impl=moe_impl,
-                                 remat="full" if remat else "none")
+                                 remat="full" if remat else "none", unroll=True)
   opt = optimizer.make_optimizer(tc, model.decay_mask)
   sched = optimizer.lr_schedule(tc)
   params = jax.eval_shape(model.init, jax.random.key(0))
