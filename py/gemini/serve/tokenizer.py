@@ -7,6 +7,7 @@ rendering and the raw bytes of every token (what a grammar engine needs to build
 
 from __future__ import annotations
 
+import abc
 import json
 import re
 from typing import Dict, List, Optional, Sequence
@@ -31,7 +32,7 @@ def _gpt2_byte_decoder() -> Dict[str, int]:
   return out
 
 
-class ServeTokenizer:
+class ServeTokenizer(abc.ABC):
   """Interface; see the module docstring."""
   vocab_size: int
   eos_ids: frozenset
@@ -41,21 +42,25 @@ class ServeTokenizer:
   tool_open: str = "<tool_call>"
   tool_close: str = "</tool_call>"
 
+  @abc.abstractmethod
   def encode(self, text: str) -> List[int]:
-    raise NotImplementedError
+    """Implemented by each tokenizer kind."""
 
   def encode_continuation(self, text: str) -> List[int]:
     """Tokens of text that continues earlier text (no leading-space marker added)."""
     return self.encode(text)
 
+  @abc.abstractmethod
   def decode(self, ids: Sequence[int]) -> str:
-    raise NotImplementedError
+    """Implemented by each tokenizer kind."""
 
+  @abc.abstractmethod
   def token_bytes(self) -> List[bytes]:
-    raise NotImplementedError
+    """Implemented by each tokenizer kind."""
 
+  @abc.abstractmethod
   def render_chat(self, messages: Sequence[Dict[str, str]], add_generation_prompt=True) -> str:
-    raise NotImplementedError
+    """Implemented by each tokenizer kind."""
 
   def llg_tokenizer(self):
     """llguidance.LLTokenizer over this vocabulary (built once, ~1 s for 50k tokens)."""
