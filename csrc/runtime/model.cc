@@ -170,31 +170,63 @@ uint64_t Model::WeightBytesPerToken() const {
 
 
 
+KvCache::KvCache(const ModelConfig& c, int max_len, bool f16)
+    : KvCache(c.n_layers, c.n_kv_heads * c.head_dim, max_len, f16) {}
+
+KvCache::KvCache(int layers, int width, int max_len, bool f16)
+    : layers_(layers), width_(width), max_len_(max_len), f16_(f16) {
+  if (max_len < 1) throw std::invalid_argument("KV cache max_len must be >= 1, got " + std::to_string(max_len));
+  size_t n = static_cast<size_t>(layers_) * max_len * width_;
+  if (f16) {
+    k16_.assign(n, 0);
+    v16_.assign(n, 0);
+  } else {
+    k32_.assign(n, 0.f);
+    v32_.assign(n, 0.f);
+  }
+}
+
+void KvCache::Truncate(int n) {
+  if (n < 0 || n > length_)
+    throw std::out_of_range("truncate(" + std::to_string(n) + "): the sequence has " + std::to_string(length_) +
+                            " tokens (0 <= n <= length)");
+  length_ = n;
+}
+
+std::unique_ptr<KvCache> KvCache::Clone() const {
+  std::unique_ptr<KvCache> c(new KvCache(layers_, width_, max_len_, f16_));
+  c->length_ = length_;
+  const size_t n = static_cast<size_t>(length_) * width_;
+  for (int l = 0; l < layers_; ++l) {
+    const size_t at = At(l, 0);
+    if (f16_) {
+      std::copy_n(k16_.begin() + at, n, c->k16_.begin() + at);
+      std::copy_n(v16_.begin() + at, n, c->v16_.begin() + at);
+    } else {
+      std::copy_n(k32_.begin() + at, n, c->k32_.begin() + at);
+      std::copy_n(v32_.begin() + at, n, c->v32_.begin() + at);
+    }
+  }
+  return c;
+}
+
+uint64_t KvCache::BytesPerToken() const {
+  return 2ULL * layers_ * length_ * width_ * (f16_ ? 2 : 4);
+}
+
 Session::Session(const Model& model, int max_len, ThreadPool* pool, SessionOptions options)
-    : m_(model), c_(model.config()), pool_(pool), opt_(options), max_len_(max_len) {
-  if (max_len < 1) throw std::invalid_argument("session max_len must be >= 1");
+    : cache_(model.config(), max_len, options.kv_f16), dec_(model, pool, options) {}
+
+Decoder::Decoder(const Model& model, ThreadPool* pool, SessionOptions options)
+    : m_(model), c_(model.config()), pool_(pool), opt_(options) {
   int widest = std::max({c_.d_model, c_.n_heads * c_.head_dim, c_.d_ff});
   ld_ = RoundUp(widest, 128);
-  size_t kv = static_cast<size_t>(c_.n_layers) * max_len * c_.n_kv_heads * c_.head_dim;
-  if (opt_.kv_f16) {
-    k16_.assign(kv, 0);
-    v16_.assign(kv, 0);
-  } else {
-    k_cache_.assign(kv, 0.f);
-    v_cache_.assign(kv, 0.f);
-  }
-  const int group = c_.n_heads / c_.n_kv_heads;
-  scores_.assign(static_cast<size_t>(pool_->size()) * group * max_len, 0.f);
   inv_freq_.resize(c_.head_dim / 2);
   for (int i = 0; i < c_.head_dim / 2; ++i)
     inv_freq_[i] = static_cast<float>(std::pow(c_.rope_base, -2.0 * i / c_.head_dim));
 }
 
-uint64_t Session::KvBytesPerToken() const {
-  return 2ULL * c_.n_layers * pos_ * c_.n_kv_heads * c_.head_dim * (opt_.kv_f16 ? 2 : 4);
-}
-
-void Session::MatMul(const QMatrix& w, const float* x, int t, int ldx, float* y, int ldy, bool reuse) {
+void Decoder::MatMul(const QMatrix& w, const float* x, int t, int ldx, float* y, int ldy, bool reuse) {
   const Kernels& kern = m_.kernels();
   if (opt_.int8_activations) {
     if (!reuse || qa_.t != t || qa_.kp != w.kp) QuantizeActs(x, t, ldx, w.kp, &qa_);
@@ -207,45 +239,47 @@ void Session::MatMul(const QMatrix& w, const float* x, int t, int ldx, float* y,
   }
 }
 
-// Causal attention of the t new tokens over the cache. A job is one (token, kv head) pair and
-// covers every query head of that GQA group, so each cached key/value row is read once for the
-// whole group; a single-token step splits by query head instead, so 2 threads share even a
+// Causal attention of the t rows over their sequences' caches. A job is one (row, kv head) pair
+// and covers every query head of that GQA group, so each cached key/value row is read once for
+// the whole group; a single-row step splits by query head instead, so 2 threads share even a
 // 1-kv-head (MQA) model.
-void Session::Attention(int layer, int t) {
+void Decoder::Attention(int layer, int t) {
   const int H = c_.n_heads, K = c_.n_kv_heads, Dh = c_.head_dim, group = H / K;
-  const int kvw = K * Dh;
-  const size_t base = static_cast<size_t>(layer) * max_len_ * kvw;
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
   const Kernels& kern = m_.kernels();
-  const bool f16 = opt_.kv_f16;
   const bool per_head = t == 1;
   const int jobs = per_head ? H : t * K;
+  const int stride = score_stride_;
   pool_->ParallelFor(jobs, [&](int b, int e, int part) {
-    float* s = scores_.data() + static_cast<size_t>(part) * group * max_len_;
+    float* s = scores_.data() + static_cast<size_t>(part) * group * stride;
     for (int job = b; job < e; ++job) {
       int i, h0, h1;
       if (per_head) { i = 0; h0 = job; h1 = job + 1; }
       else { i = job / K; h0 = (job % K) * group; h1 = h0 + group; }
+      const KvCache& kv = *row_cache_[i];
+      const bool f16 = kv.f16_;
       const int kvh = h0 / group, nh = h1 - h0;
-      const int len = pos_ + i + 1;  // causal: this token sees positions 0..pos_+i
+      const int len = row_pos_[i] + 1;  // causal: this row sees positions 0..its own
+      const size_t base = kv.At(layer, 0) + kvh * Dh;
+      const size_t kvw = kv.width_;
       const float* q = q_.data() + static_cast<size_t>(i) * ld_;
       for (int j = 0; j < len; ++j) {
-        size_t at = base + static_cast<size_t>(j) * kvw + kvh * Dh;
+        size_t at = base + j * kvw;
         for (int hh = 0; hh < nh; ++hh) {
           const float* qh = q + (h0 + hh) * Dh;
           float d;
           if (f16) {
-            d = kern.dot_f16(qh, k16_.data() + at, Dh);
+            d = kern.dot_f16(qh, kv.k16_.data() + at, Dh);
           } else {
-            const float* kj = k_cache_.data() + at;
+            const float* kj = kv.k32_.data() + at;
             d = 0.f;
             for (int x = 0; x < Dh; ++x) d += qh[x] * kj[x];
           }
-          s[hh * max_len_ + j] = d * scale;
+          s[hh * stride + j] = d * scale;
         }
       }
       for (int hh = 0; hh < nh; ++hh) {
-        float* sh = s + hh * max_len_;
+        float* sh = s + hh * stride;
         float mx = -INFINITY, sum = 0.f;
         for (int j = 0; j < len; ++j) mx = std::max(mx, sh[j]);
         for (int j = 0; j < len; ++j) { sh[j] = std::exp(sh[j] - mx); sum += sh[j]; }
@@ -255,14 +289,14 @@ void Session::Attention(int layer, int t) {
         std::fill(o, o + Dh, 0.f);
       }
       for (int j = 0; j < len; ++j) {
-        size_t at = base + static_cast<size_t>(j) * kvw + kvh * Dh;
+        size_t at = base + j * kvw;
         for (int hh = 0; hh < nh; ++hh) {
-          float p = s[hh * max_len_ + j];
+          float p = s[hh * stride + j];
           float* o = o_.data() + static_cast<size_t>(i) * ld_ + (h0 + hh) * Dh;
           if (f16) {
-            kern.axpy_f16(p, v16_.data() + at, o, Dh);
+            kern.axpy_f16(p, kv.v16_.data() + at, o, Dh);
           } else {
-            const float* vj = v_cache_.data() + at;
+            const float* vj = kv.v32_.data() + at;
             for (int x = 0; x < Dh; ++x) o[x] += p * vj[x];
           }
         }
@@ -271,44 +305,89 @@ void Session::Attention(int layer, int t) {
   }, 1);
 }
 
-void Session::StoreKv(int layer, int i) {
-  const int kvw = c_.n_kv_heads * c_.head_dim;
-  size_t at = (static_cast<size_t>(layer) * max_len_ + pos_ + i) * kvw;
+void Decoder::StoreKv(int layer, int i) {
+  KvCache& kv = *row_cache_[i];
+  const int kvw = kv.width_;
+  size_t at = kv.At(layer, row_pos_[i]);
   const float* k = &k_[static_cast<size_t>(i) * ld_];
   const float* v = &v_[static_cast<size_t>(i) * ld_];
-  if (opt_.kv_f16) {
-    m_.kernels().to_f16(k, k16_.data() + at, kvw);
-    m_.kernels().to_f16(v, v16_.data() + at, kvw);
+  if (kv.f16_) {
+    m_.kernels().to_f16(k, kv.k16_.data() + at, kvw);
+    m_.kernels().to_f16(v, kv.v16_.data() + at, kvw);
   } else {
-    std::memcpy(k_cache_.data() + at, k, kvw * sizeof(float));
-    std::memcpy(v_cache_.data() + at, v, kvw * sizeof(float));
+    std::memcpy(kv.k32_.data() + at, k, kvw * sizeof(float));
+    std::memcpy(kv.v32_.data() + at, v, kvw * sizeof(float));
   }
 }
 
-void Session::Forward(const int* tokens, int t, float* last_logits, std::vector<float>* all_logits) {
+void Decoder::CheckTokens(const int* tokens, int t) const {
+  const int V = c_.vocab_size;
+  for (int i = 0; i < t; ++i)
+    if (tokens[i] < 0 || tokens[i] >= V)
+      throw std::out_of_range("token id " + std::to_string(tokens[i]) + " outside the vocabulary [0, " + std::to_string(V) + ")");
+}
+
+void Decoder::Forward(KvCache* cache, const int* tokens, int t, float* last_logits,
+                      std::vector<float>* all_logits) {
   if (t < 1) throw std::invalid_argument("Forward needs at least one token");
-  if (pos_ + t > max_len_)
-    throw std::out_of_range("sequence of " + std::to_string(pos_ + t) + " tokens exceeds the session's max_len=" + std::to_string(max_len_));
+  if (cache->length_ + t > cache->max_len_)
+    throw std::out_of_range("sequence of " + std::to_string(cache->length_ + t) +
+                            " tokens exceeds the session's max_len=" + std::to_string(cache->max_len_));
+  CheckTokens(tokens, t);
+  if (row_cache_.size() < static_cast<size_t>(t)) { row_cache_.resize(t); row_pos_.resize(t); }
+  for (int i = 0; i < t; ++i) { row_cache_[i] = cache; row_pos_[i] = cache->length_ + i; }
+  const int V = c_.vocab_size;
+  const int first = all_logits != nullptr ? 0 : t - 1;
+  const size_t n = static_cast<size_t>(t - first) * V;
+  if (logits_.size() < n) logits_.resize(n);
+  Run(tokens, t, first, logits_.data());
+  cache->length_ += t;
+  if (all_logits != nullptr) all_logits->assign(logits_.begin(), logits_.begin() + n);
+  if (last_logits != nullptr) std::memcpy(last_logits, logits_.data() + n - V, V * sizeof(float));
+}
+
+void Decoder::DecodeBatch(KvCache* const* caches, const int* tokens, int b, float* logits) {
+  if (b < 1) throw std::invalid_argument("decode_batch needs at least one sequence");
+  CheckTokens(tokens, b);
+  for (int i = 0; i < b; ++i) {
+    const KvCache* c = caches[i];
+    if (c->layers_ != c_.n_layers || c->width_ != c_.n_kv_heads * c_.head_dim)
+      throw std::invalid_argument("decode_batch: sequence " + std::to_string(i) + "'s state belongs to another model");
+    if (c->length_ + 1 > c->max_len_)
+      throw std::out_of_range("decode_batch: sequence " + std::to_string(i) + " of " + std::to_string(c->length_) +
+                              " tokens is at its max_len=" + std::to_string(c->max_len_));
+    for (int j = 0; j < i; ++j)
+      if (caches[j] == c)
+        throw std::invalid_argument("decode_batch: sequences " + std::to_string(j) + " and " + std::to_string(i) +
+                                    " are the same state (each state advances one token per step)");
+  }
+  if (row_cache_.size() < static_cast<size_t>(b)) { row_cache_.resize(b); row_pos_.resize(b); }
+  for (int i = 0; i < b; ++i) { row_cache_[i] = caches[i]; row_pos_[i] = caches[i]->length_; }
+  Run(tokens, b, 0, logits);
+  for (int i = 0; i < b; ++i) ++caches[i]->length_;
+}
+
+void Decoder::Run(const int* tokens, int t, int first, float* out) {
   const int D = c_.d_model, H = c_.n_heads, Dh = c_.head_dim, F = c_.d_ff, V = c_.vocab_size;
   const int half = Dh / 2;
   const float eps = static_cast<float>(c_.norm_eps);
   size_t rows = static_cast<size_t>(t) * ld_;
   for (auto* b : {&x_, &h_, &q_, &k_, &v_, &o_, &g_, &u_})
     if (b->size() < rows) b->resize(rows, 0.f);
-  for (int i = 0; i < t; ++i)
-    if (tokens[i] < 0 || tokens[i] >= V)
-      throw std::out_of_range("token id " + std::to_string(tokens[i]) + " outside the vocabulary [0, " + std::to_string(V) + ")");
+  score_stride_ = 0;
+  for (int i = 0; i < t; ++i) score_stride_ = std::max(score_stride_, row_pos_[i] + 1);
+  const size_t scores = static_cast<size_t>(pool_->size()) * (H / c_.n_kv_heads) * score_stride_;
+  if (scores_.size() < scores) scores_.resize(scores);
   // Embedding rows, dequantised from the quantised table (columns past D stay zero).
-  std::vector<float>& row = logits_;  // scratch until the logits are computed
-  if (row.size() < static_cast<size_t>(m_.embed().kp)) row.resize(m_.embed().kp);
+  if (embed_row_.size() < static_cast<size_t>(m_.embed().kp)) embed_row_.resize(m_.embed().kp);
   for (int i = 0; i < t; ++i) {
-    DequantizeRow(m_.embed(), tokens[i], row.data());
-    std::memcpy(&x_[static_cast<size_t>(i) * ld_], row.data(), D * sizeof(float));
+    DequantizeRow(m_.embed(), tokens[i], embed_row_.data());
+    std::memcpy(&x_[static_cast<size_t>(i) * ld_], embed_row_.data(), D * sizeof(float));
   }
-  // RoPE angles of the t positions, shared by every layer: rope_[i, j] = (cos, sin).
-  rope_.resize(static_cast<size_t>(t) * half * 2);
+  // RoPE angles of each row's position, shared by every layer: rope_[i, j] = (cos, sin).
+  if (rope_.size() < static_cast<size_t>(t) * half * 2) rope_.resize(static_cast<size_t>(t) * half * 2);
   for (int i = 0; i < t; ++i) {
-    float position = static_cast<float>(pos_ + i);
+    float position = static_cast<float>(row_pos_[i]);
     for (int j = 0; j < half; ++j) {
       float a = position * inv_freq_[j];
       rope_[(static_cast<size_t>(i) * half + j) * 2] = std::cos(a);
@@ -357,20 +436,14 @@ void Session::Forward(const int* tokens, int t, float* last_logits, std::vector<
     for (int i = 0; i < t; ++i)
       for (int d = 0; d < D; ++d) x_[i * ld_ + d] += h_[i * ld_ + d];
   }
-  pos_ += t;
-  // Logits: every row when asked for, else only the last token's.
-  int first = all_logits != nullptr ? 0 : t - 1;
-  int n = t - first;
+  // Logits of rows [first, t).
+  const int n = t - first;
   for (int i = first; i < t; ++i) RmsNorm(&x_[i * ld_], m_.final_norm(), D, eps, &h_[(i - first) * ld_]);
-  if (logits_.size() < static_cast<size_t>(n) * V) logits_.resize(static_cast<size_t>(n) * V);
-  MatMul(m_.unembed(), h_.data(), n, ld_, logits_.data(), V);
+  MatMul(m_.unembed(), h_.data(), n, ld_, out, V);
   if (c_.logit_softcap > 0) {
     float cap = static_cast<float>(c_.logit_softcap);
-    for (size_t z = 0; z < static_cast<size_t>(n) * V; ++z) logits_[z] = cap * std::tanh(logits_[z] / cap);
+    for (size_t z = 0; z < static_cast<size_t>(n) * V; ++z) out[z] = cap * std::tanh(out[z] / cap);
   }
-  if (all_logits != nullptr) all_logits->assign(logits_.begin(), logits_.begin() + static_cast<size_t>(n) * V);
-  if (last_logits != nullptr)
-    std::memcpy(last_logits, logits_.data() + static_cast<size_t>(n - 1) * V, V * sizeof(float));
 }
 
 }  // namespace gemini::runtime

@@ -63,43 +63,100 @@ struct SessionOptions {
   bool kv_f16 = true;            // false: f32 KV cache (parity tests)
 };
 
-// One sequence being generated: the KV cache and scratch buffers. After the first Forward of
-// a given length nothing is allocated per token.
-class Session {
+// One sequence's state: its KV cache [L, max_len, K*Dh] (f16 or f32) and its length. A serving
+// slot keeps one between steps; Truncate drops the cache past n (prefix reuse), Clone snapshots
+// it (a prefix cache).
+class KvCache {
  public:
-  Session(const Model& model, int max_len, ThreadPool* pool, SessionOptions options = {});
-
-  // Runs tokens[0, t) at positions pos()..pos()+t-1, appending to the cache. Writes the last
-  // token's logits [V] to `last_logits` (if not null) and all t rows [t, V] to `all_logits`
-  // (if not null). Throws std::out_of_range past max_len or for a token outside the vocab.
-  void Forward(const int* tokens, int t, float* last_logits, std::vector<float>* all_logits);
-  int pos() const { return pos_; }
+  KvCache(const ModelConfig& config, int max_len, bool f16);
+  int length() const { return length_; }
   int max_len() const { return max_len_; }
-  int vocab() const { return c_.vocab_size; }
-  void Reset() { pos_ = 0; }
-  const SessionOptions& options() const { return opt_; }
-  // Bytes of KV cache one decode step at the current position reads.
-  uint64_t KvBytesPerToken() const;
+  bool f16() const { return f16_; }
+  // Keeps positions [0, n). Throws std::out_of_range unless 0 <= n <= length().
+  void Truncate(int n);
+  // An independent copy (only the first length() positions of each layer are copied).
+  std::unique_ptr<KvCache> Clone() const;
+  // Bytes of KV cache one decode step at the current length reads.
+  uint64_t BytesPerToken() const;
 
  private:
+  friend class Decoder;
+  KvCache(int layers, int width, int max_len, bool f16);
+  size_t At(int layer, int position) const {
+    return (static_cast<size_t>(layer) * max_len_ + position) * width_;
+  }
+  int layers_, width_, max_len_, length_ = 0;
+  bool f16_;
+  std::vector<float> k32_, v32_;    // f32 cache
+  std::vector<uint16_t> k16_, v16_; // f16 cache
+};
+
+// The decoder forward over rows of (sequence, token): one sequence's prompt chunk (prefill) or
+// one token of each of B sequences (batched decode). Every weight matrix is read once per call
+// for all rows (the rows x tokens tile kernels). Scratch buffers only grow, so after the first
+// call of a given size nothing is allocated. Not thread-safe: one call at a time.
+class Decoder {
+ public:
+  Decoder(const Model& model, ThreadPool* pool, SessionOptions options = {});
+
+  // Runs tokens[0, t) of one sequence at positions cache->length().. and appends them to the
+  // cache. Writes the last token's logits [V] to `last_logits` (if not null) and all t rows
+  // [t, V] to `all_logits` (if not null). Throws std::out_of_range past max_len or for a token
+  // outside the vocab; the cache is unchanged then.
+  void Forward(KvCache* cache, const int* tokens, int t, float* last_logits,
+               std::vector<float>* all_logits);
+  // One token for each of b distinct sequences: caches[i] advances by tokens[i]; logits [b, V]
+  // (row stride V). Throws std::invalid_argument if a cache repeats, std::out_of_range as
+  // Forward (no cache is changed then).
+  void DecodeBatch(KvCache* const* caches, const int* tokens, int b, float* logits);
+  const SessionOptions& options() const { return opt_; }
+  const Model& model() const { return m_; }
+
+ private:
+  // The forward of rows_ (row_cache_[i], row_pos_[i], tokens[i]); logits of rows [first, t) go
+  // to `out` with stride V.
+  void Run(const int* tokens, int t, int first, float* out);
   // y = x W^T over t rows. With int8 activations x is quantised once (QuantizeActs) unless
   // `reuse` says the previous call had the same input (q/k/v and gate/up share theirs).
   void MatMul(const QMatrix& w, const float* x, int t, int ldx, float* y, int ldy, bool reuse = false);
   void Attention(int layer, int t);
   void StoreKv(int layer, int i);
+  void CheckTokens(const int* tokens, int t) const;
 
   const Model& m_;
   const ModelConfig& c_;
   ThreadPool* pool_;
   SessionOptions opt_;
-  int max_len_, pos_ = 0;
   int ld_;                                    // scratch row stride (>= every padded K)
-  std::vector<float> k_cache_, v_cache_;      // [L, max_len, K*Dh] (f32 cache)
-  std::vector<uint16_t> k16_, v16_;           // [L, max_len, K*Dh] (f16 cache)
-  std::vector<float> x_, h_, q_, k_, v_, o_, g_, u_, logits_;
-  std::vector<float> scores_;                 // [threads, max_len] attention scratch
-  std::vector<float> inv_freq_, rope_;
+  std::vector<KvCache*> row_cache_;           // [t] the sequence of each row
+  std::vector<int> row_pos_;                  // [t] its position
+  int score_stride_ = 0;                      // longest row's attention length this call
+  std::vector<float> x_, h_, q_, k_, v_, o_, g_, u_, logits_, embed_row_;
+  std::vector<float> scores_;                 // [threads, group, score_stride_] attention scratch
+  std::vector<float> inv_freq_, rope_;        // rope_ [t, Dh/2, 2] (cos, sin) of each row
   QActs qa_;
+};
+
+// One sequence being generated: a KvCache and a Decoder of its own.
+class Session {
+ public:
+  Session(const Model& model, int max_len, ThreadPool* pool, SessionOptions options = {});
+
+  // Decoder::Forward on this session's cache.
+  void Forward(const int* tokens, int t, float* last_logits, std::vector<float>* all_logits) {
+    dec_.Forward(&cache_, tokens, t, last_logits, all_logits);
+  }
+  int pos() const { return cache_.length(); }
+  int max_len() const { return cache_.max_len(); }
+  int vocab() const { return dec_.model().config().vocab_size; }
+  void Reset() { cache_.Truncate(0); }
+  const SessionOptions& options() const { return dec_.options(); }
+  // Bytes of KV cache one decode step at the current position reads.
+  uint64_t KvBytesPerToken() const { return cache_.BytesPerToken(); }
+
+ private:
+  KvCache cache_;
+  Decoder dec_;
 };
 
 }  // namespace gemini::runtime

@@ -4,6 +4,8 @@
 #include <pybind11/stl.h>
 
 #include <memory>
+#include <mutex>
+#include <vector>
 
 #include "csrc/runtime/generate.h"
 #include "csrc/runtime/gguf_model.h"
@@ -25,7 +27,22 @@ struct Runner {
   std::unique_ptr<Model> model;
   std::unique_ptr<ThreadPool> pool;
   std::unique_ptr<Tokenizer> tok;
+  std::unique_ptr<Decoder> decoder;  // prefill / decode_batch (one call at a time: mu)
+  std::mutex mu;
 };
+
+// One sequence of the batched decode API: its KV cache, tied to the Runtime that made it.
+struct State {
+  std::shared_ptr<Runner> runner;
+  std::unique_ptr<KvCache> cache;
+};
+
+KvCache* CacheOf(const Runner& r, const State* s, size_t i) {
+  if (s == nullptr) throw std::invalid_argument("state " + std::to_string(i) + " is None");
+  if (s->runner.get() != &r)
+    throw std::invalid_argument("state " + std::to_string(i) + " was made by another Runtime");
+  return s->cache.get();
+}
 
 py::dict ConfigDict(const ModelConfig& c) {
   py::dict d;
@@ -149,10 +166,32 @@ PYBIND11_MODULE(_runtime, m) {
     return y;
   }, "y[T, n] = x[T, k] @ W^T for one .gnb int4 tensor's data bytes (tests of the kernels).");
 
-  py::class_<Runner>(m, "Runtime")
+  py::class_<State>(m, "State",
+      "One sequence's KV cache and length (Runtime.new_state); advanced by Runtime.prefill and "
+      "Runtime.decode_batch.")
+      .def_property_readonly("length", [](const State& s) { return s.cache->length(); },
+                             "Tokens in the cache (the next token's position).")
+      .def_property_readonly("max_len", [](const State& s) { return s.cache->max_len(); })
+      .def_property_readonly("kv_f16", [](const State& s) { return s.cache->f16(); })
+      .def("truncate", [](State& s, int n) {
+             std::lock_guard<std::mutex> lock(s.runner->mu);
+             s.cache->Truncate(n);
+           }, py::arg("n"), "Drops the cache past the first n tokens (IndexError unless 0 <= n <= length).")
+      .def("copy", [](const State& s) {
+             auto c = std::make_unique<State>();
+             c->runner = s.runner;
+             {
+               py::gil_scoped_release release;
+               std::lock_guard<std::mutex> lock(s.runner->mu);
+               c->cache = s.cache->Clone();
+             }
+             return c;
+           }, "An independent snapshot (a prefix cache entry): later calls on either leave the other unchanged.");
+
+  py::class_<Runner, std::shared_ptr<Runner>>(m, "Runtime")
       .def(py::init([](const std::string& path, int threads, const std::string& kernel,
                        bool int8_activations, bool kv_f16) {
-             auto r = std::make_unique<Runner>();
+             auto r = std::make_shared<Runner>();
              r->options.int8_activations = int8_activations;
              r->options.kv_f16 = kv_f16;
              LoadedModel loaded = OpenModelFile(path, SelectKernels(kernel));  // .gnb or GGUF
@@ -160,6 +199,7 @@ PYBIND11_MODULE(_runtime, m) {
              r->model = std::move(loaded.model);
              r->tok = std::move(loaded.tokenizer);
              r->pool = std::make_unique<ThreadPool>(threads);
+             r->decoder = std::make_unique<Decoder>(*r->model, r->pool.get(), r->options);
              return r;
            }), py::arg("path"), py::arg("threads") = 1, py::arg("kernel") = "auto",
            // Python callers are parity tests: the f32 paths unless they ask for the fast ones.
@@ -187,6 +227,44 @@ PYBIND11_MODULE(_runtime, m) {
              return Generate(&s, prompt, max_tokens, &sampler, stop_at_eos ? r.model->config().eos_id : -1, nullptr);
            }, py::arg("prompt"), py::arg("max_tokens"), py::arg("temperature") = 0.f, py::arg("top_k") = 0,
            py::arg("top_p") = 1.f, py::arg("seed") = 0, py::arg("stop_at_eos") = false)
+      .def("new_state", [](const std::shared_ptr<Runner>& r, int max_len, bool kv_f16) {
+             auto s = std::make_unique<State>();
+             s->runner = r;
+             s->cache = std::make_unique<KvCache>(r->model->config(), max_len, kv_f16);
+             return s;
+           }, py::arg("max_len"), py::arg("kv_f16") = true,
+           "An empty sequence state holding up to max_len tokens (f16 KV cache unless kv_f16=False).")
+      .def("prefill", [](Runner& r, State& state, const std::vector<int>& tokens) {
+             KvCache* cache = CacheOf(r, &state, 0);
+             py::array_t<float> out(static_cast<py::ssize_t>(r.model->config().vocab_size));
+             float* o = out.mutable_data();
+             {
+               py::gil_scoped_release release;
+               std::lock_guard<std::mutex> lock(r.mu);
+               r.decoder->Forward(cache, tokens.data(), static_cast<int>(tokens.size()), o, nullptr);
+             }
+             return out;
+           }, py::arg("state"), py::arg("tokens"),
+           "Appends tokens to the state (a prompt, or a further chunk of it); returns the last token's "
+           "logits f32 [V].")
+      .def("decode_batch", [](Runner& r, const std::vector<State*>& states, const std::vector<int>& tokens) {
+             if (states.size() != tokens.size())
+               throw std::invalid_argument("decode_batch: " + std::to_string(states.size()) + " states but " +
+                                           std::to_string(tokens.size()) + " tokens");
+             std::vector<KvCache*> caches(states.size());
+             for (size_t i = 0; i < states.size(); ++i) caches[i] = CacheOf(r, states[i], i);
+             const int b = static_cast<int>(states.size());
+             py::array_t<float> out({static_cast<py::ssize_t>(b), static_cast<py::ssize_t>(r.model->config().vocab_size)});
+             float* o = out.mutable_data();
+             {
+               py::gil_scoped_release release;
+               std::lock_guard<std::mutex> lock(r.mu);
+               r.decoder->DecodeBatch(caches.data(), tokens.data(), b, o);
+             }
+             return out;
+           }, py::arg("states"), py::arg("tokens"),
+           "Advances each state by its token in one batched step (every weight matrix read once for the "
+           "batch); returns logits f32 [B, V].")
       .def("encode", [](Runner& r, const std::string& text) {
              if (!r.tok) throw std::invalid_argument("the file has no tokenizer");
              return r.tok->Encode(text);

@@ -1,0 +1,156 @@
+"""The batched multi-slot decode API of `csrc.runtime._runtime`: per-sequence states,
+chunked prefill, decode_batch over sequences of different lengths, truncate and copy, against
+each sequence decoded alone and against the JAX int4 reference."""
+
+import jax
+import numpy as np
+import pytest
+
+from csrc.runtime import _runtime
+from gemini.config import ModelConfig
+from gemini.export import export
+from gemini.quant import test_util
+from gemini.quant.test_util import random_params
+
+# GQA (2 kv heads of 2 query heads each), silu, d_model off the 128 grid.
+CFG = ModelConfig(name="batch_golden", vocab_size=320, d_model=80, n_layers=2, n_heads=4,
+                  n_kv_heads=2, head_dim=20, d_ff=144, max_seq_len=128, activation="silu")
+LENGTHS = (5, 11, 17)
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+  params = random_params(CFG, jax.random.key(3))
+  path = str(tmp_path_factory.mktemp("gnb") / "batch.gnb")
+  q = export.export(path, params, CFG, group_size=32, eos_id=-1)
+  return path, q
+
+
+def _prompts():
+  rng = np.random.default_rng(11)
+  return [[int(t) for t in rng.integers(0, CFG.vocab_size, n)] for n in LENGTHS]
+
+
+def _alone(rt, prompt, steps, kv_f16):
+  """One sequence on its own: prefill, then one-token prefill calls; (logits [steps+1, V], tokens)."""
+  s = rt.new_state(64, kv_f16=kv_f16)
+  logits = [rt.prefill(s, prompt)]
+  tokens = []
+  for _ in range(steps):
+    tokens.append(int(np.argmax(logits[-1])))
+    logits.append(rt.prefill(s, [tokens[-1]]))
+  assert s.length == len(prompt) + steps
+  return np.stack(logits), tokens
+
+
+def _batched(rt, prompts, steps, kv_f16):
+  states = [rt.new_state(64, kv_f16=kv_f16) for _ in prompts]
+  logits = [[rt.prefill(s, p)] for s, p in zip(states, prompts)]
+  tokens = [[] for _ in prompts]
+  for _ in range(steps):
+    nxt = [int(np.argmax(l[-1])) for l in logits]
+    out = rt.decode_batch(states, nxt)
+    assert out.shape == (len(prompts), CFG.vocab_size) and out.dtype == np.float32
+    for i, t in enumerate(nxt):
+      tokens[i].append(t)
+      logits[i].append(out[i])
+  assert [s.length for s in states] == [len(p) + steps for p in prompts]
+  return [np.stack(l) for l in logits], tokens
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_decode_batch_equals_each_sequence_alone(model, threads):
+  path, q = model
+  prompts = _prompts()
+  for kernel in _runtime.available_kernels():
+    for int8, kv_f16 in ((False, False), (True, True)):
+      rt = _runtime.Runtime(path, threads=threads, kernel=kernel, int8_activations=int8, kv_f16=kv_f16)
+      got, got_tokens = _batched(rt, prompts, STEPS, kv_f16)
+      for i, p in enumerate(prompts):
+        want, want_tokens = _alone(rt, p, STEPS, kv_f16)
+        scale = np.max(np.abs(want))
+        err = np.max(np.abs(got[i] - want)) / scale
+        assert err <= 1e-5, (kernel, int8, i, err)
+        assert got_tokens[i] == want_tokens, (kernel, int8, i)
+        if not int8:  # the f32 path is the parity path: JAX's greedy tokens
+          assert got_tokens[i] == test_util.greedy(q, p, CFG, STEPS), (kernel, i)
+
+
+def test_decode_batch_matches_jax_logits(model):
+  """Every row of a batched step against the JAX int4 forward of that row's whole sequence."""
+  path, q = model
+  prompts = _prompts()
+  rt = _runtime.Runtime(path, threads=2, int8_activations=False, kv_f16=False)
+  states = [rt.new_state(32, kv_f16=False) for _ in prompts]
+  for s, p in zip(states, prompts):
+    rt.prefill(s, p)
+  nxt = [7, 300, 0]
+  out = rt.decode_batch(states, nxt)
+  for i, p in enumerate(prompts):
+    want = np.asarray(test_util.logits(q, p + [nxt[i]], CFG))[-1]
+    assert np.max(np.abs(out[i] - want)) / np.max(np.abs(want)) <= 1e-3, i
+
+
+def test_chunked_prefill_truncate_and_copy(model):
+  path, _ = model
+  rt = _runtime.Runtime(path, threads=2, int8_activations=True, kv_f16=True)
+  rng = np.random.default_rng(5)
+  a, b, c = ([int(t) for t in rng.integers(0, CFG.vocab_size, n)] for n in (9, 6, 4))
+
+  def fresh(tokens):
+    s = rt.new_state(40)
+    return rt.prefill(s, tokens)
+
+  # Chunked prefill == one prefill.
+  s = rt.new_state(40)
+  rt.prefill(s, a)
+  np.testing.assert_allclose(rt.prefill(s, b), fresh(a + b), rtol=0, atol=1e-5)
+  assert s.length == len(a) + len(b) and s.max_len == 40 and s.kv_f16
+  # truncate + re-prefill == fresh prefill of the shared prefix plus the new suffix.
+  s.truncate(len(a))
+  assert s.length == len(a)
+  np.testing.assert_allclose(rt.prefill(s, c), fresh(a + c), rtol=0, atol=1e-5)
+  s.truncate(0)
+  np.testing.assert_allclose(rt.prefill(s, b), fresh(b), rtol=0, atol=1e-5)
+  # copy is an independent snapshot: each side continues on its own.
+  s.truncate(0)
+  rt.prefill(s, a)
+  snap = s.copy()
+  assert snap.length == len(a)
+  ls = rt.decode_batch([s], [b[0]])[0]
+  lc = rt.decode_batch([snap], [c[0]])[0]
+  np.testing.assert_allclose(ls, fresh(a + b[:1]), rtol=0, atol=1e-5)
+  np.testing.assert_allclose(lc, fresh(a + c[:1]), rtol=0, atol=1e-5)
+  s.truncate(2)  # shrinking one leaves the other whole
+  assert snap.length == len(a) + 1
+  np.testing.assert_allclose(rt.prefill(snap, c[1:]), fresh(a + c), rtol=0, atol=1e-5)
+
+
+def test_bad_calls_are_refused(model):
+  path, _ = model
+  rt = _runtime.Runtime(path, int8_activations=True, kv_f16=True)
+  s, t = rt.new_state(4), rt.new_state(4)
+  rt.prefill(s, [1, 2, 3])
+  with pytest.raises(ValueError, match="same state"):
+    rt.decode_batch([s, s], [1, 2])
+  with pytest.raises(ValueError, match="2 states but 1 tokens"):
+    rt.decode_batch([s, t], [1])
+  with pytest.raises(IndexError, match="outside the vocabulary"):
+    rt.decode_batch([s, t], [1, CFG.vocab_size])
+  assert s.length == 3 and t.length == 0  # a refused step changes nothing
+  rt.decode_batch([s], [4])
+  with pytest.raises(IndexError, match="max_len=4"):
+    rt.decode_batch([t, s], [1, 2])
+  with pytest.raises(IndexError, match="max_len=4"):
+    rt.prefill(t, [1, 2, 3, 4, 5])
+  with pytest.raises(IndexError, match="truncate"):
+    s.truncate(5)
+  with pytest.raises(ValueError, match="at least one"):
+    rt.prefill(t, [])
+  other = _runtime.Runtime(path)
+  with pytest.raises(ValueError, match="another Runtime"):
+    other.decode_batch([t], [1])
+  with pytest.raises(ValueError, match="max_len must be >= 1"):
+    rt.new_state(0)
+  assert s.length == 4 and t.length == 0
