@@ -1,39 +1,58 @@
 """Serving throughput: aggregate tokens/s at 1, 4, 8, 16 concurrent streams for both backends,
-next to sequential generation measured in the same run.
+next to sequential generation measured in the same run, and next to llama.cpp's own server.
 
-  tools/bazel run //py/gemini/serve:bench [-- --quick] [-- --out=/tmp/serve-bench]
+  tools/bazel run //py/gemini/serve:bench [-- --quick] [-- --llama_python=/tmp/llamavenv/bin/python]
 
-Model: SmolLM2-135M-Instruct (its GGUF for the JAX backend, an int4 .gnb exported from it for
-the native runtime); `--quick` uses a tiny random model for the JAX rows only. Sequential
-baselines: `gemini.model.decode.generate` one prompt at a time (JAX) and the runtime's own
-`generate` one prompt at a time (native). Streams go through each backend's scheduler (no
-HTTP), every stream a different prompt and `--tokens` new tokens (greedy, no early stop).
+Model: SmolLM2-135M-Instruct: its GGUF dequantised to f32 for the JAX backend; an int4 .gnb
+exported from it for the native runtime (int8 activations, f16 KV cache, as served). `--quick`:
+a tiny random model for both (an int4 .gnb of the same weights for the native rows).
+
+Rows, all greedy with no early stop (every stream generates exactly --tokens tokens):
+- `sequential`: one prompt at a time with no server: `gemini.model.decode.generate` (JAX) and
+  the runtime's own C++ `generate` loop (native), the baselines the ratios divide by;
+- `streams=N`: N different prompts submitted at once to the backend's scheduler (no HTTP);
+  wall time from the first submit to the last token, prefill included;
+- `http streams=N` (when --llama_python imports llama_cpp): N concurrent streaming clients of
+  POST /v1/completions against our server on the native backend and against
+  `python -m llama_cpp.server` on the same int4 weights written as a Q4_0 GGUF
+  (gemini.export.gguf_writer, bit for bit the .gnb's weights), same threads, same prompts.
+
+Prints the CPU model, ISA and load average (before and after); writes bench.jsonl and
+bench.png under --out_dir.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import platform
+import subprocess
 import tempfile
 import threading
 import time
 
+import httpx2
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app as absl_app
 from absl import flags
 
-from gemini.model import decode
-from gemini.serve import backends, engine, loading
+from gemini.export import gguf_writer, nano_int4
+from gemini.model import decode, transformer
+from gemini.serve import app as app_lib
+from gemini.serve import backends, engine, loading, native_engine, testing
 from gemini.serve import request as request_lib
 
-_QUICK = flags.DEFINE_bool("quick", False, "tiny random model, JAX backend only")
+_QUICK = flags.DEFINE_bool("quick", False, "tiny random model (both backends)")
 _TOKENS = flags.DEFINE_integer("tokens", 32, "new tokens per stream")
 _STREAMS = flags.DEFINE_list("streams", ["1", "4", "8", "16"], "concurrency levels")
-_OUT = flags.DEFINE_string("out", "/tmp/serve-bench", "folder for bench.jsonl and bench.png")
-_THREADS = flags.DEFINE_integer("threads", 2, "native runtime threads")
+_BACKENDS = flags.DEFINE_list("backends", ["jax", "native"], "which backends to measure")
+_OUT = flags.DEFINE_string("out_dir", "/tmp/serve-bench", "folder for bench.jsonl, bench.png, models")
+_THREADS = flags.DEFINE_integer("threads", 2, "native runtime / llama.cpp threads")
+_LLAMA = flags.DEFINE_string("llama_python", "/tmp/llamavenv/bin/python",
+                             "a Python with llama-cpp-python[server] ('' to skip llama.cpp)")
 
 
 def cpu_line() -> str:
@@ -48,14 +67,19 @@ def cpu_line() -> str:
           break
   except OSError:
     pass
-  isa = [x for x in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "neon") if x in flags_]
+  isa = [x for x in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                     "amx_tile", "neon") if x in flags_]
   return f"CPU: {model}; {os.cpu_count()} cores; ISA: {' '.join(isa) or 'baseline'}"
 
 
-def prompts(tok, n: int):
+def load_line() -> str:
+  return "load average: " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def prompt_texts(tok, n: int):
   topics = ["the sea", "a city", "music", "rain", "a cat", "the moon", "bread", "trains",
             "winter", "a garden", "clocks", "rivers", "a library", "mountains", "fire", "birds"]
-  return [tok.encode(tok.render_chat([{"role": "user", "content": f"Write about {topics[i % 16]}."}]))
+  return [tok.render_chat([{"role": "user", "content": f"Write about {topics[i % 16]}."}])
           for i in range(n)]
 
 
@@ -76,7 +100,10 @@ def run_streams(backend, token_lists, max_tokens: int) -> float:
     p = request_lib.GenParams(max_tokens=max_tokens, temperature=0.0)
     backend.submit(request_lib.Request(toks, p, emit))
   finished.wait()
-  return sum(counts) / (time.perf_counter() - t0)
+  total = sum(counts)
+  if total != max_tokens * len(token_lists):
+    raise RuntimeError(f"streams produced {counts}, expected {max_tokens} each")
+  return total / (time.perf_counter() - t0)
 
 
 class _NoStop:
@@ -91,11 +118,11 @@ class _NoStop:
 
 
 def jax_rows(params, cfg, tok, levels, n_tokens, log):
-  rows = []
-  plist = prompts(tok, max(levels))
+  plist = [tok.encode(t) for t in prompt_texts(tok, max(levels))]
   max_len = 128
-  for p in plist[:4]:                                                # compile outside timing
-    decode.generate(params, jnp.asarray([p]), cfg, 1, max_len=max_len)
+  for p in plist[:4]:                  # compile every (prompt length, n_tokens) outside timing
+    jax.block_until_ready(decode.generate(params, jnp.asarray([p]), cfg, n_tokens,
+                                          max_len=max_len))
   seq_tokens, t0 = 0, time.perf_counter()
   for p in plist[:4]:
     out = decode.generate(params, jnp.asarray([p]), cfg, n_tokens, max_len=max_len)
@@ -103,6 +130,7 @@ def jax_rows(params, cfg, tok, levels, n_tokens, log):
     seq_tokens += n_tokens
   seq = seq_tokens / (time.perf_counter() - t0)
   log({"backend": "jax", "streams": "sequential", "tok_s": seq})
+  rows = []
   for n in levels:
     ecfg = engine.EngineConfig(n_slots=n, max_len=max_len, chunk=64, chunk_buckets=(16, 32, 64),
                                prefix_entries=0)
@@ -117,11 +145,19 @@ def jax_rows(params, cfg, tok, levels, n_tokens, log):
   return seq, rows
 
 
-def native_rows(gnb_path, tok, levels, n_tokens, log, threads):
-  be = backends.NativeBackend(gnb_path, threads=threads, model_id="bench")
-  be.tokenizer.eos_ids = frozenset()
+def native_backend(path, tok, threads, n_slots):
+  return backends.NativeBackend(path, threads=threads, model_id="bench",
+                                tokenizer=None if tok is None else _NoStop(tok),
+                                ecfg=native_engine.NativeConfig(n_slots=n_slots, max_len=512,
+                                                                prefix_entries=0))
+
+
+def native_rows(path, tok, levels, n_tokens, log, threads):
+  be = native_backend(path, tok, threads, max(levels))
+  if tok is None:
+    be.tokenizer.eos_ids = frozenset()
   try:
-    plist = prompts(tok, max(levels))
+    plist = [be.tokenizer.encode(t) for t in prompt_texts(be.tokenizer, max(levels))]
     be.rt.generate(plist[0], 2)
     t0 = time.perf_counter()
     for p in plist[:4]:
@@ -129,6 +165,7 @@ def native_rows(gnb_path, tok, levels, n_tokens, log, threads):
     seq = 4 * n_tokens / (time.perf_counter() - t0)
     log({"backend": "native", "streams": "sequential", "tok_s": seq})
     rows = []
+    run_streams(be, plist[:2], 2)
     for n in levels:
       rate = run_streams(be, plist[:n], n_tokens)
       rows.append(rate)
@@ -138,58 +175,170 @@ def native_rows(gnb_path, tok, levels, n_tokens, log, threads):
   return seq, rows
 
 
+# -- over HTTP: our server on the native backend vs llama.cpp's server ---------------------
+
+def _http_streams(url, model, texts, n_tokens, extra) -> dict:
+  """N concurrent streaming /v1/completions clients; -> tokens/s and p50 TTFT."""
+  def one(text):
+    body = {"model": model, "prompt": text, "max_tokens": n_tokens, "temperature": 0,
+            "stream": True, **extra}
+    t0, first, chunks, reason = time.perf_counter(), None, 0, None
+    with httpx2.stream("POST", url + "/v1/completions", json=body, timeout=600) as r:
+      r.raise_for_status()
+      for line in r.iter_lines():
+        if not line.startswith("data: ") or line == "data: [DONE]":
+          continue
+        ev = json.loads(line[6:])
+        for c in ev.get("choices", []):
+          if c.get("text"):
+            chunks += 1
+            first = first or time.perf_counter() - t0
+          reason = c.get("finish_reason") or reason
+    if reason != "length":
+      raise RuntimeError(f"{url}: a stream ended with finish_reason={reason!r}, not 'length'")
+    return first or 0.0
+
+  t0 = time.perf_counter()
+  with concurrent.futures.ThreadPoolExecutor(len(texts)) as pool:
+    ttft = list(pool.map(one, texts))
+  return {"tok_s": n_tokens * len(texts) / (time.perf_counter() - t0),
+          "ttft_p50_ms": 1000 * float(np.median(ttft))}
+
+
+def _wait_http(url, proc=None, timeout=300):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if proc is not None and proc.poll() is not None:
+      raise RuntimeError(f"llama.cpp server exited with {proc.returncode}")
+    try:
+      if httpx2.get(url + "/v1/models", timeout=2).status_code == 200:
+        return
+    except httpx2.HTTPError:
+      pass
+    time.sleep(0.5)
+  raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+def llama_available(python: str) -> bool:
+  if not python or not os.path.exists(python):
+    return False
+  return subprocess.run([python, "-c", "import llama_cpp.server.app"],
+                        capture_output=True).returncode == 0
+
+
+def http_rows(gnb_path, q40_path, tok, levels, n_tokens, log, threads, python):
+  texts = prompt_texts(tok, max(levels))
+  results = {}
+  be = native_backend(gnb_path, tok, threads, max(levels))
+  srv = testing.ServerThread(app_lib.create_app(be, app_lib.ServerConfig(model_id="bench")))
+  try:
+    _http_streams(srv.url, "bench", texts[:1], 2, {})
+    rows = []
+    for n in levels:
+      r = _http_streams(srv.url, "bench", texts[:n], n_tokens, {})
+      rows.append(r["tok_s"])
+      log({"backend": "native http", "streams": n, **r})
+    results["native (http)"] = rows
+  finally:
+    srv.stop()
+    be.stop()
+  port = testing.free_port()
+  cmd = [python, "-m", "llama_cpp.server", "--model", q40_path, "--host", "127.0.0.1",
+         "--port", str(port), "--n_threads", str(threads), "--n_threads_batch", str(threads),
+         "--n_ctx", "4096", "--interrupt_requests", "False", "--verbose", "False"]
+  proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  url = f"http://127.0.0.1:{port}"
+  # EOS banned so every llama.cpp stream also runs to max_tokens.
+  extra = {"logit_bias": {str(t): -100.0 for t in sorted(tok.eos_ids)}}
+  try:
+    _wait_http(url, proc)
+    _http_streams(url, "bench", texts[:1], 2, extra)
+    rows = []
+    for n in levels:
+      r = _http_streams(url, "bench", texts[:n], n_tokens, extra)
+      rows.append(r["tok_s"])
+      log({"backend": "llama.cpp http", "streams": n, **r})
+    results["llama.cpp server"] = rows
+  finally:
+    proc.terminate()
+    proc.wait(30)
+  return results
+
+
 def main(argv):
   del argv
   levels = [int(s) for s in _STREAMS.value]
   os.makedirs(_OUT.value, exist_ok=True)
   jsonl = open(os.path.join(_OUT.value, "bench.jsonl"), "w")
   print(cpu_line(), flush=True)
+  print(load_line() + " (before)", flush=True)
 
   def log(row):
+    row = {**row, "load1": os.getloadavg()[0]}
     jsonl.write(json.dumps(row) + "\n")
     jsonl.flush()
     extra = f"  ({row['vs_sequential']:.2f}x sequential)" if "vs_sequential" in row else ""
-    print(f"{row['backend']:>6}  streams={row['streams']!s:>10}  {row['tok_s']:8.1f} tok/s{extra}",
-          flush=True)
+    if "ttft_p50_ms" in row:
+      extra = f"  (TTFT p50 {row['ttft_p50_ms']:.0f} ms)"
+    print(f"{row['backend']:>15}  streams={row['streams']!s:>10}  {row['tok_s']:8.1f} tok/s{extra}"
+          f"  [load {row['load1']:.1f}]", flush=True)
 
-  results = {}
+  series, baselines = {}, {}
   if _QUICK.value:
-    from gemini.serve import testing
     tmp = tempfile.mkdtemp()
-    tok = loading.tokenizer_lib.SentencePieceTokenizer(testing.train_small_tokenizer(tmp))
+    gnb_path, tok = testing.tiny_gnb(tmp)
     cfg = testing.tiny_cfg(tok.vocab_size)
-    from gemini.model import transformer
-    params = transformer.init_params(cfg, jax.random.key(0))
-    results["jax (tiny)"] = jax_rows(params, cfg, tok, levels, _TOKENS.value, log)
+    print(f"model: tiny random ({cfg.n_layers} layers, d={cfg.d_model}), {_TOKENS.value} new "
+          "tokens per stream", flush=True)
+    if "jax" in _BACKENDS.value:
+      params = transformer.init_params(cfg, jax.random.key(0))
+      baselines["jax"], series["jax"] = jax_rows(params, cfg, tok, levels, _TOKENS.value, log)
+    if "native" in _BACKENDS.value:
+      baselines["native"], series["native"] = native_rows(gnb_path, tok, levels, _TOKENS.value,
+                                                          log, _THREADS.value)
   else:
-    params, cfg, tok = loading.load_gguf("smollm2")
-    print(f"model: SmolLM2-135M-Instruct ({cfg.n_layers} layers, d={cfg.d_model}), "
-          f"{_TOKENS.value} new tokens per stream", flush=True)
-    results["jax f32"] = jax_rows(params, cfg, tok, levels, _TOKENS.value, log)
-    del params
-    from gemini.export import nano_int4
-    path = os.path.join(_OUT.value, "smollm2.gnb")
-    if not os.path.exists(path):
-      nano_int4.export_gguf("smollm2", path, 32, "float16")
-    results["native int4"] = native_rows(path, tok, levels, _TOKENS.value, log, _THREADS.value)
+    gnb_path = os.path.join(_OUT.value, "smollm2.gnb")
+    q40_path = os.path.join(_OUT.value, "smollm2_int4.q4_0.gguf")
+    _, tok = loading.gguf_tokenizer("smollm2")
+    print(f"model: SmolLM2-135M-Instruct, {_TOKENS.value} new tokens per stream", flush=True)
+    if "jax" in _BACKENDS.value:
+      params, cfg, tok = loading.load_gguf("smollm2")
+      baselines["jax f32"], series["jax f32"] = jax_rows(params, cfg, tok, levels, _TOKENS.value,
+                                                         log)
+      del params
+    if "native" in _BACKENDS.value:
+      if not os.path.exists(gnb_path):
+        nano_int4.export_gguf("smollm2", gnb_path, 32, "float16")
+      baselines["native int4"], series["native int4"] = native_rows(
+          gnb_path, tok, levels, _TOKENS.value, log, _THREADS.value)
+      if llama_available(_LLAMA.value):
+        if not os.path.exists(q40_path):
+          gguf_writer.write_from_gnb(gnb_path, q40_path, gguf_writer.Q4_0)
+        series.update(http_rows(gnb_path, q40_path, tok, levels, _TOKENS.value, log,
+                                _THREADS.value, _LLAMA.value))
+      else:
+        print(f"llama.cpp: not measured ({_LLAMA.value or 'no python'} cannot import "
+              "llama_cpp.server; see the serve README)", flush=True)
+  print(load_line() + " (after)", flush=True)
   jsonl.close()
-  _plot(results, levels, os.path.join(_OUT.value, "bench.png"))
+  _plot(series, baselines, levels, os.path.join(_OUT.value, "bench.png"))
   print(f"wrote {_OUT.value}/bench.jsonl and bench.png")
 
 
-def _plot(results, levels, path):
+def _plot(series, baselines, levels, path):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6, 4))
-  for name, (seq, rows) in results.items():
+  for name, rows in series.items():
     line = ax.plot(levels, rows, marker="o", label=f"{name} streams")[0]
-    ax.axhline(seq, ls="--", color=line.get_color(), label=f"{name} sequential")
+    if name in baselines:
+      ax.axhline(baselines[name], ls="--", color=line.get_color(), label=f"{name} sequential")
   ax.set_xlabel("concurrent streams")
   ax.set_ylabel("aggregate tokens/s")
   ax.set_xticks(levels)
-  ax.legend(fontsize=8)
-  ax.set_title(cpu_line()[:70], fontsize=8)
+  ax.legend(fontsize=7)
+  ax.set_title(cpu_line()[:70] + "\n" + load_line(), fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
 

@@ -107,6 +107,12 @@ class Engine:
                               controls.forced, cfg=self.cfg)
     return state, np.asarray(tokens)
 
+  def release(self, state: dict, slot: int) -> dict:
+    return state                  # a freed row is overwritten by the next insert
+
+  def cache_positions(self, n: int) -> int:
+    return padded_length(n, self.ecfg)
+
   def warmup(self, state: dict) -> dict:
     """Compiles every shape serving uses (each prefill bucket, insert, one generate step) so
     the first requests do not pay for compilation; returns the state (slot 0 overwritten)."""

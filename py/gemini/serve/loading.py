@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from typing import Optional, Tuple
 
 import jax
@@ -22,6 +23,41 @@ def load_gguf(path: str = "smollm2", dtype: str = "float32"):
   m = gguf.load(None if path == "smollm2" else path)
   tok = tokenizer_lib.BPETokenizer(m.tokenizer, m.chat_template, m.bos_id, m.eos_id)
   return jax.tree.map(np.asarray, m.params), dataclasses.replace(m.cfg, dtype=dtype), tok
+
+
+def gguf_tokenizer(path: str = "smollm2") -> Tuple[str, object]:
+  """(file path, tokenizer) of a GGUF without reading its weights (the native runtime loads
+  those itself)."""
+  from gemini.checkpoints import gguf
+  path = gguf.find_smollm2_gguf() if path == "smollm2" else path
+  reader = gguf.open_reader(path)
+  vocab = len(gguf.field(reader, "tokenizer.ggml.tokens", path))
+  bos = gguf.int_field(reader, "tokenizer.ggml.bos_token_id", path, lo=0, hi=vocab)
+  eos = gguf.int_field(reader, "tokenizer.ggml.eos_token_id", path, lo=0, hi=vocab)
+  template = gguf.field(reader, "tokenizer.chat_template", path, "")
+  return path, tokenizer_lib.BPETokenizer(gguf.build_tokenizer(reader, path), template, bos, eos)
+
+
+def gnb_tokenizer(path: str):
+  """The serving tokenizer of a .gnb: its SentencePiece model (ours, with the fixed specials)
+  as a SentencePieceTokenizer, or None for a byte-level BPE blob (the runtime's own encode and
+  decode serve it: backends.NativeTokenizer). Reads only the file's header."""
+  from gemini.export import gnb
+  with open(path, "rb") as f:
+    head = f.read(gnb.PREFIX.size)
+    if len(head) < gnb.PREFIX.size or not head.startswith(gnb.MAGIC):
+      raise ValueError(f"{path}: not a .gnb file (no {gnb.MAGIC!r} magic)")
+    fields = gnb.PREFIX.unpack(head)
+    config_bytes, kind, tok_bytes = fields[4], fields[5], fields[6]
+    if kind != gnb.TOK_SENTENCEPIECE:
+      return None
+    f.seek(gnb.PREFIX.size + config_bytes)
+    blob = f.read(tok_bytes)
+  with tempfile.TemporaryDirectory() as tmp:
+    model = os.path.join(tmp, "spm.model")
+    with open(model, "wb") as out:
+      out.write(blob)
+    return tokenizer_lib.SentencePieceTokenizer(model)
 
 
 def _checkpoint_dir(path: str) -> str:

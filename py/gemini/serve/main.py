@@ -3,6 +3,7 @@
   tools/bazel run //py/gemini/serve -- --gguf=smollm2 --port 8000
   tools/bazel run //py/gemini/serve -- --checkpoint=/tmp/gemini-demo --config=nano_tiny \
       --tokenizer=/tmp/gemini-demo/corpus/tokenizer/spm.model
+  tools/bazel run //py/gemini/serve -- --gguf=smollm2 --backend=native
   tools/bazel run //py/gemini/serve -- --gnb=/tmp/smollm2.gnb
 
 Listens on 127.0.0.1 unless --host says otherwise.
@@ -16,18 +17,21 @@ from absl import app as absl_app
 from absl import flags
 
 from gemini.serve import app as app_lib
-from gemini.serve import backends, engine, loading, metrics as metrics_lib
+from gemini.serve import backends, engine, loading, metrics as metrics_lib, native_engine
 
 _CKPT = flags.DEFINE_string("checkpoint", "", "training workdir or its checkpoints/ folder")
 _CONFIG = flags.DEFINE_string("config", "nano_tiny", "preset of the --checkpoint model")
-_TOK = flags.DEFINE_string("tokenizer", "", "SentencePiece model of the --checkpoint model")
+_TOK = flags.DEFINE_string("tokenizer", "", "SentencePiece model of the --checkpoint (or --gnb) model")
 _GGUF = flags.DEFINE_string("gguf", "", "'smollm2' or a Llama-architecture .gguf path")
 _GNB = flags.DEFINE_string("gnb", "", ".gnb file: served by the native int4 runtime")
+_BACKEND = flags.DEFINE_enum("backend", "jax", ["jax", "native"],
+                             "--gguf: the JAX model (f32 from the GGUF) or the native runtime "
+                             "(the GGUF's quantised weights); --gnb is always native")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "listen address")
 _PORT = flags.DEFINE_integer("port", 8000, "listen port")
-_SLOTS = flags.DEFINE_integer("slots", 8, "concurrent sequences decoded together (jax)")
-_MAX_LEN = flags.DEFINE_integer("max_len", 1024, "cache positions per slot (jax)")
-_CHUNK = flags.DEFINE_integer("chunk", 64, "prefill chunk (jax)")
+_SLOTS = flags.DEFINE_integer("slots", 8, "concurrent sequences decoded together")
+_MAX_LEN = flags.DEFINE_integer("max_len", 1024, "cache positions per slot")
+_CHUNK = flags.DEFINE_integer("chunk", 64, "prefill chunk")
 _THREADS = flags.DEFINE_integer("threads", 2, "native runtime threads")
 _MODEL_ID = flags.DEFINE_string("model_id", "", "model name in the APIs (default: from the source)")
 _KEYS = flags.DEFINE_list("api_keys", [], "accepted API keys (empty = no auth)")
@@ -40,10 +44,20 @@ def build_backend(m: metrics_lib.Metrics):
   chosen = [f for f in (_CKPT.value, _GGUF.value, _GNB.value) if f]
   if len(chosen) != 1:
     raise SystemExit("give exactly one of --checkpoint=DIR, --gguf=smollm2|PATH, --gnb=FILE")
-  if _GNB.value:
-    name = _MODEL_ID.value or os.path.splitext(os.path.basename(_GNB.value))[0]
-    return backends.NativeBackend(_GNB.value, threads=_THREADS.value, model_id=name,
-                                  max_queue=_QUEUE.value, metrics=m)
+  if _GNB.value or (_GGUF.value and _BACKEND.value == "native"):
+    if _GNB.value:
+      path = _GNB.value
+      tok = (loading.tokenizer_lib.SentencePieceTokenizer(_TOK.value) if _TOK.value else
+             loading.gnb_tokenizer(path))
+      name = _MODEL_ID.value or os.path.splitext(os.path.basename(path))[0]
+    else:
+      path, tok = loading.gguf_tokenizer(_GGUF.value)
+      name = _MODEL_ID.value or ("smollm2-135m" if _GGUF.value == "smollm2" else
+                                 os.path.splitext(os.path.basename(path))[0])
+    ecfg = native_engine.NativeConfig(n_slots=_SLOTS.value, max_len=_MAX_LEN.value,
+                                      chunk=_CHUNK.value)
+    return backends.NativeBackend(path, threads=_THREADS.value, model_id=name, tokenizer=tok,
+                                  ecfg=ecfg, max_queue=_QUEUE.value, metrics=m)
   if _GGUF.value:
     params, cfg, tok = loading.load_gguf(_GGUF.value, _DTYPE.value)
     name = _MODEL_ID.value or ("smollm2-135m" if _GGUF.value == "smollm2" else cfg.name)

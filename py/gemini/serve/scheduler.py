@@ -1,4 +1,5 @@
-"""Continuous batching over the JAX engine on one background thread.
+"""Continuous batching on one background thread over an engine of the JetStream shape
+(`engine.Engine` for JAX, `native_engine.NativeEngine` for the C++ runtime).
 
 Each loop turn: admit queued requests while a slot is free (one prefill at a time, one chunk
 per turn so a long prompt never stalls the running streams for more than a chunk), then one
@@ -77,7 +78,7 @@ class Scheduler:
     p = req.params
     think = 0 if p.thinking_budget == 0 else (
         request_lib.DYNAMIC_THINKING_CAP if p.thinking_budget < 0 else p.thinking_budget) + 2
-    need = engine_lib.padded_length(len(req.tokens) + 1, self.eng.ecfg) + p.max_tokens + think
+    need = self.eng.cache_positions(len(req.tokens) + 1) + p.max_tokens + think
     if need > self.eng.ecfg.max_len:
       raise ValueError(f"prompt of {len(req.tokens)} tokens + max_tokens {p.max_tokens}"
                        + (f" + thinking {think}" if think else "")
@@ -200,6 +201,7 @@ class Scheduler:
       self.metrics.step(len(tokens), time.monotonic() - t0, len(self.active))
 
   def _release(self, slot):
+    self.state = self.eng.release(self.state, slot)
     self.controls.temperature[slot] = 0
     self.controls.forced[slot] = -1
     self.controls.mask_bits[slot] = -1

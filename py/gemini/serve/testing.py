@@ -1,5 +1,6 @@
-"""Test helpers: a tiny random model with a small SentencePiece vocabulary, and a uvicorn
-server on 127.0.0.1 in a background thread."""
+"""Test helpers: a tiny random model with a small SentencePiece vocabulary (as JAX params or
+an int4 .gnb for the native runtime), and a uvicorn server on 127.0.0.1 in a background
+thread."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import threading
 import time
 
 import jax
+import numpy as np
 
 from gemini.config import get_config
 from gemini.data import tokenizer as sp_tokenizer
@@ -46,6 +48,21 @@ def tiny_backend(tmp_dir: str, *, n_slots: int = 4, max_len: int = 384, seed: in
   ecfg = engine.EngineConfig(n_slots=n_slots, max_len=max_len, chunk=32,
                              chunk_buckets=(8, 16, 32), prefix_entries=prefix_entries)
   return backends.JaxBackend(params, cfg, tok, ecfg, model_id="tiny", metrics=metrics)
+
+
+def tiny_gnb(tmp_dir: str, seed: int = 0):
+  """(path, tokenizer) of the tiny random model exported to an int4 .gnb with the small
+  SentencePiece vocabulary inside (what `--gnb` serves through the native runtime)."""
+  from gemini.export import export, gnb
+  path = os.path.join(tmp_dir, f"tiny{seed}.gnb")
+  sp = train_small_tokenizer(tmp_dir)
+  tok = tokenizer_lib.SentencePieceTokenizer(sp)
+  if not os.path.exists(path):
+    cfg = tiny_cfg(tok.vocab_size)
+    params = jax.tree.map(np.asarray, transformer.init_params(cfg, jax.random.key(seed)))
+    export.export(path, params, cfg, group_size=32, tokenizer_kind=gnb.TOK_SENTENCEPIECE,
+                  tokenizer=open(sp, "rb").read(), bos_id=tok.bos_id, eos_id=min(tok.eos_ids))
+  return path, tok
 
 
 def free_port() -> int:
