@@ -1,12 +1,16 @@
 // bench_native: the runtime's side of //csrc/runtime:bench (bench.py drives it and llama.cpp,
 // and prints the table). Measures prefill and decode tokens/s of models on each thread count,
 // `--runs` times interleaved (run 1 of every configuration, then run 2, ...) so load changes on
-// a shared machine hit all configurations alike, plus this machine's copy bandwidth. One JSON
+// a shared machine hit all configurations alike, plus this machine's copy and read bandwidth. One JSON
 // object per line on stdout; progress on stderr.
 //
 //   bench_native [--model=A.gnb,B.gguf] [--random=nano_tiny,smollm2_135m,nano1] [--threads=1,2]
 //                [--runs=5] [--prompt_ids=1,2,3 | --prefill=64] [--decode=32] [--big_decode=8]
-//                [--kernel=auto] [--acts=int8|f32]
+//                [--kernel=auto] [--acts=int8|f32] [--profile[=cpu]]
+//
+// --profile adds, per run, the milliseconds per token of each part of the forward (OpProfile;
+// "quantize acts" is included in the matmul entries); --profile=cpu times the main thread's CPU
+// time instead of wall time (1 thread on a loaded machine).
 //
 // --random models have the shapes of py/gemini/config.py's presets and random int4 weights
 // generated in place (speed does not depend on the values; the 1.8B nano1 is never
@@ -20,6 +24,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "csrc/runtime/gguf_model.h"
@@ -85,6 +90,36 @@ double CopyBandwidth(size_t bytes, ThreadPool* pool, int reps) {
   return best;
 }
 
+// Read bandwidth (bytes read per second): a sum over a buffer larger than the caches, best of
+// `reps`, with `pool`'s threads (what a decode step does to its weights).
+double ReadBandwidth(size_t bytes, ThreadPool* pool, int reps) {
+  std::vector<uint64_t> a(bytes / 8);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = i;
+  std::vector<uint64_t> sums(pool->size() * 8, 0);
+  const int chunks = static_cast<int>(bytes / 4096);
+  auto read = [&] {
+    pool->ParallelFor(chunks, [&](int r0, int r1, int part) {
+      const uint64_t* p = a.data() + static_cast<size_t>(r0) * 512;
+      const size_t n = static_cast<size_t>(r1 - r0) * 512;
+      uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      for (size_t i = 0; i < n; i += 4) { s0 += p[i]; s1 += p[i + 1]; s2 += p[i + 2]; s3 += p[i + 3]; }
+      sums[part * 8] += s0 + s1 + s2 + s3;
+    }, 64);
+  };
+  read();
+  double best = 0;
+  for (int r = 0; r < reps; ++r) {
+    auto t0 = Clock::now();
+    read();
+    best = std::max(best, bytes / Seconds(t0, Clock::now()));
+  }
+  uint64_t total = 0;
+  for (uint64_t v : sums) total += v;
+  const uint64_t n = a.size();
+  if (total != (n * (n - 1) / 2) * static_cast<uint64_t>(reps + 1)) throw std::runtime_error("read test failed");
+  return best;
+}
+
 struct Entry {
   std::string label;
   std::unique_ptr<Model> model;
@@ -104,6 +139,7 @@ int main(int argc, char** argv) {
   std::vector<int> threads = {1, 2}, prompt;
   int runs = 5, prefill = 64, decode = 32, big_decode = 8;
   std::string kernel = "auto", acts = "int8";
+  bool profile = false, cpu_clock = false;
   try {
     for (int i = 1; i < argc; ++i) {
       std::string a = argv[i];
@@ -118,6 +154,8 @@ int main(int argc, char** argv) {
       else if (a.rfind("--prompt_ids=", 0) == 0) { for (auto& s : Split(val("--prompt_ids="))) prompt.push_back(std::stoi(s)); }
       else if (a.rfind("--kernel=", 0) == 0) kernel = val("--kernel=");
       else if (a.rfind("--acts=", 0) == 0) acts = val("--acts=");
+      else if (a == "--profile") profile = true;
+      else if (a == "--profile=cpu") profile = cpu_clock = true;
       else throw std::invalid_argument("unknown argument " + a);
     }
     if (runs < 1 || prefill < 1 || decode < 1) throw std::invalid_argument("--runs, --prefill, --decode must be >= 1");
@@ -127,8 +165,8 @@ int main(int argc, char** argv) {
     std::vector<std::unique_ptr<ThreadPool>> pools;
     for (int t : threads) pools.push_back(std::make_unique<ThreadPool>(t));
     for (size_t p = 0; p < pools.size(); ++p)
-      std::printf("{\"kind\": \"bandwidth\", \"threads\": %d, \"bytes_per_s\": %.4g}\n", threads[p],
-                  CopyBandwidth(256u << 20, pools[p].get(), 5));
+      std::printf("{\"kind\": \"bandwidth\", \"threads\": %d, \"bytes_per_s\": %.4g, \"read_bytes_per_s\": %.4g}\n",
+                  threads[p], CopyBandwidth(256u << 20, pools[p].get(), 5), ReadBandwidth(512u << 20, pools[p].get(), 5));
     std::fflush(stdout);
     std::vector<Entry> models;
     for (const std::string& f : files) models.push_back({f, OpenModelFile(f, kernels).model});
@@ -154,9 +192,13 @@ int main(int argc, char** argv) {
           std::vector<float> logits(c.vocab_size);
           s.Forward(ids.data(), 1, logits.data(), nullptr);  // warm-up: page in the weights
           s.Reset();
+          OpProfile prof_prefill, prof_decode;
+          prof_prefill.cpu_clock = prof_decode.cpu_clock = cpu_clock;
+          if (profile) s.set_profile(&prof_prefill);
           auto t0 = Clock::now();
           s.Forward(ids.data(), n_pre, logits.data(), nullptr);
           auto t1 = Clock::now();
+          if (profile) s.set_profile(&prof_decode);
           std::vector<int> out;
           uint64_t kv_mid = 0;
           for (int i = 0; i < n_dec; ++i) {
@@ -166,6 +208,17 @@ int main(int argc, char** argv) {
             s.Forward(&tok, 1, logits.data(), nullptr);
           }
           auto t2 = Clock::now();
+          if (profile) {
+            for (auto [phase, prof, n] : {std::make_tuple("prefill", &prof_prefill, n_pre),
+                                          std::make_tuple("decode", &prof_decode, n_dec)}) {
+              std::string ops;
+              for (int op = 0; op < OpProfile::kOps; ++op)
+                ops += std::string(op ? ", " : "") + "\"" + OpProfile::Name(op) + "\": " +
+                       std::to_string(1e3 * prof->seconds[op] / n);
+              std::printf("{\"kind\": \"profile\", \"model\": \"%s\", \"threads\": %d, \"phase\": \"%s\", "
+                          "\"ms_per_token\": {%s}}\n", e.label.c_str(), threads[p], phase, ops.c_str());
+            }
+          }
           std::string toks;
           for (int t : out) toks += (toks.empty() ? "" : ",") + std::to_string(t);
           std::printf("{\"kind\": \"run\", \"model\": \"%s\", \"threads\": %d, \"run\": %d, \"prefill_tokens\": %d, "

@@ -70,7 +70,25 @@ uint64_t QMatrix::Bytes() const {
   return b;
 }
 
-void QuantizeActs(const float* x, int t, int ldx, int kp, QActs* out) {
+void QuantizeRowScalar(const float* x, int nb, int8_t* q, float* d, int32_t* sumq) {
+  for (int b = 0; b < nb; ++b) {
+    const float* xb = x + b * 32;
+    float amax = 0.f;
+    for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    float id = amax > 0.f ? 127.f / amax : 0.f;
+    int sum = 0;
+    for (int j = 0; j < 32; ++j) {
+      int v = static_cast<int>(std::nearbyint(xb[j] * id));
+      v = std::min(127, std::max(-127, v));
+      q[b * 32 + j] = static_cast<int8_t>(v);
+      sum += v;
+    }
+    d[b] = amax / 127.f;
+    sumq[b] = sum;
+  }
+}
+
+void QuantizeActs(const float* x, int t, int ldx, int kp, QActs* out, QuantizeRowFn row) {
   const int nb = kp / 32;
   out->t = t;
   out->kp = kp;
@@ -81,28 +99,43 @@ void QuantizeActs(const float* x, int t, int ldx, int kp, QActs* out) {
   grow(out->sumq, static_cast<size_t>(t) * nb);
   grow(out->dexp, static_cast<size_t>(t) * nb * 8);
   grow(out->bexp, static_cast<size_t>(t) * nb * 8);
+  const int nb4 = (nb + 3) / 4 * 4;
+  out->nb4 = nb4;
+  grow(out->q4, static_cast<size_t>(t) * nb4 * 32);
+  grow(out->d4, static_cast<size_t>(t) * nb4 * 4);
+  grow(out->b4, static_cast<size_t>(t) * nb4 * 4);
+  grow(out->s4, static_cast<size_t>(t) * nb4 * 4);
   for (int i = 0; i < t; ++i) {
-    const float* xi = x + static_cast<size_t>(i) * ldx;
     int8_t* qi = out->q.data() + static_cast<size_t>(i) * kp;
+    const size_t o0 = static_cast<size_t>(i) * nb;
+    row(x + static_cast<size_t>(i) * ldx, nb, qi, out->d.data() + o0, out->sumq.data() + o0);
     for (int b = 0; b < nb; ++b) {
-      const float* xb = xi + b * 32;
-      float amax = 0.f;
-      for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
-      float d = amax / 127.f, id = amax > 0.f ? 127.f / amax : 0.f;
-      int sum = 0;
-      for (int j = 0; j < 32; ++j) {
-        int q = static_cast<int>(std::nearbyint(xb[j] * id));
-        q = std::min(127, std::max(-127, q));
-        qi[b * 32 + j] = static_cast<int8_t>(q);
-        sum += q;
-      }
-      size_t o = static_cast<size_t>(i) * nb + b;
-      out->d[o] = d;
-      out->sumq[o] = sum;
+      const size_t o = o0 + b;
+      const float d = out->d[o];
+      const int sum = out->sumq[o];
       out->s[o] = d * static_cast<float>(sum);
       for (int j = 0; j < 8; ++j) {
         out->dexp[o * 8 + j] = d;
         out->bexp[o * 8 + j] = -sum;
+      }
+    }
+    // The 4-block regrouping (kernels.h), padding blocks zero.
+    int8_t* q4 = out->q4.data() + static_cast<size_t>(i) * nb4 * 32;
+    for (int b = 0; b < nb4; ++b) {
+      int8_t* c = q4 + (b / 4) * 128 + (b % 4) * 16;
+      const size_t o4 = (static_cast<size_t>(i) * nb4 + b) * 4;
+      if (b < nb) {
+        std::memcpy(c, qi + b * 32, 16);
+        std::memcpy(c + 64, qi + b * 32 + 16, 16);
+      } else {
+        std::memset(c, 0, 16);
+        std::memset(c + 64, 0, 16);
+      }
+      const size_t o = static_cast<size_t>(i) * nb + b;
+      for (int j = 0; j < 4; ++j) {
+        out->d4[o4 + j] = b < nb ? out->d[o] : 0.f;
+        out->b4[o4 + j] = b < nb ? -2 * out->sumq[o] : 0;
+        out->s4[o4 + j] = b < nb ? out->s[o] * 0.25f : 0.f;
       }
     }
   }
@@ -231,6 +264,28 @@ void ToF16Scalar(const float* x, uint16_t* y, int n) {
   for (int i = 0; i < n; ++i) y[i] = F32ToF16(x[i]);
 }
 
+}  // namespace
+
+void AttendF16Scalar(const float* q, int nh, int dh, const uint16_t* k, const uint16_t* v,
+                     size_t stride, int len, float scale, float* scores, float* o) {
+  for (int h = 0; h < nh; ++h) {
+    float* s = scores + static_cast<size_t>(h) * len;
+    for (int j = 0; j < len; ++j) s[j] = DotF16Scalar(q + h * dh, k + j * stride, dh) * scale;
+    float mx = -INFINITY, sum = 0.f;
+    for (int j = 0; j < len; ++j) mx = std::max(mx, s[j]);
+    for (int j = 0; j < len; ++j) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
+    const float inv = 1.0f / sum;
+    float* oh = o + h * dh;
+    std::fill(oh, oh + dh, 0.f);
+    for (int j = 0; j < len; ++j) {
+      s[j] *= inv;
+      AxpyF16Scalar(s[j], v + j * stride, oh, dh);
+    }
+  }
+}
+
+namespace {
+
 const Kernels kScalar = {"scalar", MatVecScalar, MatMulScalar, QMatMulScalar,
                          DotF16Scalar, AxpyF16Scalar, ToF16Scalar, 1};
 
@@ -310,6 +365,8 @@ std::string CpuDescription() {
   std::string name = ProcCpuinfoField("model name");
   if (name.empty()) name = "CPU implementer " + ProcCpuinfoField("CPU implementer") + " part " +
                            ProcCpuinfoField("CPU part");
+  const std::string family = ProcCpuinfoField("cpu family"), model = ProcCpuinfoField("model");
+  if (!family.empty()) name += " (family " + family + " model " + model + ")";
   std::string isa;
   for (const char* n : {"avx2", "avxvnni", "avx512", "neon"})
     if (CpuSupports(n)) isa += std::string(isa.empty() ? "" : ",") + n;

@@ -51,6 +51,15 @@ struct QActs {
   std::vector<int32_t> sumq;   // [t, kp/32] sum(q)
   std::vector<float> dexp;     // [t, kp/32, 8] dx repeated 8x (vector kernels load it whole)
   std::vector<int32_t> bexp;   // [t, kp/32, 8] -sum(q) repeated 8x (folds m = -8 d into the sum)
+  // The same values regrouped for kernels that unpack 4 int4 blocks (64 bytes) per register:
+  // nb4 = kp/32 rounded up to 4, padding blocks zero. Chunk c of a row holds blocks 4c..4c+3 as
+  // 128 bytes: q[4c+l][j] at 16 l + j and q[4c+l][16+j] at 64 + 16 l + j (j < 16), i.e. the
+  // low-nibble and high-nibble elements of the four blocks, each in its own 128-bit lane.
+  int nb4 = 0;
+  std::vector<int8_t> q4;      // [t, nb4 * 32]
+  std::vector<float> d4;       // [t, nb4, 4] dx repeated 4x (one 128-bit lane per block)
+  std::vector<int32_t> b4;     // [t, nb4, 4] -2 sum(q) (4 lanes: -8 sum(q), m = -8 d)
+  std::vector<float> s4;       // [t, nb4, 4] dx sum(q) / 4 (4 lanes: the m term of kQ4Min)
   const int8_t* qrow(int i) const { return q.data() + static_cast<size_t>(i) * kp; }
   int blocks() const { return kp / 32; }
 };
@@ -62,9 +71,16 @@ uint16_t F32ToF16(float f);  // round to nearest even
 // Row r of w decoded to floats (kp values): embedding lookups and tests.
 void DequantizeRow(const QMatrix& w, int r, float* out);
 
-// x [t, ldx] (kp features per row; columns >= k are zero) -> out. Resizes out's buffers only
-// when they grow, so a decode loop does not allocate.
-void QuantizeActs(const float* x, int t, int ldx, int kp, QActs* out);
+// One row's blocks: q = round(x / dx) (to nearest even) in [-127, 127] with dx = max|x| / 127
+// per 32-block, d = dx, sumq = sum(q), for nb blocks of x.
+using QuantizeRowFn = void (*)(const float* x, int nb, int8_t* q, float* d, int32_t* sumq);
+void QuantizeRowScalar(const float* x, int nb, int8_t* q, float* d, int32_t* sumq);
+
+// x [t, ldx] (kp features per row; columns >= k are zero) -> out, rows quantised by `row`
+// (every ISA's is bit-identical to QuantizeRowScalar). Resizes out's buffers only when they
+// grow, so a decode loop does not allocate.
+void QuantizeActs(const float* x, int t, int ldx, int kp, QActs* out,
+                  QuantizeRowFn row = QuantizeRowScalar);
 
 // y[r] = sum_k W[r, k] * x[k] for rows [r0, r1). x holds kp floats (zeros past k).
 using MatVecFn = void (*)(const QMatrix& w, const float* x, float* y, int r0, int r1);
@@ -80,6 +96,13 @@ using DotF16Fn = float (*)(const float* q, const uint16_t* k, int n);
 using AxpyF16Fn = void (*)(float a, const uint16_t* v, float* o, int n);
 // f32 -> f16 of n values (KV cache writes).
 using ToF16Fn = void (*)(const float* x, uint16_t* y, int n);
+// Attention of nh query heads q [nh, dh] (contiguous) sharing one f16 kv head: k, v rows j < len
+// at k + j * stride, v + j * stride. o [nh, dh] = softmax(scale * q k^T) v, with `scores`
+// [nh, len] as scratch (left holding the probabilities).
+using AttendF16Fn = void (*)(const float* q, int nh, int dh, const uint16_t* k, const uint16_t* v,
+                             size_t stride, int len, float scale, float* scores, float* o);
+void AttendF16Scalar(const float* q, int nh, int dh, const uint16_t* k, const uint16_t* v,
+                     size_t stride, int len, float scale, float* scores, float* o);
 
 struct Kernels {
   const char* name;
@@ -90,6 +113,8 @@ struct Kernels {
   AxpyF16Fn axpy_f16;
   ToF16Fn to_f16;
   int row_tile;        // ParallelFor alignment that keeps qmatmul's row tiles whole
+  QuantizeRowFn quantize_row = QuantizeRowScalar;
+  AttendF16Fn attend_f16 = AttendF16Scalar;
 };
 
 // The portable reference (always available).

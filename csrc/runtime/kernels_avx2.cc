@@ -6,6 +6,9 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
+
 namespace gemini::runtime {
 namespace {
 
@@ -141,8 +144,65 @@ void ToF16Avx2(const float* x, uint16_t* y, int n) {
   for (; i < n; ++i) y[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT);
 }
 
+// QuantizeRowScalar's arithmetic 8 lanes at a time (max is exact, x * id and the
+// round-to-nearest-even conversion are the same IEEE operations): bit-identical.
+void QuantizeRowAvx2(const float* x, int nb, int8_t* q, float* d, int32_t* sumq) {
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  const __m256i lim = _mm256_set1_epi32(127), nlim = _mm256_set1_epi32(-127);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int b = 0; b < nb; ++b) {
+    const float* xb = x + b * 32;
+    __m256 v[4], m = _mm256_setzero_ps();
+    for (int c = 0; c < 4; ++c) {
+      v[c] = _mm256_loadu_ps(xb + 8 * c);
+      m = _mm256_max_ps(m, _mm256_and_ps(v[c], absmask));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+    const float amax = _mm_cvtss_f32(m4);
+    const float id = amax > 0.f ? 127.f / amax : 0.f;
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i qi[4], sum = _mm256_setzero_si256();
+    for (int c = 0; c < 4; ++c) {
+      qi[c] = _mm256_cvtps_epi32(_mm256_mul_ps(v[c], vid));
+      qi[c] = _mm256_min_epi32(lim, _mm256_max_epi32(nlim, qi[c]));
+      sum = _mm256_add_epi32(sum, qi[c]);
+    }
+    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]), _mm256_packs_epi32(qi[2], qi[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * 32), _mm256_permutevar8x32_epi32(p, order));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
+    d[b] = amax / 127.f;
+    sumq[b] = _mm_cvtsi128_si32(s4);
+  }
+}
+
+void AttendAvx2(const float* q, int nh, int dh, const uint16_t* k, const uint16_t* v, size_t stride,
+                int len, float scale, float* scores, float* o) {
+  for (int h = 0; h < nh; ++h) {
+    float* s = scores + static_cast<size_t>(h) * len;
+    const float* qh = q + h * dh;
+    float mx = -INFINITY;
+    for (int j = 0; j < len; ++j) {
+      s[j] = DotF16Avx2(qh, k + j * stride, dh) * scale;
+      mx = std::max(mx, s[j]);
+    }
+    float sum = 0.f;
+    for (int j = 0; j < len; ++j) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
+    const float inv = 1.0f / sum;
+    float* oh = o + h * dh;
+    std::fill(oh, oh + dh, 0.f);
+    for (int j = 0; j < len; ++j) {
+      s[j] *= inv;
+      AxpyF16Avx2(s[j], v + j * stride, oh, dh);
+    }
+  }
+}
+
 const Kernels kAvx2 = {"avx2", MatVecAvx2, MatMulAvx2, QMatMul256<4, 2>,
-                       DotF16Avx2, AxpyF16Avx2, ToF16Avx2, 4};
+                       DotF16Avx2, AxpyF16Avx2, ToF16Avx2, 4, QuantizeRowAvx2, AttendAvx2};
 
 }  // namespace
 

@@ -6,6 +6,9 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
+
 namespace gemini::runtime {
 namespace {
 
@@ -74,6 +77,117 @@ void Tile(const QMatrix& w, const QActs& x, int r, int i0, float* y, int ldy) {
       y[static_cast<size_t>(i0 + c) * ldy + r + a] = _mm512_reduce_add_ps(acc[a][c]) + corr[a][c];
 }
 
+// ---- kQ4 / kQ4Min: four 32-blocks (64 bytes of nibbles) per 512-bit load. ----
+// Each 128-bit lane holds one block: its low nibbles (elements 0..15) against QActs::q4's low
+// half, its high nibbles (16..31) against the high half, two vpdpbusd into 4 int32 lanes per
+// block, then one fma with the lane's dw * dx. A ragged last chunk uses masked loads (zeros).
+enum class ScaleKind { kF16G32, kBF16G32, kGeneric };
+
+// The 4 scales of blocks b..b+3 (nblk < 4: a ragged last chunk, zeros past it). `s` is the
+// row's scales.
+template <ScaleKind S>
+inline __m128 Scales4(const QMatrix& w, const uint16_t* s, int b, int nblk) {
+  if (S == ScaleKind::kGeneric) {
+    float v[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int l = 0; l < nblk; ++l) v[l] = ScaleOf(w, s + ((b + l) * 32) / w.group);
+    return _mm_loadu_ps(v);
+  }
+  __m128i raw = nblk == 4 ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s + b))
+                          : _mm_maskz_loadu_epi16(static_cast<__mmask8>((1u << nblk) - 1), s + b);
+  if (S == ScaleKind::kF16G32) return _mm_cvtph_ps(raw);
+  return _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(raw), 16));
+}
+
+inline __m128 Mins4(const uint16_t* m, int b, int nblk) {
+  __m128i raw = nblk == 4 ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(m + b))
+                          : _mm_maskz_loadu_epi16(static_cast<__mmask8>((1u << nblk) - 1), m + b);
+  return _mm_cvtph_ps(raw);
+}
+
+template <WFormat F, ScaleKind S, int R, int T>
+void TileQ4(const QMatrix& w, const QActs& x, int r, int i0, float* y, int ldy) {
+  const int nb = w.kp / 32, nc = (nb + 3) / 4, nb4 = x.nb4, spr = w.kp / w.group;
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const uint8_t* rows[R];
+  const uint16_t* srow[R];
+  const uint16_t* mrow[R];
+  for (int a = 0; a < R; ++a) {
+    rows[a] = w.packed + static_cast<size_t>(r + a) * (w.kp / 2);
+    srow[a] = w.scales + static_cast<size_t>(r + a) * spr;
+    mrow[a] = F == WFormat::kQ4Min ? w.mins + static_cast<size_t>(r + a) * nb : nullptr;
+  }
+  const int8_t* xq[T];
+  const float* xd[T];
+  const int32_t* xb[T];
+  const float* xs[T];
+  for (int c = 0; c < T; ++c) {
+    const size_t row = static_cast<size_t>(i0 + c) * nb4;
+    xq[c] = x.q4.data() + row * 32;
+    xd[c] = x.d4.data() + row * 4;
+    xb[c] = x.b4.data() + row * 4;
+    xs[c] = x.s4.data() + row * 4;
+  }
+  __m512 acc[R][T];
+  for (int a = 0; a < R; ++a)
+    for (int c = 0; c < T; ++c) acc[a][c] = _mm512_setzero_ps();
+  for (int ch = 0; ch < nc; ++ch) {
+    const int b = ch * 4, nblk = std::min(4, nb - b);
+    __m512i lo[R], hi[R];
+    __m512 dw[R], mw[R];
+    for (int a = 0; a < R; ++a) {
+      const uint8_t* p = rows[a] + b * 16;
+      __m512i v = nblk == 4 ? _mm512_loadu_si512(p)
+                            : _mm512_maskz_loadu_epi8((1ULL << (16 * nblk)) - 1, p);
+      lo[a] = _mm512_and_si512(v, nibble);
+      hi[a] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+      dw[a] = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(Scales4<S>(w, srow[a], b, nblk)));
+      if (F == WFormat::kQ4Min)
+        mw[a] = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(Mins4(mrow[a], b, nblk)));
+    }
+    for (int c = 0; c < T; ++c) {
+      const __m512i xl = _mm512_loadu_si512(xq[c] + b * 32), xh = _mm512_loadu_si512(xq[c] + b * 32 + 64);
+      const __m512 dx = _mm512_loadu_ps(xd[c] + b * 4);
+      const __m512i init = F == WFormat::kQ4 ? _mm512_loadu_si512(xb[c] + b * 4) : _mm512_setzero_si512();
+      __m512 sx;
+      if (F == WFormat::kQ4Min) sx = _mm512_loadu_ps(xs[c] + b * 4);
+      for (int a = 0; a < R; ++a) {
+        __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, lo[a], xl), hi[a], xh);
+        acc[a][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw[a], dx), acc[a][c]);
+        if (F == WFormat::kQ4Min) acc[a][c] = _mm512_fmadd_ps(mw[a], sx, acc[a][c]);
+      }
+    }
+  }
+  for (int a = 0; a < R; ++a)
+    for (int c = 0; c < T; ++c)
+      y[static_cast<size_t>(i0 + c) * ldy + r + a] = _mm512_reduce_add_ps(acc[a][c]);
+}
+
+// Rows [r0, r1): 4-row tiles over 3-token tiles (the registers hold 4 x 3 accumulators plus the
+// 4 rows' unpacked weights), then token and row remainders.
+template <WFormat F, ScaleKind S>
+void QMatMulQ4(const QMatrix& w, const QActs& x, float* y, int ldy, int r0, int r1) {
+  int r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    int i = 0;
+    for (; i + 3 <= x.t; i += 3) TileQ4<F, S, 4, 3>(w, x, r, i, y, ldy);
+    if (x.t - i == 2) TileQ4<F, S, 4, 2>(w, x, r, i, y, ldy);
+    else if (x.t - i == 1) TileQ4<F, S, 4, 1>(w, x, r, i, y, ldy);
+  }
+  for (; r < r1; ++r) {
+    int i = 0;
+    for (; i + 3 <= x.t; i += 3) TileQ4<F, S, 1, 3>(w, x, r, i, y, ldy);
+    for (; i < x.t; ++i) TileQ4<F, S, 1, 1>(w, x, r, i, y, ldy);
+  }
+}
+
+template <WFormat F>
+void QMatMulQ4Any(const QMatrix& w, const QActs& x, float* y, int ldy, int r0, int r1) {
+  if (w.group == 32 && !w.bf16_scales) return QMatMulQ4<F, ScaleKind::kF16G32>(w, x, y, ldy, r0, r1);
+  if (w.group == 32) return QMatMulQ4<F, ScaleKind::kBF16G32>(w, x, y, ldy, r0, r1);
+  return QMatMulQ4<F, ScaleKind::kGeneric>(w, x, y, ldy, r0, r1);
+}
+
 template <WFormat F>
 void QMatMulFormat(const QMatrix& w, const QActs& x, float* y, int ldy, int r0, int r1) {
   constexpr int R = 4, T = 4;
@@ -93,9 +207,115 @@ void QMatMulFormat(const QMatrix& w, const QActs& x, float* y, int ldy, int r0, 
 
 void QMatMul512(const QMatrix& w, const QActs& x, float* y, int ldy, int r0, int r1) {
   switch (w.format) {
-    case WFormat::kQ4: return QMatMulFormat<WFormat::kQ4>(w, x, y, ldy, r0, r1);
-    case WFormat::kQ4Min: return QMatMulFormat<WFormat::kQ4Min>(w, x, y, ldy, r0, r1);
+    case WFormat::kQ4: return QMatMulQ4Any<WFormat::kQ4>(w, x, y, ldy, r0, r1);
+    case WFormat::kQ4Min: return QMatMulQ4Any<WFormat::kQ4Min>(w, x, y, ldy, r0, r1);
     case WFormat::kQ8: return QMatMulFormat<WFormat::kQ8>(w, x, y, ldy, r0, r1);
+  }
+}
+
+// QuantizeRowScalar's arithmetic 16 lanes at a time: bit-identical (see kernels_avx2.cc).
+void QuantizeRow512(const float* x, int nb, int8_t* q, float* d, int32_t* sumq) {
+  const __m512i lim = _mm512_set1_epi32(127), nlim = _mm512_set1_epi32(-127);
+  for (int b = 0; b < nb; ++b) {
+    const __m512 a = _mm512_loadu_ps(x + b * 32), c = _mm512_loadu_ps(x + b * 32 + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(c)));
+    const float id = amax > 0.f ? 127.f / amax : 0.f;
+    const __m512 vid = _mm512_set1_ps(id);
+    __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, vid)), qc = _mm512_cvtps_epi32(_mm512_mul_ps(c, vid));
+    qa = _mm512_min_epi32(lim, _mm512_max_epi32(nlim, qa));
+    qc = _mm512_min_epi32(lim, _mm512_max_epi32(nlim, qc));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * 32), _mm512_cvtsepi32_epi8(qa));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + b * 32 + 16), _mm512_cvtsepi32_epi8(qc));
+    d[b] = amax / 127.f;
+    sumq[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qc));
+  }
+}
+
+// exp(x) for x <= 0 (softmax after the max is subtracted): x = n ln2 + r, a degree-6 polynomial
+// of r (Cephes expf coefficients), times 2^n by vscalefps. Relative error ~2e-7.
+inline __m512 Exp512(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// The horizontal sums of four vectors: [sum(a), sum(b), sum(c), sum(d)].
+inline __m128 Reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+  const __m512 abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                                    _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(abcd),
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(abcd), 1)));
+  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+// Head sizes that are multiples of 16: the scores with one 512-bit f16->f32 row per 16
+// features, a vector softmax, then o accumulated in registers (4 x 16 features per pass over
+// the values). Other head sizes take the AVX2 path.
+void Attend512(const float* q, int nh, int dh, const uint16_t* k, const uint16_t* v, size_t stride,
+               int len, float scale, float* scores, float* o) {
+  if (dh % 16 != 0) return Avx2Kernels()->attend_f16(q, nh, dh, k, v, stride, len, scale, scores, o);
+  const int nv = dh / 16;
+  for (int h = 0; h < nh; ++h) {
+    float* s = scores + static_cast<size_t>(h) * len;
+    const float* qh = q + h * dh;
+    auto dot = [&](int j) {
+      const uint16_t* kj = k + j * stride;
+      __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(qh), _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kj))));
+      for (int c = 1; c < nv; ++c)
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(qh + 16 * c),
+                              _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kj + 16 * c))), acc);
+      return acc;
+    };
+    float mx = -INFINITY;
+    int j = 0;
+    for (; j + 4 <= len; j += 4) {  // four positions' dots reduced together
+      const __m128 d4 = _mm_mul_ps(Reduce4(dot(j), dot(j + 1), dot(j + 2), dot(j + 3)), _mm_set1_ps(scale));
+      _mm_storeu_ps(s + j, d4);
+      __m128 m = _mm_max_ps(d4, _mm_movehl_ps(d4, d4));
+      mx = std::max(mx, _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1))));
+    }
+    for (; j < len; ++j) {
+      s[j] = _mm512_reduce_add_ps(dot(j)) * scale;
+      mx = std::max(mx, s[j]);
+    }
+    const __m512 vmx = _mm512_set1_ps(mx);
+    __m512 vsum = _mm512_setzero_ps();
+    for (int j = 0; j < len; j += 16) {
+      const __mmask16 m = len - j >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (len - j)) - 1);
+      __m512 e = _mm512_maskz_mov_ps(m, Exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, s + j), vmx)));
+      _mm512_mask_storeu_ps(s + j, m, e);
+      vsum = _mm512_add_ps(vsum, e);
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
+    for (int j = 0; j < len; j += 16) {
+      const __mmask16 m = len - j >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (len - j)) - 1);
+      _mm512_mask_storeu_ps(s + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + j), inv));
+    }
+    float* oh = o + h * dh;
+    for (int c0 = 0; c0 < nv; c0 += 4) {
+      const int nc = std::min(4, nv - c0);
+      __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+      for (int j = 0; j < len; ++j) {
+        const __m512 p = _mm512_set1_ps(s[j]);
+        const uint16_t* vj = v + j * stride + 16 * c0;
+        for (int c = 0; c < 4; ++c)
+          if (c < nc)
+            a[c] = _mm512_fmadd_ps(p, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(vj + 16 * c))), a[c]);
+      }
+      for (int c = 0; c < nc; ++c) _mm512_storeu_ps(oh + 16 * (c0 + c), a[c]);
+    }
   }
 }
 
@@ -106,6 +326,8 @@ const Kernels* Avx512Kernels() {
     Kernels k = *Avx2Kernels();
     k.name = "avx512";
     k.qmatmul = QMatMul512;
+    k.quantize_row = QuantizeRow512;
+    k.attend_f16 = Attend512;
     return k;
   }();
   return &k;

@@ -107,6 +107,39 @@ def test_isa_kernel_equals_scalar(isa, fmt, group, bf16):
                                  err_msg=f"{isa} {fmt} n={n} k={k} t={t} int8={int8}")
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_isa_activation_quantisation_is_bit_identical(isa):
+  _require(isa)
+  rng = np.random.default_rng(9)
+  x = (rng.standard_normal((7, 32 * 13)) * rng.random((7, 1)) * 10.0 ** rng.integers(-3, 3, (7, 1)))
+  x = x.astype(np.float32)
+  x[2, 64:96] = 0.0
+  x[3, 5] = 1e30
+  q_ref, d_ref = _runtime.quantize_acts(x, "scalar")
+  q, d = _runtime.quantize_acts(x, isa)
+  np.testing.assert_array_equal(q, q_ref)
+  np.testing.assert_array_equal(d, d_ref)
+
+
+@pytest.mark.parametrize("isa", ["scalar"] + ISAS)
+def test_attention_kernel_matches_numpy(isa):
+  if isa != "scalar":
+    _require(isa)
+  rng = np.random.default_rng(13)
+  for nh, dh, length in [(1, 64, 1), (3, 64, 37), (1, 24, 5), (2, 256, 70), (4, 20, 16), (1, 48, 130)]:
+    q = (rng.standard_normal((nh, dh)) * 2).astype(np.float32)
+    k = (rng.standard_normal((length, dh)) * 2).astype(np.float16)
+    v = rng.standard_normal((length, dh)).astype(np.float16)
+    scale = 1 / np.sqrt(dh)
+    got = _runtime.attend_f16(q, k.view(np.uint16), v.view(np.uint16), scale, isa)
+    s = q.astype(np.float64) @ k.astype(np.float64).T * scale
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    want = p @ v.astype(np.float64)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * max(1, np.abs(want).max()),
+                               err_msg=f"{isa} nh={nh} dh={dh} len={length}")
+
+
 def test_f16_conversion_rounds_to_nearest_even():
   rng = np.random.default_rng(5)
   x = np.concatenate([rng.standard_normal(2000) * 10.0 ** rng.integers(-9, 5, 2000),

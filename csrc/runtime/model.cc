@@ -1,9 +1,11 @@
 #include "csrc/runtime/model.h"
 
 #include <algorithm>
+#include <ctime>
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -41,7 +43,35 @@ float Gelu(float x) {
 
 float Silu(float x) { return x / (1.0f + std::exp(-x)); }
 
+// Adds the scope's time to one OpProfile entry; free when profiling is off.
+class OpTimer {
+ public:
+  OpTimer(OpProfile* p, int op) : p_(p), op_(op) {
+    if (p_ != nullptr) t0_ = Now(p_->cpu_clock);
+  }
+  ~OpTimer() {
+    if (p_ != nullptr) p_->seconds[op_] += Now(p_->cpu_clock) - t0_;
+  }
+
+ private:
+  static double Now(bool cpu) {
+    timespec ts;
+    clock_gettime(cpu ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC, &ts);
+    return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+  }
+  OpProfile* p_;
+  int op_;
+  double t0_ = 0;
+};
+
 }  // namespace
+
+const char* OpProfile::Name(int op) {
+  static const char* const kNames[kOps] = {"embed+rope angles", "rmsnorm", "quantize acts", "q/k/v matmul",
+                                           "qk-norm+rope+kv store", "attention", "wo matmul", "gate/up matmul",
+                                           "activation", "down matmul", "logits"};
+  return op >= 0 && op < kOps ? kNames[op] : "?";
+}
 
 std::unique_ptr<Model> Model::FromFile(std::shared_ptr<GnbFile> file, const Kernels& kernels) {
   std::unique_ptr<Model> m(new Model());
@@ -226,17 +256,35 @@ Decoder::Decoder(const Model& model, ThreadPool* pool, SessionOptions options)
     inv_freq_[i] = static_cast<float>(std::pow(c_.rope_base, -2.0 * i / c_.head_dim));
 }
 
-void Decoder::MatMul(const QMatrix& w, const float* x, int t, int ldx, float* y, int ldy, bool reuse) {
+void Decoder::MatMul(const QMatrix& w, const float* x, int t, int ldx, float* y, int ldy) {
+  const QMatrix* ws[1] = {&w};
+  float* ys[1] = {y};
+  MatMulN(ws, ys, 1, x, t, ldx, ldy);
+}
+
+// One ParallelFor over the rows of all n matrices (q/k/v, gate/up: the same input, quantised
+// once), so the threads split their total and synchronise once. Parts are whole row tiles of
+// the concatenation; a part may span matrices.
+void Decoder::MatMulN(const QMatrix* const* ws, float* const* ys, int n, const float* x, int t, int ldx, int ldy) {
   const Kernels& kern = m_.kernels();
+  int total = 0;
+  for (int j = 0; j < n; ++j) total += ws[j]->n;
   if (opt_.int8_activations) {
-    if (!reuse || qa_.t != t || qa_.kp != w.kp) QuantizeActs(x, t, ldx, w.kp, &qa_);
-    const QActs& qa = qa_;
-    pool_->ParallelFor(w.n, [&](int r0, int r1) { kern.qmatmul(w, qa, y, ldy, r0, r1); }, kern.row_tile);
-  } else if (t == 1) {
-    pool_->ParallelFor(w.n, [&](int r0, int r1) { kern.matvec(w, x, y, r0, r1); });
-  } else {
-    pool_->ParallelFor(w.n, [&](int r0, int r1) { kern.matmul(w, x, t, ldx, y, ldy, r0, r1); });
+    OpTimer timer(profile_, OpProfile::kQuantize);
+    QuantizeActs(x, t, ldx, ws[0]->kp, &qa_, kern.quantize_row);
   }
+  auto run = [&](int b, int e) {
+    int base = 0;
+    for (int j = 0; j < n && b < e; base += ws[j]->n, ++j) {
+      const QMatrix& w = *ws[j];
+      const int r0 = std::max(b, base) - base, r1 = std::min(e, base + w.n) - base;
+      if (r0 >= r1) continue;
+      if (opt_.int8_activations) kern.qmatmul(w, qa_, ys[j], ldy, r0, r1);
+      else if (t == 1) kern.matvec(w, x, ys[j], r0, r1);
+      else kern.matmul(w, x, t, ldx, ys[j], ldy, r0, r1);
+    }
+  };
+  pool_->ParallelFor(total, run, opt_.int8_activations ? kern.row_tile : 8);
 }
 
 // Causal attention of the t rows over their sequences' caches. A job is one (row, kv head) pair
@@ -263,42 +311,31 @@ void Decoder::Attention(int layer, int t) {
       const size_t base = kv.At(layer, 0) + kvh * Dh;
       const size_t kvw = kv.width_;
       const float* q = q_.data() + static_cast<size_t>(i) * ld_;
-      for (int j = 0; j < len; ++j) {
-        size_t at = base + j * kvw;
-        for (int hh = 0; hh < nh; ++hh) {
-          const float* qh = q + (h0 + hh) * Dh;
-          float d;
-          if (f16) {
-            d = kern.dot_f16(qh, kv.k16_.data() + at, Dh);
-          } else {
-            const float* kj = kv.k32_.data() + at;
-            d = 0.f;
-            for (int x = 0; x < Dh; ++x) d += qh[x] * kj[x];
-          }
-          s[hh * stride + j] = d * scale;
-        }
+      float* o = o_.data() + static_cast<size_t>(i) * ld_ + h0 * Dh;
+      if (f16) {
+        kern.attend_f16(q + h0 * Dh, nh, Dh, kv.k16_.data() + base, kv.v16_.data() + base, kvw, len, scale, s, o);
+        continue;
       }
+      // f32 cache (the parity path): plain loops.
       for (int hh = 0; hh < nh; ++hh) {
         float* sh = s + hh * stride;
+        const float* qh = q + (h0 + hh) * Dh;
+        for (int j = 0; j < len; ++j) {
+          const float* kj = kv.k32_.data() + base + j * kvw;
+          float d = 0.f;
+          for (int x = 0; x < Dh; ++x) d += qh[x] * kj[x];
+          sh[j] = d * scale;
+        }
         float mx = -INFINITY, sum = 0.f;
         for (int j = 0; j < len; ++j) mx = std::max(mx, sh[j]);
         for (int j = 0; j < len; ++j) { sh[j] = std::exp(sh[j] - mx); sum += sh[j]; }
-        float inv = 1.0f / sum;
-        for (int j = 0; j < len; ++j) sh[j] *= inv;
-        float* o = o_.data() + static_cast<size_t>(i) * ld_ + (h0 + hh) * Dh;
-        std::fill(o, o + Dh, 0.f);
-      }
-      for (int j = 0; j < len; ++j) {
-        size_t at = base + j * kvw;
-        for (int hh = 0; hh < nh; ++hh) {
-          float p = s[hh * stride + j];
-          float* o = o_.data() + static_cast<size_t>(i) * ld_ + (h0 + hh) * Dh;
-          if (f16) {
-            kern.axpy_f16(p, kv.v16_.data() + at, o, Dh);
-          } else {
-            const float* vj = kv.v32_.data() + at;
-            for (int x = 0; x < Dh; ++x) o[x] += p * vj[x];
-          }
+        const float inv = 1.0f / sum;
+        float* oh = o + hh * Dh;
+        std::fill(oh, oh + Dh, 0.f);
+        for (int j = 0; j < len; ++j) {
+          const float p = sh[j] * inv;
+          const float* vj = kv.v32_.data() + base + j * kvw;
+          for (int x = 0; x < Dh; ++x) oh[x] += p * vj[x];
         }
       }
     }
@@ -378,6 +415,8 @@ void Decoder::Run(const int* tokens, int t, int first, float* out) {
   for (int i = 0; i < t; ++i) score_stride_ = std::max(score_stride_, row_pos_[i] + 1);
   const size_t scores = static_cast<size_t>(pool_->size()) * (H / c_.n_kv_heads) * score_stride_;
   if (scores_.size() < scores) scores_.resize(scores);
+  std::optional<OpTimer> timer;
+  timer.emplace(profile_, OpProfile::kEmbed);
   // Embedding rows, dequantised from the quantised table (columns past D stay zero).
   if (embed_row_.size() < static_cast<size_t>(m_.embed().kp)) embed_row_.resize(m_.embed().kp);
   for (int i = 0; i < t; ++i) {
@@ -396,10 +435,15 @@ void Decoder::Run(const int* tokens, int t, int first, float* out) {
   }
   for (int l = 0; l < c_.n_layers; ++l) {
     const LayerWeights& w = m_.layers()[l];
+    timer.emplace(profile_, OpProfile::kNorm);
     for (int i = 0; i < t; ++i) RmsNorm(&x_[i * ld_], w.attn_norm, D, eps, &h_[i * ld_]);
-    MatMul(w.wq, h_.data(), t, ld_, q_.data(), ld_);
-    MatMul(w.wk, h_.data(), t, ld_, k_.data(), ld_, true);
-    MatMul(w.wv, h_.data(), t, ld_, v_.data(), ld_, true);
+    timer.emplace(profile_, OpProfile::kQkv);
+    {
+      const QMatrix* ws[3] = {&w.wq, &w.wk, &w.wv};
+      float* ys[3] = {q_.data(), k_.data(), v_.data()};
+      MatMulN(ws, ys, 3, h_.data(), t, ld_, ld_);
+    }
+    timer.emplace(profile_, OpProfile::kRope);
     for (int i = 0; i < t; ++i) {
       const float* cs = &rope_[static_cast<size_t>(i) * half * 2];
       // Per-head q/k RMSNorm (qk_norm models) then rotate-half RoPE.
@@ -419,24 +463,34 @@ void Decoder::Run(const int* tokens, int t, int first, float* out) {
       norm_rope(&k_[i * ld_], c_.n_kv_heads, w.k_norm);
       StoreKv(l, i);
     }
+    timer.emplace(profile_, OpProfile::kAttention);
     Attention(l, t);
+    timer.emplace(profile_, OpProfile::kWo);
     MatMul(w.wo, o_.data(), t, ld_, h_.data(), ld_);
     for (int i = 0; i < t; ++i)
       for (int d = 0; d < D; ++d) x_[i * ld_ + d] += h_[i * ld_ + d];
+    timer.emplace(profile_, OpProfile::kNorm);
     for (int i = 0; i < t; ++i) RmsNorm(&x_[i * ld_], w.mlp_norm, D, eps, &h_[i * ld_]);
-    MatMul(w.w_gate, h_.data(), t, ld_, g_.data(), ld_);
-    MatMul(w.w_up, h_.data(), t, ld_, u_.data(), ld_, true);
+    timer.emplace(profile_, OpProfile::kGateUp);
+    {
+      const QMatrix* ws[2] = {&w.w_gate, &w.w_up};
+      float* ys[2] = {g_.data(), u_.data()};
+      MatMulN(ws, ys, 2, h_.data(), t, ld_, ld_);
+    }
+    timer.emplace(profile_, OpProfile::kActivation);
     const bool gelu = c_.activation == "gelu";
     for (int i = 0; i < t; ++i)
       for (int f = 0; f < F; ++f) {
         float gv = g_[i * ld_ + f];
         g_[i * ld_ + f] = (gelu ? Gelu(gv) : Silu(gv)) * u_[i * ld_ + f];
       }
+    timer.emplace(profile_, OpProfile::kDown);
     MatMul(w.w_down, g_.data(), t, ld_, h_.data(), ld_);
     for (int i = 0; i < t; ++i)
       for (int d = 0; d < D; ++d) x_[i * ld_ + d] += h_[i * ld_ + d];
   }
   // Logits of rows [first, t).
+  timer.emplace(profile_, OpProfile::kLogits);
   const int n = t - first;
   for (int i = first; i < t; ++i) RmsNorm(&x_[i * ld_], m_.final_norm(), D, eps, &h_[(i - first) * ld_]);
   MatMul(m_.unembed(), h_.data(), n, ld_, out, V);

@@ -91,6 +91,17 @@ class KvCache {
   std::vector<uint16_t> k16_, v16_; // f16 cache
 };
 
+// Seconds spent per part of the forward, summed over calls (Decoder::set_profile): the per-op
+// breakdown bench_native --profile prints.
+struct OpProfile {
+  enum Op { kEmbed, kNorm, kQuantize, kQkv, kRope, kAttention, kWo, kGateUp, kActivation, kDown, kLogits, kOps };
+  static const char* Name(int op);
+  double seconds[kOps] = {};
+  // false: wall time; true: the calling thread's CPU time (1 thread on a loaded machine: the
+  // time the thread actually ran).
+  bool cpu_clock = false;
+};
+
 // The decoder forward over rows of (sequence, token): one sequence's prompt chunk (prefill) or
 // one token of each of B sequences (batched decode). Every weight matrix is read once per call
 // for all rows (the rows x tokens tile kernels). Scratch buffers only grow, so after the first
@@ -111,14 +122,17 @@ class Decoder {
   void DecodeBatch(KvCache* const* caches, const int* tokens, int b, float* logits);
   const SessionOptions& options() const { return opt_; }
   const Model& model() const { return m_; }
+  // Times each part of later calls into `p` (nullptr: off, the default).
+  void set_profile(OpProfile* p) { profile_ = p; }
 
  private:
   // The forward of rows_ (row_cache_[i], row_pos_[i], tokens[i]); logits of rows [first, t) go
   // to `out` with stride V.
   void Run(const int* tokens, int t, int first, float* out);
-  // y = x W^T over t rows. With int8 activations x is quantised once (QuantizeActs) unless
-  // `reuse` says the previous call had the same input (q/k/v and gate/up share theirs).
-  void MatMul(const QMatrix& w, const float* x, int t, int ldx, float* y, int ldy, bool reuse = false);
+  // y = x W^T over t rows (int8 activations: x quantised once by QuantizeActs).
+  void MatMul(const QMatrix& w, const float* x, int t, int ldx, float* y, int ldy);
+  // ys[j] = x ws[j]^T for n matrices of one input width, in one parallel job.
+  void MatMulN(const QMatrix* const* ws, float* const* ys, int n, const float* x, int t, int ldx, int ldy);
   void Attention(int layer, int t);
   void StoreKv(int layer, int i);
   void CheckTokens(const int* tokens, int t) const;
@@ -135,6 +149,7 @@ class Decoder {
   std::vector<float> scores_;                 // [threads, group, score_stride_] attention scratch
   std::vector<float> inv_freq_, rope_;        // rope_ [t, Dh/2, 2] (cos, sin) of each row
   QActs qa_;
+  OpProfile* profile_ = nullptr;
 };
 
 // One sequence being generated: a KvCache and a Decoder of its own.
@@ -153,6 +168,7 @@ class Session {
   const SessionOptions& options() const { return dec_.options(); }
   // Bytes of KV cache one decode step at the current position reads.
   uint64_t KvBytesPerToken() const { return cache_.BytesPerToken(); }
+  void set_profile(OpProfile* p) { dec_.set_profile(p); }
 
  private:
   KvCache cache_;

@@ -128,17 +128,33 @@ PYBIND11_MODULE(_runtime, m) {
      py::arg("group"), py::arg("bf16"), py::arg("x"), py::arg("kernel"), py::arg("int8_acts"),
   "y[T, n] = x[T, k] @ W^T for a quantised matrix given as its packed/scales/mins buffers.");
 
-  m.def("quantize_acts", [](py::array_t<float, py::array::c_style | py::array::forcecast> x) {
+  m.def("quantize_acts", [](py::array_t<float, py::array::c_style | py::array::forcecast> x,
+                            const std::string& kernel) {
     if (x.ndim() != 2 || x.shape(1) % 32 != 0) throw std::invalid_argument("x must be [T, 32k]");
     int t = static_cast<int>(x.shape(0)), kp = static_cast<int>(x.shape(1));
     QActs qa;
-    QuantizeActs(x.data(), t, kp, kp, &qa);
+    QuantizeActs(x.data(), t, kp, kp, &qa, SelectKernels(kernel).quantize_row);
     py::array_t<int8_t> q({t, kp});
     py::array_t<float> d({t, kp / 32});
     std::copy(qa.q.begin(), qa.q.begin() + static_cast<size_t>(t) * kp, q.mutable_data());
     std::copy(qa.d.begin(), qa.d.begin() + static_cast<size_t>(t) * (kp / 32), d.mutable_data());
     return py::make_tuple(q, d);
-  }, "int8 per-32-block activation quantisation: (q int8 [T, K], d f32 [T, K/32]).");
+  }, py::arg("x"), py::arg("kernel") = "scalar",
+  "int8 per-32-block activation quantisation: (q int8 [T, K], d f32 [T, K/32]).");
+  m.def("attend_f16", [](py::array_t<float, py::array::c_style | py::array::forcecast> q,
+                         py::array_t<uint16_t, py::array::c_style | py::array::forcecast> k,
+                         py::array_t<uint16_t, py::array::c_style | py::array::forcecast> v,
+                         float scale, const std::string& kernel) {
+    if (q.ndim() != 2 || k.ndim() != 2 || v.ndim() != 2 || k.shape(1) != q.shape(1) ||
+        v.shape(0) != k.shape(0) || v.shape(1) != k.shape(1) || k.shape(0) < 1)
+      throw std::invalid_argument("attend_f16: q [nh, dh], k and v [len, dh] f16 bits");
+    const int nh = static_cast<int>(q.shape(0)), dh = static_cast<int>(q.shape(1)), len = static_cast<int>(k.shape(0));
+    std::vector<float> scores(static_cast<size_t>(nh) * len);
+    py::array_t<float> o({nh, dh});
+    SelectKernels(kernel).attend_f16(q.data(), nh, dh, k.data(), v.data(), dh, len, scale, scores.data(),
+                                     o.mutable_data());
+    return o;
+  }, "softmax(scale q k^T) v for one kv head: q f32 [nh, dh], k/v f16 bits [len, dh] -> [nh, dh].");
   m.def("f32_to_f16_bits", [](py::array_t<float, py::array::c_style | py::array::forcecast> x) {
     std::vector<uint16_t> out(x.size());
     for (py::ssize_t i = 0; i < x.size(); ++i) out[i] = F32ToF16(x.data()[i]);
