@@ -1,14 +1,19 @@
 """The real openai and google-genai clients against the server on 127.0.0.1 (tiny random model,
 SentencePiece vocabulary with the thinking/tool specials)."""
 
+import base64
+import io
 import json
+import wave
 
+import numpy as np
 import openai
+import PIL.Image
 import pytest
 from google import genai
 from google.genai import types
 
-from gemini.serve import testing
+from gemini.serve import chat, media as media_lib, testing
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "current weather of a city",
@@ -206,3 +211,116 @@ def test_safety_filter_blocks_prompt(gm):
           max_output_tokens=4, safety_settings=[types.SafetySetting(
               category="HARM_CATEGORY_DANGEROUS_CONTENT", threshold="BLOCK_NONE")]))
   assert ok.candidates and ok.prompt_feedback.block_reason is None
+
+
+# -- media: a tiny model with vision and audio encoders -------------------------------------
+
+def _png(seed: int) -> bytes:
+  img = np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  buf = io.BytesIO()
+  PIL.Image.fromarray(img).save(buf, "PNG")
+  return buf.getvalue()
+
+
+def _wav(seconds: float = 0.4, rate: int = 8000) -> bytes:
+  t = np.arange(int(seconds * rate)) / rate
+  buf = io.BytesIO()
+  with wave.open(buf, "wb") as w:
+    w.setnchannels(1)
+    w.setsampwidth(2)
+    w.setframerate(rate)
+    w.writeframes(np.round(0.3 * np.sin(2 * np.pi * 330 * t) * 32767).astype("<i2").tobytes())
+  return buf.getvalue()
+
+
+def _gif() -> bytes:
+  frames = [PIL.Image.fromarray(np.full((16, 16, 3), c, np.uint8))
+            for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+  buf = io.BytesIO()
+  frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=1000, loop=0)
+  return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def mm_server(tmp_path_factory):
+  be, srv = testing.serve_tiny_mm(str(tmp_path_factory.mktemp("tokmm")), n_slots=2, max_len=128)
+  yield be, srv
+  srv.stop()
+  be.stop()
+
+
+def _expected(be, text, kind, raw, mime):
+  """The reference answer: forward-greedy over the prompt the server should build."""
+  reader = chat.MediaReader(be, media_lib.MediaLimits())
+  item = reader.read_mime(mime, base64.b64encode(raw).decode(), "x")
+  job = chat.Job([chat.Turn("user", text + chat.MEDIA_MARK, media=[item])], None)
+  ids, layout = chat.prompt_layout(job, be.tokenizer, be.cfg)
+  assert [k for _, k, _ in layout] == [kind]
+  out = testing.forward_greedy(be.engine.params, be.cfg, ids, layout, 5, be.tokenizer.eos_ids)
+  return be.tokenizer.decode(out), len(ids)
+
+
+def test_openai_and_gemini_image_requests(mm_server):
+  be, srv = mm_server
+  oa = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+  gm = genai.Client(api_key="unused", http_options=types.HttpOptions(base_url=srv.url,
+                                                                     api_version="v1beta"))
+  answers = []
+  for seed in (0, 1):
+    raw = _png(seed)
+    want, n_prompt = _expected(be, "What is in this picture? ", "image", raw, "image/png")
+    r = oa.chat.completions.create(model="tiny", max_tokens=5, temperature=0, messages=[
+        {"role": "user", "content": [
+            {"type": "text", "text": "What is in this picture? "},
+            {"type": "image_url", "image_url": {
+                "url": "data:image/png;base64," + base64.b64encode(raw).decode()}}]}])
+    assert r.choices[0].message.content == want
+    assert r.usage.prompt_tokens == n_prompt
+    g = gm.models.generate_content(model="tiny", contents=[
+        "What is in this picture? ", types.Part.from_bytes(data=raw, mime_type="image/png")],
+        config=types.GenerateContentConfig(max_output_tokens=5, temperature=0))
+    assert (g.text or "") == want
+    assert g.usage_metadata.prompt_token_count == n_prompt
+    answers.append(want)
+  n = gm.models.count_tokens(model="tiny", contents=[
+      "What is in this picture? ", types.Part.from_bytes(data=_png(0), mime_type="image/png")])
+  assert n.total_tokens == n_prompt
+
+
+def test_openai_and_gemini_audio_and_gemini_video(mm_server):
+  be, srv = mm_server
+  oa = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+  gm = genai.Client(api_key="unused", http_options=types.HttpOptions(base_url=srv.url,
+                                                                     api_version="v1beta"))
+  raw = _wav()
+  want, _ = _expected(be, "Transcribe: ", "audio", raw, "audio/wav")
+  r = oa.chat.completions.create(model="tiny", max_tokens=5, temperature=0, messages=[
+      {"role": "user", "content": [
+          {"type": "text", "text": "Transcribe: "},
+          {"type": "input_audio", "input_audio": {"data": base64.b64encode(raw).decode(),
+                                                  "format": "wav"}}]}])
+  assert r.choices[0].message.content == want
+  g = gm.models.generate_content(model="tiny", contents=[
+      "Transcribe: ", types.Part.from_bytes(data=raw, mime_type="audio/wav")],
+      config=types.GenerateContentConfig(max_output_tokens=5, temperature=0))
+  assert (g.text or "") == want
+  vid = _gif()
+  want, _ = _expected(be, "Watch: ", "video", vid, "video/gif")
+  g = gm.models.generate_content(model="tiny", contents=[
+      "Watch: ", types.Part.from_bytes(data=vid, mime_type="video/gif")],
+      config=types.GenerateContentConfig(max_output_tokens=5, temperature=0))
+  assert (g.text or "") == want
+
+
+def test_media_on_a_text_only_model_is_a_named_400(oa, gm):
+  raw = base64.b64encode(_png(0)).decode()
+  with pytest.raises(openai.BadRequestError) as e:
+    oa.chat.completions.create(model="tiny", max_tokens=2, messages=[
+        {"role": "user", "content": [{"type": "text", "text": "see"}, {
+            "type": "image_url", "image_url": {"url": "data:image/png;base64," + raw}}]}])
+  assert e.value.body["param"] == "messages[0].content[1].image_url"
+  assert "no vision encoder" in e.value.body["message"]
+  with pytest.raises(genai.errors.ClientError) as e:
+    gm.models.generate_content(model="tiny", contents=[
+        "hear", types.Part.from_bytes(data=_wav(), mime_type="audio/wav")])
+  assert e.value.code == 400 and "contents[0].parts[1].inlineData" in e.value.message

@@ -14,7 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gemini.serve import chat, gemini_api, metrics as metrics_lib, openai_api, safety
+from gemini.serve import chat, gemini_api, media as media_lib, metrics as metrics_lib
+from gemini.serve import openai_api, safety
 from gemini.serve import scheduler as scheduler_lib
 
 
@@ -26,6 +27,7 @@ class ServerConfig:
   max_tokens: int = 4096            # cap on max_tokens / maxOutputTokens
   default_max_tokens: int = 64
   timeout_s: float = 300.0
+  media: media_lib.MediaLimits = media_lib.MediaLimits()
 
 
 class Context:
@@ -36,6 +38,7 @@ class Context:
     self.model_id = cfg.model_id
     self.max_tokens, self.default_max_tokens = cfg.max_tokens, cfg.default_max_tokens
     self.timeout_s = cfg.timeout_s
+    self.media_limits = cfg.media
 
   def check_model(self, model: str):
     name = model[len("models/"):] if model.startswith("models/") else model

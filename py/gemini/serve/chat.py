@@ -7,6 +7,12 @@ tools are declared in the system turn; an assistant's tool call is rendered as
 `<tool_result>{...}</tool_result>`, so a result is fed back as the next turn. With a required
 tool (OpenAI tool_choice=required/named, Gemini mode ANY) or a response schema the answer is
 decoded under the JSON-schema constraint, so it always parses and validates.
+
+Media (images, audio, video; decoded by `media.py`) sit in a user turn's text as MEDIA_MARK,
+one per item in order; `prompt_layout` encodes the text around them and puts each item where
+its mark was, laid out as the data pipeline does: `<media_start>`, n placeholder ids (n =
+`multimodal.num_tokens`), `<media_end>`. The Request carries (start, kind, array) per item and
+the engine builds the model batch with `multimodal.build_batch`.
 """
 
 from __future__ import annotations
@@ -18,7 +24,10 @@ import re
 import uuid
 from typing import AsyncIterator, Dict, List, Optional
 
-from gemini.serve import constrain
+import numpy as np
+
+from gemini.model import multimodal
+from gemini.serve import constrain, media as media_lib
 from gemini.serve import request as request_lib
 from gemini.serve import tokenizer as tokenizer_lib
 
@@ -37,6 +46,7 @@ class Turn:
   text: str = ""
   tool_calls: List[dict] = dataclasses.field(default_factory=list)  # {"name","arguments"(dict)}
   tool_result: Optional[dict] = None    # {"name", "content"}
+  media: List[media_lib.Media] = dataclasses.field(default_factory=list)  # one MEDIA_MARK each
 
 
 @dataclasses.dataclass
@@ -58,6 +68,39 @@ class Result:
   finish_reason: str = "stop"
   usage: dict = dataclasses.field(default_factory=dict)
   error: Optional[str] = None
+
+
+class MediaReader:
+  """Decodes one request's media parts for the backend's model, at most limits.max_items."""
+
+  def __init__(self, backend, limits: media_lib.MediaLimits):
+    self.backend, self.limits, self.count = backend, limits, 0
+
+  def read(self, kind: str, raw: bytes, field: str) -> media_lib.Media:
+    self.count += 1
+    if self.count > self.limits.max_items:
+      raise BadRequest(f"{field}: more than {self.limits.max_items} media parts in one request",
+                       field)
+    need = "audio" if kind == "audio" else "vision"
+    if not getattr(self.backend, need, False):
+      raise BadRequest(f"{field}: this model has no {need} encoder (it cannot take {kind} "
+                       f"input)", field)
+    try:
+      return media_lib.Media(kind, media_lib.decode(kind, raw, self.backend.cfg, self.limits),
+                             field)
+    except media_lib.MediaError as e:
+      raise BadRequest(f"{field}: {e}", field) from e
+
+  def read_mime(self, mime, data_b64, field: str) -> media_lib.Media:
+    """A (mime type, base64 data) part, e.g. Gemini's inlineData."""
+    if not isinstance(mime, str):
+      raise BadRequest(f"{field}.mimeType must be a string, got {type(mime).__name__}", field)
+    try:
+      kind = media_lib.kind_of_mime(mime)
+      raw = media_lib.decode_base64(data_b64, "data")
+    except media_lib.MediaError as e:
+      raise BadRequest(f"{field}: {e}", field) from e
+    return self.read(kind, raw, field)
 
 
 def render(job: Job, tok) -> str:
@@ -84,11 +127,64 @@ def render(job: Job, tok) -> str:
   return tok.render_chat(msgs)
 
 
-def prompt_tokens(job: Job, tok) -> List[int]:
-  ids = tok.encode(render(job, tok))
-  if tok.bos_id is not None:
-    ids = [tok.bos_id] + ids
-  return ids
+MEDIA_MARK = "\ue000"     # a private-use character: where a media item sits in a turn's text
+
+
+def clean_text(text: str) -> str:
+  """Client text with MEDIA_MARK removed (it only ever comes from a decoded media part)."""
+  return text.replace(MEDIA_MARK, "\ufffd")
+
+
+def _same_shapes(items: List[media_lib.Media]) -> List[np.ndarray]:
+  """One array shape per kind, as a model batch needs: shorter audio clips are zero-padded to
+  the longest, shorter videos repeat their last frame (what a training batch does)."""
+  out = [m.array for m in items]
+  for kind in ("audio", "video"):
+    idx = [i for i, m in enumerate(items) if m.kind == kind]
+    if len(idx) < 2:
+      continue
+    longest = max(out[i].shape[0] for i in idx)
+    for i in idx:
+      a = out[i]
+      extra = longest - a.shape[0]
+      if extra:
+        tail = (np.zeros((extra,), a.dtype) if kind == "audio"
+                else np.repeat(a[-1:], extra, axis=0))
+        out[i] = np.concatenate([a, tail])
+  return out
+
+
+def prompt_layout(job: Job, tok, cfg=None):
+  """-> (prompt ids, [(start, kind, array), ...]): the chat prompt with every media item's
+  placeholder ids laid in (cfg: the model config, needed when there are media)."""
+  items = [m for t in job.turns if t.role != "system" for m in t.media]
+  text = render(job, tok)
+  if not items:
+    ids = tok.encode(text)
+    return ([tok.bos_id] + ids if tok.bos_id is not None else ids), []
+  pieces = text.split(MEDIA_MARK)
+  if len(pieces) != len(items) + 1:
+    raise BadRequest(f"media parts are accepted in user turns only ({len(items)} items, "
+                     f"{len(pieces) - 1} placed)", "messages")
+  ids = [tok.bos_id] if tok.bos_id is not None else []
+  marks = tok.media_ids()
+  layout = []
+  for piece, item, array in zip(pieces, items + [None], _same_shapes(items) + [None]):
+    ids += tok.encode(piece) if piece else []
+    if item is None:
+      break
+    n = multimodal.num_tokens(item.kind, array.shape, cfg)
+    if "start" in marks:
+      ids.append(marks["start"])
+    layout.append((len(ids), item.kind, array))
+    ids += [marks.get(item.kind, 0)] * n
+    if "end" in marks:
+      ids.append(marks["end"])
+  return ids, layout
+
+
+def prompt_tokens(job: Job, tok, cfg=None) -> List[int]:
+  return prompt_layout(job, tok, cfg)[0]
 
 
 def constraint_for(job: Job, backend) -> Optional[object]:
@@ -120,12 +216,12 @@ def constraint_for(job: Job, backend) -> Optional[object]:
 
 def make_requests(job: Job, backend) -> List[request_lib.Request]:
   """n Requests (seed, seed+1, ... so the choices differ when sampling), checked to fit."""
-  tokens = prompt_tokens(job, backend.tokenizer)
+  tokens, layout = prompt_layout(job, backend.tokenizer, getattr(backend, "cfg", None))
   out = []
   for i in range(job.n):
     p = dataclasses.replace(job.params, seed=job.params.seed + i,
                             constraint=constraint_for(job, backend))
-    req = request_lib.Request(tokens, p, emit=lambda ev: None)
+    req = request_lib.Request(tokens, p, emit=lambda ev: None, media=layout)
     try:
       backend.check_fits(req)
     except ValueError as e:

@@ -11,6 +11,12 @@ between chunks so the scheduler can interleave decode steps); the last partial c
 left-padded (segment 0, never attended) to the smallest of `chunk_buckets`, so the compiled
 shapes are: one decode step, one insert, one prefill per bucket and one prefix restore per
 power-of-two snapshot length — never one per request.
+
+A prompt with media (images, audio, video) is prefilled whole in one call: the batch is
+`multimodal.build_batch` of the prompt (what training feeds the model), left-padded to the
+same padded length a text prompt would take. It neither reads nor writes the prefix cache
+(the cache is keyed by token ids, and a media item's placeholder ids say nothing about its
+pixels), and it compiles once per media layout (item count and shapes).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemini.config import ModelConfig
+from gemini.model import multimodal
 from gemini.serve import model_backend, prefix_cache, sampling
 
 
@@ -137,8 +144,9 @@ class Engine:
 
   # -- chunked prefill with the prefix cache ---------------------------------------------
 
-  def prefill_steps(self, params, tokens: Sequence[int]) -> Iterator[None]:
-    """Generator: yields after every chunk; its return value is the Prefix."""
+  def prefill_steps(self, params, tokens: Sequence[int], media=()) -> Iterator[None]:
+    """Generator: yields after every chunk; its return value is the Prefix.
+    media: (start, kind, array) per item whose placeholder ids are tokens[start:start+n]."""
     tokens = [int(t) for t in tokens]
     if not tokens:
       raise ValueError("prefill: empty prompt")
@@ -146,6 +154,10 @@ class Engine:
     if need > self.ecfg.max_len:
       raise ValueError(f"prompt of {len(tokens)} tokens needs {need} cache positions > "
                        f"max_len {self.ecfg.max_len}")
+    if media:
+      prefix = self.prefill_media(params, tokens, media)
+      yield
+      return prefix
     hit, reuse = self.prefix_cache.lookup(tokens)
     if hit is not None and reuse == len(tokens):
       return Prefix(model_backend.untrim_row(self._empty_row, hit.snapshot), hit.logits,
@@ -182,6 +194,41 @@ class Engine:
                                 aligned)
       yield
     return Prefix(row, logits, len(tokens), cached)
+
+
+  def media_batch(self, tokens: Sequence[int], media) -> dict:
+    """The model batch of one media prompt: build_batch's layout, left-padded to
+    padded_length (padding has segment 0; real positions count from 0)."""
+    example, at = [], 0
+    for start, kind, array in sorted(media, key=lambda m: m[0]):
+      n = multimodal.num_tokens(kind, np.shape(array), self.cfg)
+      if start < at or start + n > len(tokens):
+        raise ValueError(f"media {kind} at {start} (+{n} tokens) overlaps the previous item or "
+                         f"runs past the prompt of {len(tokens)} tokens")
+      example += [("text", tokens[at:start]), (kind, array)]
+      at = start + n
+    example.append(("text", tokens[at:]))
+    n = len(tokens)
+    batch = multimodal.build_batch([example], self.cfg, n)
+    pad = padded_length(n, self.ecfg) - n
+    out = {}
+    for key in ("tokens", "segment_ids", "positions"):
+      out[key] = np.pad(batch[key], ((0, 0), (pad, 0)))
+    for key in multimodal.LAYOUT_KEYS:
+      out[key] = batch[key]
+    out["media_start"] = batch["media_start"] + pad * (batch["media_kind"] != 0)
+    for key in multimodal.ARRAY_KEYS.values():
+      if key in batch:
+        out[key] = batch[key]
+    return out
+
+  def prefill_media(self, params, tokens: Sequence[int], media) -> Prefix:
+    """A whole media prompt into a fresh row (see the module docstring)."""
+    batch = self.media_batch(tokens, media)
+    multimodal.validate_batch(batch, self.cfg)
+    logits, row = model_backend.prefill_row_media(
+        params, jax.tree.map(jnp.asarray, batch), self._empty_row, self.cfg)
+    return Prefix(row, logits, len(tokens), 0)
 
 
 @dataclasses.dataclass

@@ -71,20 +71,21 @@ class CountRequest(pydantic.BaseModel):
   generateContentRequest: Optional[GenerateRequest] = None
 
 
-def _turns(contents: List[Content], system: Optional[Content]) -> List[chat.Turn]:
+def _turns(contents: List[Content], system: Optional[Content],
+           reader: chat.MediaReader) -> List[chat.Turn]:
   turns = []
   if system is not None:
-    turns.append(chat.Turn("system", "".join(p.text or "" for p in system.parts)))
+    turns.append(chat.Turn("system", chat.clean_text("".join(p.text or "" for p in system.parts))))
   for i, c in enumerate(contents):
     role = {"model": "assistant", "function": "tool", "tool": "tool", "system": "system"}.get(
         c.role or "user", "user")
-    text, calls = "", []
+    text, calls, media = "", [], []
     for j, p in enumerate(c.parts):
       field = f"contents[{i}].parts[{j}]"
       if p.thought:
         continue
       if p.text is not None:
-        text += p.text
+        text += chat.clean_text(p.text)
       elif p.functionCall is not None:
         name, args = p.functionCall.get("name"), p.functionCall.get("args", {})
         if not isinstance(name, str) or not isinstance(args, dict):
@@ -97,29 +98,20 @@ def _turns(contents: List[Content], system: Optional[Content]) -> List[chat.Turn
         turns.append(chat.Turn("tool", tool_result={"name": name, "content":
                                                     p.functionResponse.get("response")}))
       elif p.inlineData is not None:
-        _check_inline(p.inlineData, field)
-        raise chat.BadRequest(f"{field}.inlineData: this model is text-only (no image/audio "
-                              "encoder)", field)
+        where = f"{field}.inlineData"
+        d = p.inlineData
+        if role != "user":
+          raise chat.BadRequest(f"{where}: media parts are accepted in user turns only", where)
+        media.append(reader.read_mime(d.get("mimeType", d.get("mime_type")), d.get("data"), where))
+        text += chat.MEDIA_MARK
       else:
         raise chat.BadRequest(f"{field} has none of text/inlineData/functionCall/"
                               "functionResponse", field)
     if text or calls:
-      turns.append(chat.Turn(role, text, tool_calls=calls))
+      turns.append(chat.Turn(role, text, tool_calls=calls, media=media))
   if not any(t.role in ("user", "tool") for t in turns):
     raise chat.BadRequest("contents: needs at least one user turn", "contents")
   return turns
-
-
-def _check_inline(d: dict, field: str):
-  import base64
-  import binascii
-  mime, data = d.get("mimeType") or d.get("mime_type"), d.get("data")
-  if not isinstance(mime, str) or not isinstance(data, str):
-    raise chat.BadRequest(f"{field}.inlineData needs string mimeType and base64 data", field)
-  try:
-    base64.b64decode(data, validate=True)
-  except (binascii.Error, ValueError) as e:
-    raise chat.BadRequest(f"{field}.inlineData.data is not valid base64: {e}", field) from e
 
 
 def _tools(r: GenerateRequest):
@@ -181,7 +173,8 @@ def job_of(r: GenerateRequest, ctx) -> chat.Job:
     raise chat.BadRequest(f"generationConfig.responseMimeType {g.responseMimeType!r} is not "
                           "text/plain or application/json", "generationConfig.responseMimeType")
   tools, mode = _tools(r)
-  return chat.Job(_turns(r.contents, r.systemInstruction), params, tools=tools, tool_mode=mode,
+  turns = _turns(r.contents, r.systemInstruction, chat.MediaReader(ctx.backend, ctx.media_limits))
+  return chat.Job(turns, params, tools=tools, tool_mode=mode,
                   schema=schema, n=g.candidateCount)
 
 
@@ -280,8 +273,10 @@ def router(ctx) -> fastapi.APIRouter:
     else:
       if not r.contents:
         raise chat.BadRequest("countTokens needs contents or generateContentRequest", "contents")
-      job = chat.Job(_turns(r.contents, None), request_lib.GenParams())
-    return {"totalTokens": len(chat.prompt_tokens(job, ctx.backend.tokenizer))}
+      job = chat.Job(_turns(r.contents, None, chat.MediaReader(ctx.backend, ctx.media_limits)),
+                     request_lib.GenParams())
+    return {"totalTokens": len(chat.prompt_tokens(job, ctx.backend.tokenizer,
+                                                  getattr(ctx.backend, "cfg", None)))}
 
   return api
 

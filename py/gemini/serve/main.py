@@ -17,7 +17,7 @@ from absl import app as absl_app
 from absl import flags
 
 from gemini.serve import app as app_lib
-from gemini.serve import backends, engine, loading, metrics as metrics_lib, native_engine
+from gemini.serve import backends, engine, loading, media, metrics as metrics_lib, native_engine
 
 _CKPT = flags.DEFINE_string("checkpoint", "", "training workdir or its checkpoints/ folder")
 _CONFIG = flags.DEFINE_string("config", "nano_tiny", "preset of the --checkpoint model")
@@ -37,6 +37,10 @@ _MODEL_ID = flags.DEFINE_string("model_id", "", "model name in the APIs (default
 _KEYS = flags.DEFINE_list("api_keys", [], "accepted API keys (empty = no auth)")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 1024, "cap on a request's max_tokens")
 _QUEUE = flags.DEFINE_integer("max_queue", 64, "waiting requests before 429")
+_FPS = flags.DEFINE_float("video_fps", 1.0, "video frames sampled per second")
+_MAX_FRAMES = flags.DEFINE_integer("max_video_frames", 16, "sampled frames per video (more: 400)")
+_MAX_AUDIO = flags.DEFINE_float("max_audio_seconds", 30.0, "longest audio part (longer: 400)")
+_MAX_MEDIA = flags.DEFINE_integer("max_media", 8, "media parts per request (more: 400)")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "activations/KV (jax)")
 
 
@@ -82,7 +86,11 @@ def main(argv):
   m = metrics_lib.Metrics()
   backend = build_backend(m)
   cfg = app_lib.ServerConfig(model_id=backend.model_id, api_keys=tuple(_KEYS.value),
-                             max_tokens=_MAX_TOKENS.value)
+                             max_tokens=_MAX_TOKENS.value,
+                             media=media.MediaLimits(max_items=_MAX_MEDIA.value,
+                                                     max_audio_seconds=_MAX_AUDIO.value,
+                                                     video_fps=_FPS.value,
+                                                     max_video_frames=_MAX_FRAMES.value))
   print(f"serving {backend.model_id} ({type(backend).__name__}) on http://{_HOST.value}:{_PORT.value}",
         flush=True)
   uvicorn.run(app_lib.create_app(backend, cfg, metrics=m), host=_HOST.value, port=_PORT.value,

@@ -11,7 +11,7 @@ import fastapi
 import pydantic
 from sse_starlette.sse import EventSourceResponse
 
-from gemini.serve import chat, cot
+from gemini.serve import chat, cot, media as media_lib
 from gemini.serve import request as request_lib
 
 _Cfg = pydantic.ConfigDict(extra="allow")
@@ -81,22 +81,55 @@ def _params(r: Sampling, ctx, thinking: int = 0) -> request_lib.GenParams:
                                thinking_budget=thinking, timeout_s=ctx.timeout_s)
 
 
-def _text_of(content, field: str) -> str:
+def _text_of(content, field: str, reader: Optional[chat.MediaReader] = None,
+             role: str = "user"):
+  """A message's content -> its text (MEDIA_MARK where a media part was) and media list;
+  media parts only with a reader (chat messages) and in user messages."""
   if content is None or isinstance(content, str):
-    return content or ""
-  parts = []
+    return chat.clean_text(content or ""), []
+  parts, media = [], []
   for i, p in enumerate(content):
-    kind = p.get("type")
+    kind = p.get("type") if isinstance(p, dict) else None
+    where = f"{field}[{i}]"
     if kind == "text":
       if not isinstance(p.get("text"), str):
-        raise chat.BadRequest(f"{field}[{i}].text must be a string", field)
-      parts.append(p["text"])
-    elif kind in ("image_url", "input_audio"):
-      raise chat.BadRequest(f"{field}[{i}]: {kind} parts need a model with that encoder "
-                            "(this model is text-only)", field)
+        raise chat.BadRequest(f"{where}.text must be a string", where)
+      parts.append(chat.clean_text(p["text"]))
+    elif kind in _MEDIA_PARTS:
+      where = f"{where}.{kind}"
+      if reader is None or role != "user":
+        raise chat.BadRequest(f"{where}: media parts are accepted in user messages only", where)
+      media.append(_media_part(p.get(kind), kind, where, reader))
+      parts.append(chat.MEDIA_MARK)
     else:
-      raise chat.BadRequest(f"{field}[{i}].type {kind!r} is not text/image_url/input_audio", field)
-  return "".join(parts)
+      raise chat.BadRequest(f"{where}.type {kind!r} is not text/image_url/input_audio/video_url",
+                            where)
+  return "".join(parts), media
+
+
+_MEDIA_PARTS = ("image_url", "input_audio", "video_url")
+
+
+def _media_part(body, kind: str, where: str, reader: chat.MediaReader):
+  """image_url / video_url {url: data:...} (or the bare URL string); input_audio {data, format}."""
+  if kind == "input_audio":
+    if not isinstance(body, dict):
+      raise chat.BadRequest(f"{where} must be an object {{data, format}}", where)
+    fmt = body.get("format")
+    if fmt != "wav":
+      raise chat.BadRequest(f"{where}.format {fmt!r} is not supported (only 'wav')", where)
+    return reader.read_mime("audio/wav", body.get("data"), where)
+  url = body.get("url") if isinstance(body, dict) else body
+  try:
+    mime, raw = media_lib.parse_data_url(url)
+    got = media_lib.kind_of_mime(mime)
+  except media_lib.MediaError as e:
+    raise chat.BadRequest(f"{where}: {e}", where) from e
+  want = "image" if kind == "image_url" else "video"
+  if got != want and not (want == "video" and mime.lower() in ("image/gif", "image/webp",
+                                                                 "image/png", "image/apng")):
+    raise chat.BadRequest(f"{where}: mime type {mime!r} is not an {want}", where)
+  return reader.read(want, raw, where)
 
 
 def _tools(r: ChatRequest):
@@ -142,11 +175,12 @@ def _schema(rf) -> Optional[dict]:
 
 def chat_job(r: ChatRequest, ctx) -> chat.Job:
   turns = []
+  reader = chat.MediaReader(ctx.backend, ctx.media_limits)
   for i, m in enumerate(r.messages):
     field = f"messages[{i}].content"
     if m.role == "tool":
       turns.append(chat.Turn("tool", tool_result={"name": m.name or m.tool_call_id or "",
-                                                  "content": _text_of(m.content, field)}))
+                                                  "content": _text_of(m.content, field)[0]}))
       continue
     calls = []
     for j, c in enumerate(m.tool_calls or []):
@@ -158,7 +192,8 @@ def chat_job(r: ChatRequest, ctx) -> chat.Job:
                               f"messages[{i}].tool_calls") from e
       calls.append({"name": f.get("name", ""), "arguments": args})
     role = "system" if m.role == "developer" else m.role
-    turns.append(chat.Turn(role, _text_of(m.content, field), tool_calls=calls))
+    text, media = _text_of(m.content, field, reader, role)
+    turns.append(chat.Turn(role, text, tool_calls=calls, media=media))
   tools, mode = _tools(r)
   thinking = r.thinking_budget if r.thinking_budget is not None else _EFFORT.get(
       r.reasoning_effort or "none", 0)

@@ -44,10 +44,13 @@ class Event:
 
 
 class Request:
-  """A prompt + GenParams + a callback that receives Events (called on the engine's thread)."""
+  """A prompt + GenParams + a callback that receives Events (called on the engine's thread).
+  media: (start, kind, array) per media item whose placeholder ids sit in tokens at start."""
 
-  def __init__(self, tokens: Sequence[int], params: GenParams, emit: Callable[[Event], None]):
+  def __init__(self, tokens: Sequence[int], params: GenParams, emit: Callable[[Event], None],
+               media: Sequence[Tuple[int, str, np.ndarray]] = ()):
     self.tokens = [int(t) for t in tokens]
+    self.media = list(media)
     self.params = params
     self.emit = emit
     self.cancelled = threading.Event()

@@ -133,8 +133,9 @@ class Scheduler:
         tracker = request_lib.Tracker(req, self.tok)
         prompt = req.tokens + tracker.prompt_suffix()
         slot = self.free.pop()
-        self.prefilling = _Prefilling(req, tracker, self.eng.prefill_steps(self.eng.params, prompt),
-                                      slot)
+        steps = (self.eng.prefill_steps(self.eng.params, prompt, req.media) if req.media
+                 else self.eng.prefill_steps(self.eng.params, prompt))
+        self.prefilling = _Prefilling(req, tracker, steps, slot)
         break
     self._gauge()
 

@@ -14,9 +14,9 @@ import time
 import jax
 import numpy as np
 
-from gemini.config import get_config
+from gemini.config import AudioConfig, VisionConfig, get_config
 from gemini.data import tokenizer as sp_tokenizer
-from gemini.model import transformer
+from gemini.model import multimodal, transformer
 from gemini.serve import app as app_lib
 from gemini.serve import backends, engine, metrics as metrics_lib
 from gemini.serve import tokenizer as tokenizer_lib
@@ -40,10 +40,20 @@ def tiny_cfg(vocab_size: int, **kw):
   return dataclasses.replace(base, **kw)
 
 
+def tiny_mm_cfg(vocab_size: int, **kw):
+  """tiny_cfg with small vision (16x16 images, 4 tokens per image, 2 per video frame) and
+  audio (25 tokens per second) encoders, f32."""
+  vision = VisionConfig(enabled=True, image_size=16, patch_size=8, channels=3, d_model=32,
+                        n_layers=1, n_heads=2, d_ff=64, tokens_per_image=4, tokens_per_frame=2)
+  audio = AudioConfig(enabled=True, n_mels=16, d_model=32, n_layers=1, n_heads=2, d_ff=64)
+  return tiny_cfg(vocab_size, name="serve_tiny_mm", vision=vision, audio=audio,
+                  dtype="float32", **kw)
+
+
 def tiny_backend(tmp_dir: str, *, n_slots: int = 4, max_len: int = 384, seed: int = 0,
-                 metrics=None, prefix_entries: int = 32):
+                 metrics=None, prefix_entries: int = 32, multimodal: bool = False):
   tok = tokenizer_lib.SentencePieceTokenizer(train_small_tokenizer(tmp_dir))
-  cfg = tiny_cfg(tok.vocab_size)
+  cfg = (tiny_mm_cfg if multimodal else tiny_cfg)(tok.vocab_size)
   params = transformer.init_params(cfg, jax.random.key(seed))
   ecfg = engine.EngineConfig(n_slots=n_slots, max_len=max_len, chunk=32,
                              chunk_buckets=(8, 16, 32), prefix_entries=prefix_entries)
@@ -99,3 +109,39 @@ def serve_tiny(tmp_dir: str, server_cfg: app_lib.ServerConfig = None, **kw):
   be = tiny_backend(tmp_dir, metrics=m, **kw)
   cfg = server_cfg or app_lib.ServerConfig(model_id="tiny")
   return be, ServerThread(app_lib.create_app(be, cfg, metrics=m))
+
+
+def serve_tiny_mm(tmp_dir: str, server_cfg: app_lib.ServerConfig = None, **kw):
+  """(backend, ServerThread) for the tiny multimodal model (see tiny_mm_cfg)."""
+  return serve_tiny(tmp_dir, server_cfg, multimodal=True, **kw)
+
+
+_jit_forward = jax.jit(transformer.forward, static_argnames=("cfg",))
+
+
+def forward_logits(params, cfg, ids, layout, seq_len: int = 0):
+  """Reference next-token logits f32 [V] of a (media) prompt: transformer.forward over
+  multimodal.build_batch of ids split at the layout's media starts, right-padded to seq_len
+  (padding is segment 0 and after the last token, so causal attention never sees it; one
+  compile serves a growing sequence)."""
+  example, at = [], 0
+  for start, kind, arr in layout:
+    example += [("text", ids[at:start]), (kind, arr)]
+    at = start + multimodal.num_tokens(kind, np.shape(arr), cfg)
+  example.append(("text", ids[at:]))
+  b = multimodal.build_batch([example], cfg, max(seq_len, len(ids)))
+  logits, _ = _jit_forward(params, {k: v for k, v in b.items()
+                                    if k not in ("targets", "loss_mask")}, cfg=cfg)
+  return np.asarray(logits[0, len(ids) - 1])
+
+
+def forward_greedy(params, cfg, ids, layout, n: int, eos_ids=()):
+  """Reference greedy continuation of a (media) prompt (argmax of forward_logits)."""
+  seq, out = list(ids), []
+  for _ in range(n):
+    t = int(np.argmax(forward_logits(params, cfg, seq, layout, len(ids) + n)))
+    if t in eos_ids:
+      break
+    out.append(t)
+    seq.append(t)
+  return out

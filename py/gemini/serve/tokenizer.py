@@ -62,6 +62,12 @@ class ServeTokenizer(abc.ABC):
   def render_chat(self, messages: Sequence[Dict[str, str]], add_generation_prompt=True) -> str:
     """Implemented by each tokenizer kind."""
 
+  def media_ids(self) -> Dict[str, int]:
+    """Ids that mark a media item in a prompt, as the data pipeline lays it out:
+    'start' + n x '<kind>' + 'end' (keys start, end, image, audio, video); {} if the
+    vocabulary has none (the item's positions then hold id 0, which the encoder overwrites)."""
+    return {}
+
   def llg_tokenizer(self):
     """llguidance.LLTokenizer over this vocabulary (built once, ~1 s for 50k tokens)."""
     import llguidance
@@ -104,6 +110,11 @@ class SentencePieceTokenizer(ServeTokenizer):
 
   def encode_continuation(self, text: str) -> List[int]:
     return self._sp_cont.encode(text)
+
+  def media_ids(self) -> Dict[str, int]:
+    names = {"start": "<media_start>", "end": "<media_end>", "image": "<image>",
+             "audio": "<audio>", "video": "<video>"}
+    return {k: self._specials[v] for k, v in names.items()}
 
   def special_ids(self):
     return set(self._specials.values()) | {0, 1, 2, 3}
