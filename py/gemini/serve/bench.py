@@ -12,6 +12,9 @@ Rows, all greedy with no early stop (every stream generates exactly --tokens tok
   the runtime's own C++ `generate` loop (native), the baselines the ratios divide by;
 - `streams=N`: N different prompts submitted at once to the backend's scheduler (no HTTP);
   wall time from the first submit to the last token, prefill included;
+- `native step` / `jax step streams=N`: the batched decode step alone (the runtime's
+  `decode_batch` over N prefilled sequences; the engine's compiled step on N slots): no
+  scheduler, no prefill — the ceiling the streams rows approach as generations get longer;
 - `http streams=N` (when --llama_python imports llama_cpp): N concurrent streaming clients of
   POST /v1/completions against our server on the native backend and against
   `python -m llama_cpp.server` on the same int4 weights written as a Q4_0 GGUF
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -138,6 +142,13 @@ def jax_rows(params, cfg, tok, levels, n_tokens, log):
     try:
       run_streams(be, plist[:n], 2)                                  # warm the scheduler path
       rate = run_streams(be, plist[:n], n_tokens)
+      eng = be.engine                   # the compiled decode step alone, on a fresh state
+      state, idle = eng.init_state(), engine.Controls.idle(n, eng.vocab)
+      state, _ = eng.generate(eng.params, state, idle)
+      t0 = time.perf_counter()
+      for _ in range(4):
+        state, _ = eng.generate(eng.params, state, idle)
+      log({"backend": "jax step", "streams": n, "tok_s": 4 * n / (time.perf_counter() - t0)})
     finally:
       be.stop()
     rows.append(rate)
@@ -165,6 +176,16 @@ def native_rows(path, tok, levels, n_tokens, log, threads):
     seq = 4 * n_tokens / (time.perf_counter() - t0)
     log({"backend": "native", "streams": "sequential", "tok_s": seq})
     rows = []
+    for n in levels:                    # the C++ batched step alone: no scheduler, no prefill
+      states = [be.rt.new_state(512) for _ in range(n)]
+      for st, p in zip(states, plist):
+        be.rt.prefill(st, p)
+      be.rt.decode_batch(states, [p[-1] for p in plist[:n]])
+      t0 = time.perf_counter()
+      for _ in range(8):
+        be.rt.decode_batch(states, [p[-1] for p in plist[:n]])
+      log({"backend": "native step", "streams": n, "tok_s": 8 * n / (time.perf_counter() - t0)})
+      del states
     run_streams(be, plist[:2], 2)
     for n in levels:
       rate = run_streams(be, plist[:n], n_tokens)
@@ -267,6 +288,7 @@ def http_rows(gnb_path, q40_path, tok, levels, n_tokens, log, threads, python):
 
 def main(argv):
   del argv
+  logging.getLogger("httpx2").setLevel(logging.WARNING)   # one INFO line per request otherwise
   levels = [int(s) for s in _STREAMS.value]
   os.makedirs(_OUT.value, exist_ok=True)
   jsonl = open(os.path.join(_OUT.value, "bench.jsonl"), "w")

@@ -103,8 +103,8 @@ class NativeEngine:
   # -- chunked prefill with the prefix cache ---------------------------------------------
 
   def prefill_steps(self, params, tokens: Sequence[int]) -> Iterator[None]:
-    """Generator: yields after every chunk; its return value is the Prefix (row = the
-    runtime sequence state)."""
+    """Generator: yields between chunks; its return value is the Prefix (row = the runtime
+    sequence state)."""
     del params
     tokens = [int(t) for t in tokens]
     if not tokens:
@@ -129,7 +129,8 @@ class NativeEngine:
       part = tokens[done:done + self.ecfg.chunk]
       logits = np.asarray(self.rt.prefill(seq, part), np.float32)
       done += len(part)
-      if done == len(tokens) and self.prefix_cache.max_entries > 0:
-        self.prefix_cache.store(tokens, seq.copy(), logits.copy(), len(tokens))
-      yield
+      if done < len(tokens):
+        yield                     # between chunks only: the last one inserts in the same turn
+    if self.prefix_cache.max_entries > 0:
+      self.prefix_cache.store(tokens, seq.copy(), logits.copy(), len(tokens))
     return Prefix(seq, logits, len(tokens), cached)
