@@ -26,9 +26,9 @@ class JaxBackend:
   supports_control = True
 
   def __init__(self, params, cfg, tokenizer, ecfg: engine_lib.EngineConfig, *, model_id: str,
-               metrics=None, max_queue: int = 64, warmup: bool = True):
+               metrics=None, max_queue: int = 64, warmup: bool = True, mesh=None):
     self.cfg, self.tokenizer, self.model_id = cfg, tokenizer, model_id
-    self.engine = engine_lib.Engine(params, cfg, ecfg)
+    self.engine = engine_lib.Engine(params, cfg, ecfg, mesh=mesh)
     self.scheduler = scheduler_lib.Scheduler(self.engine, tokenizer, max_queue=max_queue,
                                              metrics=metrics, warmup=warmup)
     self.vision = cfg.vision.enabled

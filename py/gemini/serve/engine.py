@@ -29,9 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gemini import sharding
 from gemini.config import ModelConfig
-from gemini.model import multimodal
+from gemini.model import multimodal, spec
 from gemini.serve import model_backend, prefix_cache, sampling
+from pallas.int4_matmul.weight import Int4Weight
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,11 +43,14 @@ class EngineConfig:
   chunk: int = 64
   chunk_buckets: Tuple[int, ...] = (8, 16, 32, 64)
   prefix_entries: int = 32        # 0 disables the prefix cache
+  int4_impl: str = "xla"          # matmul of Int4Weight leaves: "xla" (dequantise) | "pallas"
 
   def __post_init__(self):
     if self.chunk_buckets[-1] != self.chunk or list(self.chunk_buckets) != sorted(self.chunk_buckets):
       raise ValueError(f"EngineConfig.chunk_buckets={self.chunk_buckets} must be ascending and end "
                        f"at chunk={self.chunk}")
+    if self.int4_impl not in ("xla", "pallas"):
+      raise ValueError(f"EngineConfig.int4_impl={self.int4_impl!r}: expected 'xla' or 'pallas'")
     if self.n_slots < 1 or self.max_len < self.chunk:
       raise ValueError(f"EngineConfig: n_slots={self.n_slots} must be >= 1 and "
                        f"max_len={self.max_len} >= chunk={self.chunk}")
@@ -66,36 +71,86 @@ def padded_length(n: int, cfg: EngineConfig) -> int:
   return full * cfg.chunk + (0 if rem == 0 else min(b for b in cfg.chunk_buckets if b >= rem))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnums=(1,))
-def _generate(params, state, temperature, top_k, top_p, seeds, counters, mask_bits, forced, cfg):
+def _generate_fn(params, state, temperature, top_k, top_p, seeds, counters, mask_bits, forced,
+                 cfg, int4_impl="xla", shard=None):
   tokens = sampling.sample_rows(state["logits"], temperature, top_k, top_p, seeds, counters,
                                 mask_bits, forced)
-  logits, cache = model_backend.decode_slots(params, tokens, state["cache"], cfg)
-  return {"cache": cache, "logits": logits}, tokens
+  logits, cache = model_backend.decode_slots(params, tokens, state["cache"], cfg, int4_impl)
+  return _constrain({"cache": cache, "logits": logits}, shard), tokens
 
 
-@functools.partial(jax.jit, donate_argnums=(0,))
-def _insert(state, row, logits, slot):
-  return {"cache": model_backend.set_row(state["cache"], row, slot),
-          "logits": state["logits"].at[slot].set(logits.astype(state["logits"].dtype))}
+def _insert_fn(state, row, logits, slot, shard=None):
+  return _constrain({"cache": model_backend.set_row(state["cache"], row, slot),
+                     "logits": state["logits"].at[slot].set(logits.astype(state["logits"].dtype))},
+                    shard)
+
+
+def _constrain(state, shard):
+  """The decode state pinned to its mesh layout (shard: a tree of NamedShardings) or as is."""
+  return state if shard is None else jax.lax.with_sharding_constraint(state, shard)
+
+
+_generate = jax.jit(_generate_fn, static_argnames=("cfg", "int4_impl"), donate_argnums=(1,))
+_insert = jax.jit(_insert_fn, donate_argnums=(0,))
+
+
+def state_shardings(state_shapes, mesh) -> dict:
+  """NamedShardings of the decode state on `mesh`: k/v [L,B,T,K,Dh] split by slot over the
+  batch axes and by kv head over `tensor` (gemini.sharding's rules); the rest replicated."""
+  def one(path, x):
+    name = getattr(path[-1], "key", None)
+    if name in ("k", "v") and len(x.shape) == 5:
+      spec = sharding.logical_to_spec(("layers", "batch", None, "act_kv_heads", None), x.shape,
+                                      mesh)
+    else:
+      spec = jax.sharding.PartitionSpec()
+    return jax.sharding.NamedSharding(mesh, spec)
+  return jax.tree_util.tree_map_with_path(one, state_shapes)
+
+
+def shard_params(params, cfg: ModelConfig, mesh):
+  """params placed on `mesh` by the spec's logical axes (model.spec.shardings); Int4Weight
+  leaves (packed/scales have their own shapes) are replicated."""
+  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  def put(sh, w):
+    return jax.device_put(w, rep if isinstance(w, Int4Weight) else sh)
+  return jax.tree.map(put, spec.shardings(cfg, mesh), params)
 
 
 class Engine:
   """Functional engine + the prefix cache (see the module docstring)."""
 
-  def __init__(self, params, cfg: ModelConfig, ecfg: EngineConfig = EngineConfig()):
+  def __init__(self, params, cfg: ModelConfig, ecfg: EngineConfig = EngineConfig(), mesh=None):
+    """mesh: a jax Mesh (gemini.sharding.make_mesh) for tensor/expert/data-parallel serving:
+    the parameters are placed by the spec's shardings and the decode state by
+    state_shardings; None = one device."""
     if ecfg.max_len > cfg.max_seq_len:
       raise ValueError(f"EngineConfig.max_len={ecfg.max_len} > model max_seq_len={cfg.max_seq_len}")
-    self.params, self.cfg, self.ecfg = params, cfg, ecfg
+    self.cfg, self.ecfg, self.mesh = cfg, ecfg, mesh
+    self._gen, self._ins, self._state_sharding = _generate, _insert, None
+    if mesh is not None:
+      params = shard_params(params, cfg, mesh)
+      self._state_sharding = state_shardings(jax.eval_shape(self._init_state_unplaced), mesh)
+      sh = self._state_sharding
+      self._gen = jax.jit(functools.partial(_generate_fn, shard=sh),
+                          static_argnames=("cfg", "int4_impl"), donate_argnums=(1,))
+      self._ins = jax.jit(functools.partial(_insert_fn, shard=sh), donate_argnums=(0,))
+    self.params = params
     self.vocab = cfg.vocab_size
     self.prefix_cache = prefix_cache.PrefixCache(ecfg.prefix_entries)
     self._empty_row = model_backend.init_row(cfg, ecfg.max_len)
 
   # -- the JetStream face ---------------------------------------------------------------
 
-  def init_state(self) -> dict:
+  def _init_state_unplaced(self) -> dict:
     return {"cache": model_backend.init_slots(self.cfg, self.ecfg.n_slots, self.ecfg.max_len),
-            "logits": jnp.zeros((self.ecfg.n_slots, self.vocab), jnp.float32)}
+            "logits": jnp.zeros((self.ecfg.n_slots, self.cfg.vocab_size), jnp.float32)}
+
+  def init_state(self) -> dict:
+    state = self._init_state_unplaced()
+    if self._state_sharding is not None:
+      state = jax.device_put(state, self._state_sharding)
+    return state
 
   def prefill(self, params, tokens: Sequence[int]) -> Prefix:
     steps = self.prefill_steps(params, tokens)
@@ -106,12 +161,13 @@ class Engine:
         return done.value
 
   def insert(self, prefix: Prefix, state: dict, slot: int) -> dict:
-    return _insert(state, prefix.row, prefix.logits, jnp.int32(slot))
+    return self._ins(state, prefix.row, prefix.logits, jnp.int32(slot))
 
   def generate(self, params, state: dict, controls: "Controls") -> Tuple[dict, np.ndarray]:
-    state, tokens = _generate(params, state, controls.temperature, controls.top_k, controls.top_p,
-                              controls.seeds, controls.counters, controls.mask_bits,
-                              controls.forced, cfg=self.cfg)
+    state, tokens = self._gen(params, state, controls.temperature, controls.top_k,
+                              controls.top_p, controls.seeds, controls.counters,
+                              controls.mask_bits, controls.forced, cfg=self.cfg,
+                              int4_impl=self.ecfg.int4_impl)
     return state, np.asarray(tokens)
 
   def release(self, state: dict, slot: int) -> dict:
@@ -183,7 +239,8 @@ class Engine:
       seg[0, pad:] = 1
       pos[0, pad:] = np.arange(done, done + len(part))
       logits, row = model_backend.prefill_row(params, jnp.asarray(toks), jnp.asarray(seg),
-                                              jnp.asarray(pos), row, cfg=self.cfg)
+                                              jnp.asarray(pos), row, cfg=self.cfg,
+                                              int4_impl=self.ecfg.int4_impl)
       if pad == 0 and aligned == done:
         aligned += len(part)
       done += len(part)
@@ -227,7 +284,8 @@ class Engine:
     batch = self.media_batch(tokens, media)
     multimodal.validate_batch(batch, self.cfg)
     logits, row = model_backend.prefill_row_media(
-        params, jax.tree.map(jnp.asarray, batch), self._empty_row, self.cfg)
+        params, jax.tree.map(jnp.asarray, batch), self._empty_row, self.cfg,
+        self.ecfg.int4_impl)
     return Prefix(row, logits, len(tokens), 0)
 
 

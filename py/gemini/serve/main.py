@@ -16,6 +16,8 @@ import os
 from absl import app as absl_app
 from absl import flags
 
+from gemini import config_flags, sharding
+from gemini.quant import params as quant_params
 from gemini.serve import app as app_lib
 from gemini.serve import backends, engine, loading, media, metrics as metrics_lib, native_engine
 
@@ -41,6 +43,14 @@ _FPS = flags.DEFINE_float("video_fps", 1.0, "video frames sampled per second")
 _MAX_FRAMES = flags.DEFINE_integer("max_video_frames", 16, "sampled frames per video (more: 400)")
 _MAX_AUDIO = flags.DEFINE_float("max_audio_seconds", 30.0, "longest audio part (longer: 400)")
 _MAX_MEDIA = flags.DEFINE_integer("max_media", 8, "media parts per request (more: 400)")
+_INT4 = flags.DEFINE_bool("int4", False, "jax: quantise the weights to int4 at load "
+                          "(gemini.quant.params.quantize_params; dense text decoders) and serve "
+                          "them through Int4Weight and the one dense")
+_INT4_GROUP = flags.DEFINE_integer("int4_group_size", 32, "--int4: rows per scale (32/64/128)")
+_INT4_IMPL = flags.DEFINE_enum("int4_impl", "xla", ["xla", "pallas"],
+                               "--int4: dequantise + f32 dot (xla) or the Pallas kernel")
+_MESH = flags.DEFINE_string("mesh", "", "jax: a device mesh, e.g. 'tensor=2,expert=4' "
+                            "(axes data, fsdp, tensor, expert; product = device count)")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "activations/KV (jax)")
 
 
@@ -74,10 +84,21 @@ def build_backend(m: metrics_lib.Metrics):
   max_len = min(_MAX_LEN.value, cfg.max_seq_len)
   chunk = min(_CHUNK.value, max_len)
   buckets = tuple(b for b in (8, 16, 32, 64, 128, 256) if b < chunk) + (chunk,)
+  if _INT4.value:
+    try:
+      params = quant_params.quantize_params(params, cfg, group_size=_INT4_GROUP.value)
+    except ValueError as e:
+      raise SystemExit(f"--int4: {e}") from e
+  mesh = None
+  if _MESH.value:
+    try:
+      mesh = sharding.make_mesh(config_flags.parse_mesh(_MESH.value, sharding.MESH_AXES[:4]))
+    except ValueError as e:
+      raise SystemExit(f"--mesh: {e}") from e
   ecfg = engine.EngineConfig(n_slots=_SLOTS.value, max_len=max_len, chunk=chunk,
-                             chunk_buckets=buckets)
+                             chunk_buckets=buckets, int4_impl=_INT4_IMPL.value)
   return backends.JaxBackend(params, cfg, tok, ecfg, model_id=name, metrics=m,
-                             max_queue=_QUEUE.value)
+                             max_queue=_QUEUE.value, mesh=mesh)
 
 
 def main(argv):

@@ -53,34 +53,36 @@ def init_slots(cfg: ModelConfig, n_slots: int, max_len: int) -> dict:
   return jax.tree.map(lambda x: jnp.broadcast_to(x, (n_slots,) + x.shape), row)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def prefill_row(params, tokens, segment_ids, positions, row, cfg: ModelConfig):
+@functools.partial(jax.jit, static_argnames=("cfg", "int4_impl"))
+def prefill_row(params, tokens, segment_ids, positions, row, cfg: ModelConfig,
+                int4_impl: str = "xla"):
   """One prompt chunk tokens/segment_ids/positions int32 [1,S] into a batch-1 cache row.
-  -> (logits of the chunk's last column f32 [V], row)."""
+  -> (logits of the chunk's last column f32 [V], row). int4_impl: the matmul of Int4Weight
+  leaves (float trees ignore it)."""
   logits, row = decode.prefill(params, {"tokens": tokens, "segment_ids": segment_ids,
-                                        "positions": positions}, row, cfg)
+                                        "positions": positions}, row, cfg, int4_impl=int4_impl)
   return logits[0, -1], row
 
 
-def prefill_row_media(params, batch: dict, row, cfg: ModelConfig):
+def prefill_row_media(params, batch: dict, row, cfg: ModelConfig, int4_impl: str = "xla"):
   """A whole multimodal prompt (batch of one row, media arrays included) into a row; not
   jitted per shape bucket, media prompts compile per layout."""
-  logits, row = _jit_prefill_batch(params, batch, row, cfg=cfg)
+  logits, row = _jit_prefill_batch(params, batch, row, cfg=cfg, int4_impl=int4_impl)
   return logits[0, -1], row
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _jit_prefill_batch(params, batch, row, cfg):
-  return decode.prefill(params, batch, row, cfg)
+@functools.partial(jax.jit, static_argnames=("cfg", "int4_impl"))
+def _jit_prefill_batch(params, batch, row, cfg, int4_impl):
+  return decode.prefill(params, batch, row, cfg, int4_impl=int4_impl)
 
 
-def decode_slots(params, tokens, cache, cfg: ModelConfig):
+def decode_slots(params, tokens, cache, cfg: ModelConfig, int4_impl: str = "xla"):
   """tokens int32 [n_slots] -> (logits f32 [n_slots,V], cache); each row at its own offset."""
   if _is_stacked(cache):
-    return decode.decode_step(params, tokens, cache, cfg)
+    return decode.decode_step(params, tokens, cache, cfg, int4_impl=int4_impl)
 
   def one(tok, row):
-    logits, row = decode.decode_step(params, tok[None], row, cfg)
+    logits, row = decode.decode_step(params, tok[None], row, cfg, int4_impl=int4_impl)
     return logits[0], row
 
   return jax.vmap(one)(tokens, cache)
