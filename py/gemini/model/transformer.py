@@ -16,7 +16,7 @@ Rematerialisation (`remat=`) is a named policy applied to each scanned block:
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -86,7 +86,7 @@ def decoder_layer(layer: dict, x: jax.Array, attn_fn: Callable, cfg: ModelConfig
 
 
 def scan_decoder(params: dict, x: jax.Array, cfg: ModelConfig, layer_fn: Callable, state=None,
-                 *, remat: str = "none", unroll: bool = False):
+                 *, remat: str = "none", unroll: Union[bool, int] = False):
   """Runs every decoder layer over x with a scan over the stacked blocks.
 
   layer_fn(layer_params, x, is_moe, layer_index int32 [], state) -> (x, MoE metrics or None,
@@ -135,11 +135,12 @@ def collect_moe_metrics(per_moe_layer, cfg: ModelConfig) -> Dict[str, jax.Array]
 
 def forward(params: dict, batch: dict, cfg: ModelConfig, *, attn_impl: str = "xla",
             moe_impl: str = "xla", int4_impl: str = "xla", mesh=None, remat: str = "none",
-            unroll: bool = False) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+            unroll: Union[bool, int] = False) -> Tuple[jax.Array, Dict[str, jax.Array]]:
   """batch (tokens int32 [B,S], optional segment_ids/positions int32 [B,S], media keys)
   -> (logits f32 [B,S,V], metrics of collect_moe_metrics; Lm = cfg.num_moe_layers).
-  remat: a REMAT_POLICIES name; unroll=True unrolls the layer scan (the pre-scan program,
-  kept to measure compile time against)."""
+  remat: a REMAT_POLICIES name; unroll: lax.scan's unroll of the layer scan (True: every
+  block, the pre-scan program kept to measure compile time against; an int: that many blocks
+  per loop iteration, which the AOT cost count uses)."""
   x, segment_ids, positions, bidir_ids = embed_inputs(params, batch, cfg)
   x = sharding.constrain(x, ("batch", "seq", "act_embed"), mesh)
 
@@ -172,7 +173,7 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array):
 
 def loss_fn(params: dict, batch: dict, cfg: ModelConfig, *, attn_impl: str = "xla",
             moe_impl: str = "xla", int4_impl: str = "xla", mesh=None, remat: str = "none",
-            unroll: bool = False) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+            unroll: Union[bool, int] = False) -> Tuple[jax.Array, Dict[str, jax.Array]]:
   """Mean next-token CE over tokens with segment_ids != 0 (times optional loss_mask), plus
   cfg.moe.aux_loss_weight * aux_loss + cfg.moe.z_loss_weight * z_loss. -> (loss f32, metrics)."""
   logits, metrics = forward(params, batch, cfg, attn_impl=attn_impl, moe_impl=moe_impl,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 from jax.sharding import Mesh
 
@@ -13,11 +13,12 @@ from gemini.train.trainer import ModelFns
 
 
 def gemini_model(cfg: ModelConfig, seq_len: int, attn_impl: str = "xla",
-                 moe_impl: str = "xla", remat: str = "none", unroll: bool = False) -> ModelFns:
+                 moe_impl: str = "xla", remat: str = "none",
+                 unroll: Union[bool, int] = False) -> ModelFns:
   """ModelFns for `cfg`; MFU counts family.train_flops_per_token(cfg, seq_len).
 
   remat: a transformer.REMAT_POLICIES name, applied to each scanned block of layers;
-  unroll: unroll the layer scan (transformer.forward)."""
+  unroll: lax.scan's unroll of the layer scan (transformer.forward)."""
 
   def make_loss(mesh: Optional[Mesh]):
     def loss_fn(params, batch, rng):

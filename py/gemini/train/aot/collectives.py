@@ -121,13 +121,6 @@ class Collectives:
   def total_ici_bytes(self) -> float:
     return sum(self.ici_bytes.values())
 
-  def scaled(self, other: "Collectives", a: float, b: float) -> "Collectives":
-    """a * self + b * other, field by field (used to extrapolate over layers)."""
-    comb = lambda x, y: {k: a * x[k] + b * y[k] for k in KINDS}
-    return Collectives({k: int(round(a * self.count[k] + b * other.count[k])) for k in KINDS},
-                       comb(self.result_bytes, other.result_bytes),
-                       comb(self.ici_bytes, other.ici_bytes))
-
 
 def parse_collectives(hlo_text: str, num_devices: int) -> Collectives:
   """Collectives of a compiled HLO module text (`compiled.as_text()`)."""

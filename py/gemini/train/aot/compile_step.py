@@ -16,40 +16,22 @@ import glob
 import math
 import os
 import re
-import shutil
 import tempfile
-import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.experimental import mesh_utils
+
+from gemini import sharding, testing
 from gemini.config import ModelConfig
+from gemini.train import model_fns, optimizer, step as step_lib
+from gemini.train.train_config import TrainConfig
+from gemini.train.trainer import state_shardings
 
 BATCH_KEYS = ("tokens", "targets", "segment_ids", "positions")
-
-
-def _enable_hlo_dump() -> str:
-  """Asks XLA to write the optimised HLO of `jit_step` as text into a private directory.
-
-  Why: `Compiled.as_text()` round-trips the module through a proto, which fails for some
-  TPU async ops of large programs, and a program the compiler rejects as too big for HBM
-  has no Compiled at all; the dump exists in both cases. XLA reads XLA_FLAGS once, when its
-  first backend starts, so this runs at import (before any computation); if the flags were
-  already fixed we fall back to `as_text()`.
-  """
-  flags = os.environ.get("XLA_FLAGS", "")
-  m = re.search(r"--xla_dump_to=(\S+)", flags)
-  if m:
-    return m.group(1)
-  path = tempfile.mkdtemp(prefix="gemini_aot_hlo_")
-  os.environ["XLA_FLAGS"] = (flags + f" --xla_dump_to={path} --xla_dump_hlo_as_text "
-                             "--xla_dump_hlo_module_re=jit_step").strip()
-  return path
-
-
-HLO_DUMP_DIR = _enable_hlo_dump()
 
 
 def _allow_shared_libtpu():
@@ -69,8 +51,6 @@ def tpu_mesh(topology: str, axes: Dict[str, int]) -> jax.sharding.Mesh:
   innermost axes ride on neighbouring links) when it accepts the shape, else in id order.
   """
   _allow_shared_libtpu()
-  from gemini import testing  # pylint: disable=import-outside-toplevel
-  from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
   devices = testing.tpu_topology(topology)
   shape = tuple(axes.values())
   if math.prod(shape) != len(devices):
@@ -81,14 +61,6 @@ def tpu_mesh(topology: str, axes: Dict[str, int]) -> jax.sharding.Mesh:
   except (ValueError, AssertionError, NotImplementedError):
     grid = np.array(devices).reshape(shape)
   return jax.sharding.Mesh(grid, tuple(axes), axis_types=(jax.sharding.AxisType.Auto,) * len(axes))
-
-
-def with_layers(cfg: ModelConfig, n_layers: int) -> ModelConfig:
-  """`cfg` with its first `n_layers` decoder layers (MoE layer indices kept if below)."""
-  moe = cfg.moe
-  if moe.layers:
-    moe = dataclasses.replace(moe, layers=tuple(i for i in moe.layers if i < n_layers))
-  return cfg.replace(n_layers=n_layers, moe=moe)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,19 +77,15 @@ def _tree_bytes(tree) -> int:
 
 
 def train_step_fn(cfg: ModelConfig, mesh, batch: int, seq: int, attn_impl: str = "xla",
-                  moe_impl: str = "xla", remat: bool = False):
-  """(jitted step(state, batch) -> (state, metrics), StepShapes) for `cfg` on `mesh`."""
-  # Imported here: the trainer pulls in checkpointing etc., not needed to parse flags.
-  from gemini import sharding  # pylint: disable=import-outside-toplevel
-  from gemini.train import model_fns, optimizer, step as step_lib  # pylint: disable=import-outside-toplevel
-  from gemini.train.train_config import TrainConfig  # pylint: disable=import-outside-toplevel
-  from gemini.train.trainer import state_shardings  # pylint: disable=import-outside-toplevel
+                  moe_impl: str = "xla", remat: bool = False, unroll: int = 1):
+  """(jitted step(state, batch) -> (state, metrics), StepShapes) for `cfg` on `mesh`.
 
+  unroll: blocks of layers per iteration of the layer scan (1: the program the trainer
+  runs; 2: the same model with two blocks per iteration, from which `figures` learns what
+  one iteration costs)."""
   tc = TrainConfig(batch_size=batch, seq_len=seq)
-  # Unrolled layer scan: XLA's cost analysis counts a while loop's body once, so a scanned
-  # step would report one layer's FLOPs and bytes; the figures need every layer counted.
   model = model_fns.gemini_model(cfg, seq, attn_impl=attn_impl, moe_impl=moe_impl,
-                                 remat="full" if remat else "none", unroll=True)
+                                 remat="full" if remat else "none", unroll=unroll)
   opt = optimizer.make_optimizer(tc, model.decay_mask)
   sched = optimizer.lr_schedule(tc)
   params = jax.eval_shape(model.init, jax.random.key(0))
@@ -152,26 +120,32 @@ class CompileResult:
   oom_total_bytes: float = 0.0     # HBM the compiler said the program needs (OOM case)
 
 
-def _take_dump(since: float) -> Tuple[str, float]:
-  """(optimised HLO text, memory-report total bytes) of the newest jit_step dump, removed."""
-  files = [f for f in glob.glob(os.path.join(HLO_DUMP_DIR, "*jit_step*after_optimizations.txt"))
-           if os.path.getmtime(f) >= since - 1]
+def _dump_options(path: str) -> dict:
+  """XLA debug options that write the optimised HLO of this compile, as text, into `path`.
+
+  Why a dump: `Compiled.as_text()` round-trips the module through a proto, which fails for
+  some TPU async ops of large programs, and a program the compiler rejects as too big for HBM
+  has no Compiled at all; the dump exists in both cases. Passed per compile (compile
+  options), so nothing global changes.
+  """
+  return {"xla_dump_to": path, "xla_dump_hlo_as_text": True,
+          "xla_dump_hlo_module_re": "jit_step"}
+
+
+def _read_dump(path: str) -> Tuple[str, float]:
+  """(optimised HLO text, memory-report total bytes) of the jit_step dump in `path`."""
+  files = sorted(glob.glob(os.path.join(path, "*jit_step*after_optimizations.txt")),
+                 key=os.path.getmtime)
   if not files:
     return "", 0.0
-  newest = max(files, key=os.path.getmtime)
-  with open(newest) as f:
+  with open(files[-1]) as f:
     text = f.read()
-  prefix = newest[:-len(".after_optimizations.txt")]
   total = 0.0
-  report = prefix + ".after_optimizations-memory-usage-report.txt"
+  report = files[-1][:-len(".txt")] + "-memory-usage-report.txt"
   if os.path.exists(report):
     with open(report) as f:
       m = re.search(r"Total bytes: (\d+)", f.read())
       total = float(m.group(1)) if m else 0.0
-  for f in glob.glob(prefix + "*"):
-    (shutil.rmtree if os.path.isdir(f) else os.remove)(f)
-  for f in glob.glob(os.path.join(HLO_DUMP_DIR, "*peak_memory_tensors.txt")):
-    os.remove(f)
   return text, total
 
 
@@ -180,27 +154,33 @@ _OOM = re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\)")
 
 def compile_train_step(cfg: ModelConfig, topology: str, mesh_axes: Dict[str, int], batch: int,
                        seq: int, attn_impl: str = "xla", moe_impl: str = "xla",
-                       remat: bool = False) -> CompileResult:
-  """Compiles the train step on real TPU devices.
+                       remat: bool = False, unroll: int = 1) -> CompileResult:
+  """Compiles the train step of the whole model on real TPU devices.
 
   When the compiler rejects the program as larger than the chip's HBM (CompileTimeHbmOom),
   the result carries the HBM it said was needed instead of a Compiled; anything else raises.
   """
   mesh = tpu_mesh(topology, mesh_axes)
-  jitted, shapes = train_step_fn(cfg, mesh, batch, seq, attn_impl, moe_impl, remat)
+  jitted, shapes = train_step_fn(cfg, mesh, batch, seq, attn_impl, moe_impl, remat, unroll)
   lowered = jitted.trace(shapes.state, shapes.batch).lower()
-  t0 = time.time()
-  try:
-    compiled = lowered.compile()
-  except jax.errors.JaxRuntimeError as e:
-    m = _OOM.search(str(e))
-    if "CompileTimeHbmOom" not in str(e) or not m:
-      raise
-    text, total = _take_dump(t0)
-    if not total:
-      total = float(m.group(1)) * 1024 ** "BKMGT".index(m.group(2) or "B")
-    return CompileResult(None, lowered, shapes, text, total)
-  text, _ = _take_dump(t0)
-  if not text:
-    text = compiled.as_text()
-  return CompileResult(compiled, lowered, shapes, text)
+  with tempfile.TemporaryDirectory(prefix="gemini_aot_hlo_") as dump:
+    try:
+      compiled = lowered.compile(compiler_options=_dump_options(dump))
+    except jax.errors.JaxRuntimeError as e:
+      m = _OOM.search(str(e))
+      if "CompileTimeHbmOom" not in str(e) or not m:
+        raise
+      text, total = _read_dump(dump)
+      if not total:
+        total = float(m.group(1)) * 1024 ** "BKMGT".index(m.group(2) or "B")
+      return CompileResult(None, lowered, shapes, text, total)
+    text, _ = _read_dump(dump)
+  return CompileResult(compiled, lowered, shapes, text or compiled.as_text())
+
+
+_TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+
+
+def loop_trip_counts(hlo_text: str) -> Tuple[int, ...]:
+  """The trip counts XLA proved for the while loops of an optimised HLO module, in order."""
+  return tuple(int(n) for n in _TRIP.findall(hlo_text))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict
 
-from gemini.train.aot import collectives as coll_lib
+from gemini.train.aot import collectives as coll_lib, compile_step
 from gemini.train.aot.hardware import Chip
 
 _NUMERIC = ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes", "flops",
@@ -48,12 +48,6 @@ class StepFigures:
   def total_bytes(self) -> float:
     """HBM bytes live at the peak: arguments + outputs - aliased + temporaries."""
     return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
-
-  def combine(self, other: "StepFigures", a: float, b: float) -> "StepFigures":
-    """a * self + b * other, field by field."""
-    vals = {k: a * getattr(self, k) + b * getattr(other, k) for k in _NUMERIC}
-    return StepFigures(**vals, collectives=self.collectives.scaled(other.collectives, a, b),
-                       compiler_oom=self.compiler_oom or other.compiler_oom)
 
   def to_json(self) -> dict:
     d = {k: getattr(self, k) for k in _NUMERIC}
@@ -97,9 +91,8 @@ def from_compile(result, num_devices: int) -> StepFigures:
         bytes_accessed=float(cost.get("bytes accessed", 0.0)),
         transcendentals=float(cost.get("transcendentals", 0.0)),
         collectives=coll)
-  from gemini.train.aot.compile_step import shard_bytes  # pylint: disable=import-outside-toplevel
-  args = float(shard_bytes(result.shapes.state) + shard_bytes(result.shapes.batch))
-  state = float(shard_bytes(result.shapes.state))
+  args = float(compile_step.shard_bytes(result.shapes.state) + compile_step.shard_bytes(result.shapes.batch))
+  state = float(compile_step.shard_bytes(result.shapes.state))
   try:
     cost = _cost(result.lowered)
   except Exception:  # pylint: disable=broad-except  (cost is optional when refused)
@@ -113,19 +106,29 @@ def from_compile(result, num_devices: int) -> StepFigures:
       collectives=coll, compiler_oom=True)
 
 
-def extrapolate_layers(f1: StepFigures, l1: int, f2: StepFigures, l2: int,
-                       layers: int) -> StepFigures:
-  """Figures at `layers` from compiles at l1 < l2 layers, linear in the layer count:
-  f(L) = f(l1) + (f(l2) - f(l1)) * (L - l1) / (l2 - l1). The constant part (embedding,
-  logits, optimizer scalars) is kept once; every layer adds the same per-layer cost."""
-  if not l1 < l2:
-    raise ValueError(f"extrapolate_layers: need l1 < l2, got {l1}, {l2}")
-  t = (layers - l1) / (l2 - l1)
-  out = f1.combine(f2, 1.0 - t, t)
-  # Temporaries are a peak, not a sum: with remat the peak is one layer's recomputation,
-  # and compile-to-compile scheduling noise can make the 2-layer peak the smaller one. A
-  # deeper program needs at least the peak either compile needed.
-  out.temp_bytes = max(out.temp_bytes, f1.temp_bytes, f2.temp_bytes)
+def count_every_iteration(rolled: StepFigures, unrolled2: StepFigures,
+                          trips: int) -> StepFigures:
+  """Figures of a step whose layer scan runs `trips` iterations, from two compiles of the
+  whole model: `rolled` (one block of layers per iteration, the program that runs) and
+  `unrolled2` (two blocks per iteration).
+
+  XLA's cost analysis counts a while loop's body once. With one block per iteration its
+  FLOPs / bytes / transcendentals are outside + body; with two, outside + (2 + trips % 2)
+  body (lax.scan runs the odd remainder block outside the loop). So body = difference /
+  (1 + trips % 2), and the step with every iteration counted is rolled + (trips - 1) body.
+  Memory is a property of the program that runs, and the collectives parser already
+  multiplies loop bodies by their trip counts, so both are the rolled program's as compiled.
+  Loops nested inside the body (e.g. a ring-attention ring) stay counted once per outer
+  iteration, which report.py marks as an upper-bound MFU.
+  """
+  if trips < 1:
+    raise ValueError(f"count_every_iteration: trips={trips}, need >= 1")
+  if trips == 1:
+    return rolled
+  b = (trips - 1) / (1 + trips % 2)
+  out = dataclasses.replace(rolled)
+  for k in ("flops", "bytes_accessed", "transcendentals"):
+    setattr(out, k, getattr(rolled, k) + b * (getattr(unrolled2, k) - getattr(rolled, k)))
   return out
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 from gemini import config_flags
 from gemini.config import get_config
@@ -24,19 +24,6 @@ def _gib(x: float) -> str:
     if abs(x) >= scale:
       return f"{x / scale:,.2f} {unit}"
   return f"{x:.0f} B"
-
-
-def parse_compile_layers(text: str, cfg) -> Optional[Tuple[int, int]]:
-  """"auto" (1,2 for uniform models deeper than 4 layers), "all", or "L1,L2"."""
-  if text == "all":
-    return None
-  if text == "auto":
-    return (1, 2) if cfg.n_layers > 4 and an.uniform_layers(cfg) else None
-  try:
-    l1, l2 = (int(x) for x in text.split(","))
-  except ValueError:
-    raise ValueError(f"--compile_layers={text!r}: expected 'auto', 'all' or 'L1,L2'") from None
-  return (l1, l2)
 
 
 def with_dispatch(cfg, dispatch: str):
@@ -55,7 +42,7 @@ def format_analysis(a: an.Analysis) -> str:
       f"{compile_step.format_mesh(a.mesh)}, batch {a.batch} x seq {a.seq} = "
       f"{a.tokens_per_step:,} tokens/step, attention={a.attn_impl}, moe={a.moe_impl}"
       + (", remat" if a.remat else ""),
-      f"  {a.note.upper() if a.extrapolated else a.note}"
+      f"  {a.note}"
       + ("" if not a.cached else "  [from cache]")
       + ("" if a.cached else f"  (compile {a.compile_seconds:.0f} s)"),
       f"  model: params {_gib(a.param_bytes)} f32, train state {_gib(a.state_bytes)} "
@@ -144,9 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--moe_dispatch", default="", choices=("", "dropless", "capacity"),
                  help="override the preset's moe.dispatch")
   p.add_argument("--remat", action="store_true", help="recompute each layer in the backward")
-  p.add_argument("--compile_layers", default="auto",
-                 help="'auto' (1 and 2 layers, extrapolated, for uniform models > 4 layers), "
-                      "'all', or 'L1,L2'")
   p.add_argument("--max_compiles", type=int, default=4, help="planner: meshes to compile")
   p.add_argument("--cache_dir", default=None, help="default ~/.cache/gemini_aot; '' disables")
   return p
@@ -159,12 +143,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     chips = hardware.num_chips(args.topology)
     seq = args.seq or min(4096, cfg.max_seq_len)
     batch = args.batch or chips
-    layers = parse_compile_layers(args.compile_layers, cfg)
     if args.plan:
       p = planner.plan(cfg, args.topology, batch, seq, attn_impl=args.attn_impl,
                        moe_impl=args.moe_impl, remat=args.remat,
-                       max_compiles=args.max_compiles,
-                       compile_layers=layers, cache_dir=args.cache_dir, log=_log)
+                       max_compiles=args.max_compiles, cache_dir=args.cache_dir, log=_log)
       print(format_plan(p))
       for c in p.candidates:
         if c is (p.best or p.closest) and c.analysis:
@@ -172,8 +154,7 @@ def main(argv: Optional[List[str]] = None) -> int:
       return 0
     mesh = config_flags.parse_mesh(args.mesh) if args.mesh else {"fsdp": chips}
     a = an.analyze(cfg, args.topology, mesh, batch, seq, attn_impl=args.attn_impl,
-                   moe_impl=args.moe_impl, remat=args.remat, compile_layers=layers,
-                   cache_dir=args.cache_dir,
+                   moe_impl=args.moe_impl, remat=args.remat, cache_dir=args.cache_dir,
                    log=_log)
     print(format_analysis(a))
     return 0

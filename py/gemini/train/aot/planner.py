@@ -23,7 +23,7 @@ import dataclasses
 import itertools
 import math
 import types
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import jax
 
@@ -185,13 +185,12 @@ def _mem(c: Candidate) -> float:
 
 def plan(cfg: ModelConfig, topology: str, batch: int, seq: int, *, attn_impl: str = "xla",
          moe_impl: str = "xla", remat: bool = False, max_compiles: int = 4,
-         compile_layers: Optional[Tuple[int, int]] = None, cache_dir: Optional[str] = None,
+         cache_dir: Optional[str] = None,
          include_naive: bool = True, cache_only: bool = False, log=lambda s: None) -> Plan:
   """The ranked plan (see the module docstring)."""
   chip, _ = hardware.parse_topology(topology)
   chips = hardware.num_chips(topology)
-  from gemini.model import transformer  # pylint: disable=import-outside-toplevel
-  params = jax.eval_shape(lambda k: transformer.init_params(cfg, k), jax.random.key(0))
+  params = spec_lib.abstract_params(cfg)
   meshes = enumerate_meshes(cfg, chips, batch, seq, attn_impl)
   if not meshes:
     raise ValueError(f"no valid mesh for {cfg.name} on {topology} with batch={batch}, "
@@ -221,8 +220,7 @@ def plan(cfg: ModelConfig, topology: str, batch: int, seq: int, *, attn_impl: st
     log(f"[{i + 1}/{len(chosen)}] compiling {cfg.name} on {topology} mesh "
         f"{an.compile_step.format_mesh(c.mesh)} ...")
     c.analysis = an.analyze(cfg, topology, c.mesh, batch, seq, attn_impl=attn_impl,
-                            moe_impl=moe_impl, remat=remat, compile_layers=compile_layers,
-                            cache_dir=cache_dir, cache_only=cache_only, log=log)
+                            moe_impl=moe_impl, remat=remat, cache_dir=cache_dir, cache_only=cache_only, log=log)
     e = c.analysis.estimate()
     c.status = ("fits" if e.fits else
                 f"over HBM by {(c.analysis.figures.total_bytes - chip.hbm_bytes) / 2**30:.1f} GiB")

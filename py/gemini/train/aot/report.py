@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 from gemini import family
 from gemini.config import get_config
 from gemini.train.aot import analyze as an
-from gemini.train.aot import compile_step, planner
+from gemini.train.aot import compile_step, main as main_lib, planner
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,16 +81,13 @@ class Result:
   error: str = ""
 
 
-def run(rows, *, max_compiles: int = 2, compile_layers: str = "auto",
-        cache_dir: Optional[str] = None, cache_only: bool = False, log=print) -> List[Result]:
+def run(rows, *, max_compiles: int = 2, cache_dir: Optional[str] = None, cache_only: bool = False, log=print) -> List[Result]:
   """Runs every row; a row that fails to compile is reported with its error, not raised."""
-  from gemini.train.aot import main as main_lib  # pylint: disable=import-outside-toplevel
   out = []
   for row in rows:
     cfg = main_lib.with_dispatch(get_config(row.config), row.dispatch)
-    layers = main_lib.parse_compile_layers(compile_layers, cfg)
     kw = dict(attn_impl=row.attn_impl, moe_impl=row.moe_impl, remat=row.remat,
-              compile_layers=layers, cache_dir=cache_dir, cache_only=cache_only, log=log)
+              cache_dir=cache_dir, cache_only=cache_only, log=log)
     try:
       if row.mesh is not None:
         log(f"compiling {row.config} on {row.topology} mesh {dict(row.mesh)} ...")

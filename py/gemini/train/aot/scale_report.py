@@ -23,7 +23,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                  help="default: $BUILD_WORKSPACE_DIRECTORY/scale_report or ./scale_report")
   p.add_argument("--only", default="", help="comma-separated member names to keep")
   p.add_argument("--max_compiles", type=int, default=2, help="planner meshes per member")
-  p.add_argument("--compile_layers", default="auto", help="as for //py/gemini/train:aot")
   p.add_argument("--cache_dir", default=None, help="default ~/.cache/gemini_aot; '' disables")
   p.add_argument("--cached_only", action="store_true",
                  help="format what is cached; rows not compiled yet are listed as such")
@@ -35,7 +34,7 @@ def main(argv: Optional[List[str]] = None) -> int:
   out_dir = args.out_dir or os.path.join(
       os.environ.get("BUILD_WORKSPACE_DIRECTORY", os.getcwd()), "scale_report")
   os.makedirs(out_dir, exist_ok=True)
-  results = report.run(rows, max_compiles=args.max_compiles, compile_layers=args.compile_layers,
+  results = report.run(rows, max_compiles=args.max_compiles,
                        cache_dir=args.cache_dir, cache_only=args.cached_only,
                        log=lambda s: print(s, flush=True))
   md = ("# Gemini family: train steps compiled for TPU slices\n\n"

@@ -1,15 +1,15 @@
 """Fast checks of the AOT harness's arithmetic (no compilation): HLO collective parsing,
-layer extrapolation, the roofline, topology/mesh parsing and the planner's mesh rules."""
+counting every layer-scan iteration, the roofline, topology/mesh parsing and the planner's mesh rules."""
 
 import math
 import types
 
-import jax
 import pytest
 
 from gemini import config_flags, family
 from gemini.config import get_config
-from gemini.train.aot import collectives, compile_step, figures, hardware, planner
+from gemini.model import spec
+from gemini.train.aot import analyze, collectives, compile_step, figures, hardware, planner, report
 
 # Four collectives as the TPU compiler prints them (an async all-gather appears three times
 # with one channel id; a combined all-reduce has a tuple result).
@@ -50,24 +50,27 @@ def _figs(scale):
                              bytes_accessed=3e6 * scale, transcendentals=0.0, collectives=coll)
 
 
-def test_extrapolation_is_linear_in_layers():
-  # f(L) = 10 + 5 L  ->  f(1) = 15, f(2) = 20, f(96) = 490.
-  f1 = figures.StepFigures(15, 15, 15, 15, 15, 15, 15, _figs(15).collectives)
-  f2 = figures.StepFigures(20, 20, 20, 20, 20, 20, 20, _figs(20).collectives)
-  f = figures.extrapolate_layers(f1, 1, f2, 2, 96)
-  assert f.flops == pytest.approx(490) and f.temp_bytes == pytest.approx(490)
-  assert f.collectives.ici_bytes["all-gather"] == pytest.approx(5 * 490)
-  with pytest.raises(ValueError):
-    figures.extrapolate_layers(f1, 2, f2, 2, 96)
+def test_every_scan_iteration_counted_from_rolled_and_unrolled_compiles():
+  # A step with outside cost 10 and body cost 5 per iteration; the compiler counts the body
+  # once: rolled = 10 + 5. Unrolled twice, lax.scan runs the odd remainder outside the loop:
+  # trips 96 -> 10 + 2 * 5; trips 7 -> 10 + 3 * 5. Every iteration: 10 + 5 * trips.
+  coll = _figs(1.0).collectives
+  rolled = figures.StepFigures(100, 90, 90, 7, 15, 15, 15, coll)
+  for trips, u2 in ((96, 20), (7, 25)):
+    unrolled = figures.StepFigures(200, 180, 180, 70, u2, u2, u2, _figs(9.0).collectives)
+    f = figures.count_every_iteration(rolled, unrolled, trips)
+    assert (f.flops, f.bytes_accessed, f.transcendentals) == pytest.approx((10 + 5 * trips,) * 3)
+    # Memory and collectives are the rolled program's (the parser already multiplies loops).
+    assert (f.argument_bytes, f.output_bytes, f.alias_bytes, f.temp_bytes) == (100, 90, 90, 7)
+    assert f.collectives is coll
+  assert figures.count_every_iteration(rolled, None, 1) is rolled
+  with pytest.raises(ValueError, match="trips=0"):
+    figures.count_every_iteration(rolled, rolled, 0)
 
 
-def test_extrapolated_temporaries_never_below_a_compiled_peak():
-  # The 2-layer compile peaked lower than the 1-layer one (remat, scheduling): the slope is
-  # negative, but 96 layers still need the larger peak, not a negative number.
-  f1 = figures.StepFigures(15, 15, 15, 30, 15, 15, 15, _figs(15).collectives)
-  f2 = figures.StepFigures(20, 20, 20, 28, 20, 20, 20, _figs(20).collectives)
-  f = figures.extrapolate_layers(f1, 1, f2, 2, 96)
-  assert f.temp_bytes == 30 and f.flops == pytest.approx(490)
+def test_loop_trip_counts_read_from_hlo():
+  assert compile_step.loop_trip_counts(_LOOP_HLO) == (3,)
+  assert compile_step.loop_trip_counts("%add.1 = f32[] add(%x, %y)") == ()
 
 
 def test_roofline_picks_the_slowest_resource_and_mfu_follows():
@@ -100,12 +103,6 @@ def test_topology_and_mesh_parsing_name_bad_input():
     config_flags.parse_mesh("data=2,data=2")
 
 
-def test_with_layers_keeps_moe_pattern_below_the_cut():
-  cfg = get_config("flash_tiny")                      # MoE layers (1, 3)
-  assert compile_step.with_layers(cfg, 2).moe.layers == (1,)
-  assert compile_step.with_layers(get_config("pro"), 2).num_moe_layers == 2
-
-
 def test_enumerated_meshes_respect_divisibility():
   cfg = get_config("nano1")                           # 8 heads, MQA, dense
   meshes = planner.enumerate_meshes(cfg, 16, batch=16, seq=1024)
@@ -123,8 +120,7 @@ def test_enumerated_meshes_respect_divisibility():
 
 def test_state_bytes_per_device_matches_hand_count():
   cfg = get_config("nano_tiny")
-  from gemini.model import transformer
-  params = jax.eval_shape(lambda k: transformer.init_params(cfg, k), jax.random.key(0))
+  params = spec.abstract_params(cfg)
   total = family.total_params(cfg) * 4
   assert planner.state_bytes_per_device(cfg, params, {"data": 4}) == 3 * total
   # fsdp=4 splits every matrix on its d_model dim; only the 2L+1 norm vectors stay whole.
@@ -161,11 +157,10 @@ def test_collectives_in_while_loops_count_per_iteration():
 
 
 def test_report_table_and_png_from_analyses(tmp_path):
-  from gemini.train.aot import analyze, report
   def analysis(total_scale, flops):
     f = _figs(total_scale)
     f.flops = flops
-    return analyze.Analysis("nano1", "v5e:2x2", {"fsdp": 4}, 4, 1024, "xla", "xla", 18, (1, 2),
+    return analyze.Analysis("nano1", "v5e:2x2", {"fsdp": 4}, 4, 1024, "xla", "xla", 18, 18,
                             f, 1e9, 3e9, 1.0, 1e10)
   fits = report.Result(report.Row("nano1", "v5e:2x2", 4, 1024), None, analysis(1e6, 1e12))
   too_big = report.Result(report.Row("nano1", "v5e:2x2", 4, 1024, attn_impl="ring"), None,
@@ -178,7 +173,7 @@ def test_report_table_and_png_from_analyses(tmp_path):
   assert "| ≤" in lines[0]          # compiled 1e12 < model 1e10 x 4096 / 4: an upper bound
   assert "**no**" in lines[1] and "| n/a |" in lines[1]     # refused program: no MFU
   assert "error: boom" in lines[2]
-  assert "extrapolated" in md
+  assert "compiled all 18 layers (a scan of 18 blocks" in md
   png = tmp_path / "r.png"
   report.plot([fits, too_big, failed], str(png))
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
