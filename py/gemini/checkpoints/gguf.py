@@ -194,65 +194,24 @@ def dequantize(tensor, path: str = "") -> np.ndarray:
   return np.asarray(out, np.float32).reshape(want)
 
 
-def unpermute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
-  """Inverts llama.cpp's Q/K permutation: rows [heads*Dh, D] interleaved -> rotate-half."""
-  rows, cols = w.shape
-  dh = rows // n_heads
-  return w.reshape(n_heads, dh // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
-
-
-def permute_rope_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
-  """llama.cpp's permutation (rotate-half -> interleaved rows); the inverse of the above."""
-  rows, cols = w.shape
-  dh = rows // n_heads
-  return w.reshape(n_heads, 2, dh // 2, cols).swapaxes(1, 2).reshape(rows, cols)
-
-
 def load_params(reader, cfg: ModelConfig, path: str = "") -> dict:
   """All tensors -> our f32 parameter tree (numpy, layers stacked as gemini.model.spec lays
-  them out). Shapes are checked against cfg."""
+  them out; names and layouts from spec.llama_tensors). Shapes are checked against cfg."""
   tensors = {t.name: t for t in reader.tensors}
-  d, h, k, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-
-  def get(name, shape):
+  params = {p.path: np.empty(p.shape, np.float32) for p in spec.param_spec(cfg)}
+  try:
+    order = list(spec.llama_tensors(cfg))
+  except ValueError as e:
+    raise GGUFError(f"{path}: {e}") from None
+  for name, _, p, index in order:
     if name not in tensors:
       raise GGUFError(f"{path}: tensor {name!r} is missing")
     w = dequantize(tensors[name], path)
-    if w.shape != tuple(shape):
-      raise GGUFError(f"{path}: tensor {name!r} has shape {w.shape}, expected {tuple(shape)}")
-    return w
-
-  params = {"embed": {"tokens": get("token_embd.weight", (cfg.vocab_size, d))}}
-  layers = []
-  for i in range(cfg.n_layers):
-    b = f"blk.{i}."
-    wq = unpermute_rope_rows(get(b + "attn_q.weight", (h * dh, d)), h)
-    wk = unpermute_rope_rows(get(b + "attn_k.weight", (k * dh, d)), k)
-    wv = get(b + "attn_v.weight", (k * dh, d))
-    wo = get(b + "attn_output.weight", (d, h * dh))
-    layers.append({
-        "attn_norm": {"scale": get(b + "attn_norm.weight", (d,))},
-        "attn": {"wq": wq.T.reshape(d, h, dh), "wk": wk.T.reshape(d, k, dh),
-                 "wv": wv.T.reshape(d, k, dh), "wo": wo.T.reshape(h, dh, d)},
-        "mlp_norm": {"scale": get(b + "ffn_norm.weight", (d,))},
-        "mlp": {"w_gate": get(b + "ffn_gate.weight", (cfg.d_ff, d)).T,
-                "w_up": get(b + "ffn_up.weight", (cfg.d_ff, d)).T,
-                "w_down": get(b + "ffn_down.weight", (d, cfg.d_ff)).T},
-    })
-  params["blocks"] = spec.stack_layers(layers, cfg)
-  params["final_norm"] = {"scale": get("output_norm.weight", (d,))}
-  if not cfg.tie_embeddings:
-    params["unembed"] = get("output.weight", (cfg.vocab_size, d)).T
-  return _contiguous_f32(params)
-
-
-def _contiguous_f32(tree):
-  """Contiguous f32 copies (the dequantised views may alias the memory-mapped file)."""
-  if isinstance(tree, dict):
-    return {k: _contiguous_f32(v) for k, v in tree.items()}
-  if isinstance(tree, list):
-    return [_contiguous_f32(v) for v in tree]
-  return np.ascontiguousarray(tree, np.float32)
+    if w.shape != spec.gguf_shape(p):
+      raise GGUFError(f"{path}: tensor {name!r} has shape {w.shape}, expected "
+                      f"{spec.gguf_shape(p)}")
+    params[p.path][index] = spec.from_gguf_matrix(p, w)
+  return spec.build_tree(spec.param_spec(cfg), lambda p: params[p.path])
 
 
 def build_tokenizer(reader, path: str = ""):

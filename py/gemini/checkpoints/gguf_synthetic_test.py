@@ -17,6 +17,14 @@ CFG = config.ModelConfig(name="synthetic", vocab_size=96, d_model=64, n_layers=2
                          norm_eps=1e-5, activation="silu", tie_embeddings=False, dtype="float32")
 
 
+def _llama_rows(m, heads):
+  """llama.cpp's Q/K row order of rotate-half rows [heads*Dh, C]: within each head, row
+  2p + c of llama holds rotate-half row c*Dh/2 + p (pairs adjacent instead of split)."""
+  dh = m.shape[0] // heads
+  return np.asarray(m)[np.array([h * dh + c * (dh // 2) + q for h in range(heads)
+                                 for q in range(dh // 2) for c in range(2)])]
+
+
 def _write(path, params, cfg, qtype, arch="llama"):
   """Writes `params` as llama.cpp would: [out, in] rows, Q/K permuted, optional quantisation."""
   w = GGUFWriter(str(path), arch)
@@ -46,8 +54,8 @@ def _write(path, params, cfg, qtype, arch="llama"):
   put("output_norm.weight", params["final_norm"]["scale"])
   for i, l in enumerate(spec.unstack_layers(params, cfg)):
     a, b = l["attn"], f"blk.{i}."
-    put(b + "attn_q.weight", G.permute_rope_rows(a["wq"].reshape(d, -1).T, cfg.n_heads))
-    put(b + "attn_k.weight", G.permute_rope_rows(a["wk"].reshape(d, -1).T, cfg.n_kv_heads))
+    put(b + "attn_q.weight", _llama_rows(a["wq"].reshape(d, -1).T, cfg.n_heads))
+    put(b + "attn_k.weight", _llama_rows(a["wk"].reshape(d, -1).T, cfg.n_kv_heads))
     put(b + "attn_v.weight", a["wv"].reshape(d, -1).T)
     put(b + "attn_output.weight", a["wo"].reshape(-1, d).T)
     put(b + "ffn_gate.weight", l["mlp"]["w_gate"].T)
@@ -98,5 +106,5 @@ def test_wrong_architecture_and_missing_tensor_are_clear_errors(tmp_path):
   _write(path, dict(params, blocks=spec.stack_layers(spec.unstack_layers(params, CFG)[:1], one)),
          one, Q.F32)
   reader = G.open_reader(str(path))
-  with pytest.raises(G.GGUFError, match="blk.1.attn_q.weight"):
+  with pytest.raises(G.GGUFError, match=r"tensor .blk\.1\.\w+\.weight. is missing"):
     G.load_params(reader, CFG, str(path))

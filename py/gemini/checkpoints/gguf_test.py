@@ -16,6 +16,15 @@ from gemini.checkpoints import gguf as G
 from gemini.model import decode, spec, transformer
 
 
+
+def _llama_rows(m, heads):
+  """llama.cpp's Q/K row order of rotate-half rows [heads*Dh, C]: within each head, row
+  2p + c of llama holds rotate-half row c*Dh/2 + p (pairs adjacent instead of split)."""
+  dh = m.shape[0] // heads
+  return np.asarray(m)[np.array([h * dh + c * (dh // 2) + q for h in range(heads)
+                                 for q in range(dh // 2) for c in range(2)])]
+
+
 @functools.lru_cache(maxsize=None)
 def _model():
   m = G.load()
@@ -98,7 +107,7 @@ def test_import_is_exact():
     raw = _decode_q4_1(_raw(f"blk.{layer}.attn_{kind}.weight"))            # [heads*Dh, D]
     ours = layers[layer]["attn"]["w" + kind]                            # [D, heads, Dh]
     # Exactly the GGUF values, re-ordered only inside heads by llama.cpp's permutation.
-    np.testing.assert_array_equal(G.permute_rope_rows(ours.reshape(d, -1).T, heads), raw)
+    np.testing.assert_array_equal(_llama_rows(ours.reshape(d, -1).T, heads), raw)
   # Independent semantic check: attention scores from our rotate-half RoPE on our weights
   # equal those from llama.cpp's interleaved RoPE on the raw GGUF rows (GQA: 9 q, 3 kv heads).
   rng = np.random.default_rng(0)

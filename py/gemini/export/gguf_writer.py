@@ -19,6 +19,7 @@ from typing import List, Tuple
 import numpy as np
 
 from gemini.export import gnb
+from gemini.model import spec
 
 Q4_0, Q8_0 = "q4_0", "q8_0"
 
@@ -41,18 +42,12 @@ def _rows_and_scales(t: gnb.Tensor) -> Tuple[np.ndarray, np.ndarray]:
   return np.ascontiguousarray(packed), f16
 
 
-def _permute_rows(x: np.ndarray, heads: int) -> np.ndarray:
-  """Rotate-half row order -> llama.cpp's interleaved pairs, per head (rows are [heads*Dh])."""
-  rows = x.shape[0]
-  dh = rows // heads
-  return x.reshape(heads, 2, dh // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
-
-
 def _quantized(t: gnb.Tensor, kind: str, heads: int = 0) -> np.ndarray:
   """The GGUF block bytes [N, K/32 * block] of an int4 tensor as Q4_0 or Q8_0."""
   packed, scales = _rows_and_scales(t)
   if heads:
-    packed, scales = _permute_rows(packed, heads), _permute_rows(scales, heads)
+    packed = spec.rope_rows(packed, heads, to_llama=True)
+    scales = spec.rope_rows(scales, heads, to_llama=True)
   n, nb = scales.shape
   sbytes = scales.view(np.uint8).reshape(n, nb, 2)
   blocks = packed.reshape(n, nb, 16)
@@ -151,25 +146,13 @@ def write_from_gnb(gnb_path: str, out: str, tensor_type: str = Q4_0) -> None:
   if template:
     w.add_chat_template(template)
 
-  def mat(name, t, heads=0):
-    w.add_tensor(name, _quantized(t, tensor_type, heads), raw_dtype=qtype)
-
-  T = f.tensors
-  mat("token_embd.weight", T["embed"])
-  for i in range(int(c["n_layers"])):
-    p, b = f"layers.{i}.", f"blk.{i}."
-    w.add_tensor(b + "attn_norm.weight", _f32(T[p + "attn_norm"]))
-    mat(b + "attn_q.weight", T[p + "wq"], int(c["n_heads"]))
-    mat(b + "attn_k.weight", T[p + "wk"], int(c["n_kv_heads"]))
-    mat(b + "attn_v.weight", T[p + "wv"])
-    mat(b + "attn_output.weight", T[p + "wo"])
-    w.add_tensor(b + "ffn_norm.weight", _f32(T[p + "mlp_norm"]))
-    mat(b + "ffn_gate.weight", T[p + "w_gate"])
-    mat(b + "ffn_up.weight", T[p + "w_up"])
-    mat(b + "ffn_down.weight", T[p + "w_down"])
-  w.add_tensor("output_norm.weight", _f32(T["final_norm"]))
-  if "unembed" in T:
-    mat("output.weight", T["unembed"])
+  for name, gnb_name, p, _ in spec.llama_tensors(gnb.model_config(c)):
+    t = f.tensors[gnb_name]
+    if p.k_axes is None:
+      w.add_tensor(name, _f32(t))
+    else:
+      w.add_tensor(name, _quantized(t, tensor_type, p.layer_shape[1] if p.rope else 0),
+                   raw_dtype=qtype)
   w.write_header_to_file()
   w.write_kv_data_to_file()
   w.write_tensors_to_file()

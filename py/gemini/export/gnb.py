@@ -102,6 +102,17 @@ def config_dict(cfg: ModelConfig, group_size: int, *, bos_id: int = -1, eos_id: 
           **({"qk_norm": True} if cfg.qk_norm else {})}
 
 
+_DECODER_KEYS = ("name", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
+                 "head_dim", "d_ff", "max_seq_len", "rope_base", "norm_eps", "logit_softcap",
+                 "tie_embeddings", "activation")
+
+
+def model_config(config: dict) -> ModelConfig:
+  """The dense decoder ModelConfig a file's config JSON describes (inverse of config_dict)."""
+  return ModelConfig(**{k: config[k] for k in _DECODER_KEYS},
+                     qk_norm=bool(config.get("qk_norm", False)))
+
+
 def _entry(t: Tensor, offset: int) -> bytes:
   name = t.name.encode()
   return (struct.pack("<H", len(name)) + name + struct.pack("<BBI", t.dtype, len(t.shape), t.group_size)

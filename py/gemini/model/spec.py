@@ -3,8 +3,9 @@
 `param_spec(cfg)` returns one `Param` per array of the model: its path in the parameter tree,
 stored shape, logical axes (for `gemini.sharding`), init, weight-decay flag, and how int4
 quantisation, AWQ and the `.gnb` export see it. Init, sharding of params and optimizer state,
-the decay mask, the family's parameter counts, the int4 quantiser, AWQ's sites and the `.gnb`
-tensor order are all computed from this list; no other file spells the tree out.
+the decay mask, the family's parameter counts, the int4 quantiser, AWQ's sites, the `.gnb`
+tensor order and the llama GGUF names and layouts (import and export) are all computed from
+this list; no other file spells the tree out.
 
 Decoder layers are stacked. The layer kinds (dense or MoE) repeat with a period p (the
 smallest p dividing n_layers with kind(i) == kind(i mod p)); the decoder is R = n_layers / p
@@ -45,6 +46,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from gemini import sharding
@@ -61,6 +63,9 @@ class Param:
   init: 'normal' (times std), 'ones' or 'zeros'; decay: AdamW weight decay applies;
   k_axes: per-layer axes forming the int4 view's K (None: not a matrix, stays float);
   export: `.gnb` tensor name ('{i}' = decoder layer index; None: not exported);
+  gguf: llama-architecture GGUF tensor name (None: llama has no such tensor); a GGUF matrix
+  is the transpose of the int4 view, [N, K], and `rope` rows (wq, wk) are in llama.cpp's
+  interleaved RoPE order per head (heads = layer_shape[1]);
   site: AWQ site whose activations feed this matrix; absorbs: AWQ site whose scale this
   parameter divides along its last axis (so the float model is unchanged);
   stacked: number of leading stacking axes (0 or 1)."""
@@ -72,6 +77,8 @@ class Param:
   decay: bool = True
   k_axes: Optional[Tuple[int, ...]] = None
   export: Optional[str] = None
+  gguf: Optional[str] = None
+  rope: bool = False
   site: Optional[str] = None
   absorbs: Optional[str] = None
   stacked: int = 0
@@ -107,13 +114,14 @@ def _norm(path, dim, **kw) -> Param:
 def _attention(cfg: ModelConfig) -> List[Param]:
   d, h, k, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
   out = [_normal(("attn", "wq"), (d, h, dh), ("embed", "heads", "head_dim"), d, k_axes=(0,),
-                 export="layers.{i}.wq", site="attn"),
+                 export="layers.{i}.wq", gguf="blk.{i}.attn_q.weight", rope=True, site="attn"),
          _normal(("attn", "wk"), (d, k, dh), ("embed", "kv_heads", "head_dim"), d, k_axes=(0,),
-                 export="layers.{i}.wk", site="attn"),
+                 export="layers.{i}.wk", gguf="blk.{i}.attn_k.weight", rope=True, site="attn"),
          _normal(("attn", "wv"), (d, k, dh), ("embed", "kv_heads", "head_dim"), d, k_axes=(0,),
-                 export="layers.{i}.wv", site="attn"),
+                 export="layers.{i}.wv", gguf="blk.{i}.attn_v.weight", site="attn"),
          _normal(("attn", "wo"), (h, dh, d), ("heads", "head_dim", "embed"), h * dh,
-                 k_axes=(0, 1), export="layers.{i}.wo", site="wo")]
+                 k_axes=(0, 1), export="layers.{i}.wo", gguf="blk.{i}.attn_output.weight",
+                 site="wo")]
   if cfg.qk_norm:
     out += [_norm(("attn", "q_norm"), dh, export="layers.{i}.q_norm"),
             _norm(("attn", "k_norm"), dh, export="layers.{i}.k_norm")]
@@ -123,11 +131,12 @@ def _attention(cfg: ModelConfig) -> List[Param]:
 def _mlp(cfg: ModelConfig) -> List[Param]:
   d, f = cfg.d_model, cfg.d_ff
   return [_normal(("mlp", "w_gate"), (d, f), ("embed", "mlp"), d, k_axes=(0,),
-                  export="layers.{i}.w_gate", site="mlp"),
+                  export="layers.{i}.w_gate", gguf="blk.{i}.ffn_gate.weight", site="mlp"),
           _normal(("mlp", "w_up"), (d, f), ("embed", "mlp"), d, k_axes=(0,),
-                  export="layers.{i}.w_up", site="mlp", absorbs="w_down"),
+                  export="layers.{i}.w_up", gguf="blk.{i}.ffn_up.weight", site="mlp",
+                  absorbs="w_down"),
           _normal(("mlp", "w_down"), (f, d), ("mlp", "embed"), f, k_axes=(0,),
-                  export="layers.{i}.w_down", site="w_down")]
+                  export="layers.{i}.w_down", gguf="blk.{i}.ffn_down.weight", site="w_down")]
 
 
 def _moe(cfg: ModelConfig) -> List[Param]:
@@ -141,9 +150,11 @@ def _moe(cfg: ModelConfig) -> List[Param]:
 
 def decoder_layer(cfg: ModelConfig, moe: bool) -> List[Param]:
   """The parameters of one decoder layer (unstacked paths, relative to the layer)."""
-  return ([_norm(("attn_norm",), cfg.d_model, export="layers.{i}.attn_norm", absorbs="attn")]
+  return ([_norm(("attn_norm",), cfg.d_model, export="layers.{i}.attn_norm",
+                 gguf="blk.{i}.attn_norm.weight", absorbs="attn")]
           + _attention(cfg)
-          + [_norm(("mlp_norm",), cfg.d_model, export="layers.{i}.mlp_norm", absorbs="mlp")]
+          + [_norm(("mlp_norm",), cfg.d_model, export="layers.{i}.mlp_norm",
+                   gguf="blk.{i}.ffn_norm.weight", absorbs="mlp")]
           + (_moe(cfg) if moe else _mlp(cfg)))
 
 
@@ -224,14 +235,14 @@ def param_spec(cfg: ModelConfig) -> Tuple[Param, ...]:
   # Embedding rows have std 1/sqrt(D), so tied logits of a unit-RMS x start at unit variance.
   # Not decayed: rows of rare tokens would shrink between their rare updates.
   out = [_p(("embed", "tokens"), (v, d), ("vocab", "embed"), std=d ** -0.5, decay=False,
-            k_axes=(1,), export="embed")]
+            k_axes=(1,), export="embed", gguf="token_embd.weight")]
   r = repeats(cfg)
   for j, moe in enumerate(block_pattern(cfg)):
     out += _stack(decoder_layer(cfg, moe), ("blocks", j), r)
-  out.append(_norm(("final_norm",), d, export="final_norm"))
+  out.append(_norm(("final_norm",), d, export="final_norm", gguf="output_norm.weight"))
   if not cfg.tie_embeddings:
     out.append(_normal(("unembed",), (d, v), ("embed", "vocab"), d, k_axes=(0,),
-                       export="unembed"))
+                       export="unembed", gguf="output.weight"))
   if cfg.vision.enabled:
     out += vision_params(cfg.vision, d)
   if cfg.audio.enabled:
@@ -393,18 +404,65 @@ def stack_layers(layers: Sequence[dict], cfg: ModelConfig) -> List[dict]:
   return [jax.tree.map(lambda *xs: jnp.stack(xs), *layers[j::p]) for j in range(p)]
 
 
-def decoder_exports(cfg: ModelConfig) -> Iterator[Tuple[str, Param, Path]]:
-  """(.gnb name, Param, index path) of every exported tensor in file order (FORMAT.md: embed,
-  layer 0 ... L-1, final_norm, unembed); the index path selects one layer's slice of a
-  stacked array (() for unstacked ones)."""
-  spec = [p for p in param_spec(cfg) if p.export]
-  yield from ((p.export, p, ()) for p in spec if p.path == ("embed", "tokens"))
+def _decoder_order(cfg: ModelConfig) -> Iterator[Tuple[int, Param, Path]]:
+  """(decoder layer index or -1, Param, index path) of every decoder tensor in file order
+  (embed, layer 0 ... L-1, final_norm, unembed); the index path selects one layer's slice of
+  a stacked array (() for unstacked ones). Encoders are not part of the decoder."""
+  spec = [p for p in param_spec(cfg) if not p.path[0] in ("vision", "audio")]
+  yield from ((-1, p, ()) for p in spec if p.path == ("embed", "tokens"))
   for i, r, j in layer_params(cfg):
     for p in spec:
       if p.stacked and p.path[:2] == ("blocks", j):
-        yield p.export.format(i=i), p, (r,)
-  yield from ((p.export, p, ()) for p in spec
-              if not p.stacked and p.path != ("embed", "tokens"))
+        yield i, p, (r,)
+  yield from ((-1, p, ()) for p in spec if not p.stacked and p.path != ("embed", "tokens"))
+
+
+def decoder_exports(cfg: ModelConfig) -> Iterator[Tuple[str, Param, Path]]:
+  """(.gnb name, Param, index path) of every exported tensor in file order (FORMAT.md)."""
+  for i, p, index in _decoder_order(cfg):
+    if p.export:
+      yield p.export.format(i=i), p, index
+
+
+def llama_tensors(cfg: ModelConfig) -> Iterator[Tuple[str, str, Param, Path]]:
+  """(GGUF tensor name, .gnb name, Param, index path) of the decoder in llama's layout.
+  Raises ValueError naming the first parameter the llama architecture has no tensor for."""
+  for i, p, index in _decoder_order(cfg):
+    if p.gguf is None:
+      raise ValueError(f"config {cfg.name!r}: parameter {p.name} has no llama GGUF tensor "
+                       "(the llama architecture has dense layers and no q/k norms)")
+    yield p.gguf.format(i=i), p.export.format(i=i), p, index
+
+
+def gguf_shape(p: Param) -> Tuple[int, ...]:
+  """The shape of p's llama GGUF tensor: one layer's int4 view transposed, [N, K] (output
+  rows, as llama.cpp stores matrices); 1-D leaves as they are."""
+  if p.k_axes is None:
+    return p.layer_shape
+  k = math.prod(p.layer_shape[a] for a in p.k_axes)
+  return (math.prod(p.layer_shape) // k, k)
+
+
+def from_gguf_matrix(p: Param, m) -> "np.ndarray":
+  """A llama GGUF tensor (`gguf_shape(p)`, wq/wk rows in llama.cpp's interleaved RoPE order)
+  as one layer's leaf of p (NumPy)."""
+  m = np.asarray(m)
+  if p.k_axes is None:
+    return m.reshape(p.layer_shape)
+  if p.rope:
+    m = rope_rows(m, p.layer_shape[1], to_llama=False)
+  shape = p.layer_shape
+  order = p.k_axes + tuple(a for a in range(len(shape)) if a not in p.k_axes)
+  w = m.T.reshape(tuple(shape[a] for a in order))
+  return w.transpose(tuple(order.index(a) for a in range(len(shape))))
+
+
+def rope_rows(m, heads: int, to_llama: bool):
+  """Rows [heads * Dh, ...]: rotate-half pairs (d, d + Dh/2) <-> llama.cpp's adjacent pairs
+  (2d, 2d + 1) within each head (trailing axes carried along: packed int4 rows, scales)."""
+  dh = m.shape[0] // heads
+  split = (heads, 2, dh // 2) if to_llama else (heads, dh // 2, 2)
+  return m.reshape(split + m.shape[1:]).swapaxes(1, 2).reshape(m.shape)
 
 
 def awq_sites(cfg: ModelConfig, moe: bool = False) -> Dict[str, Dict[str, list]]:

@@ -121,6 +121,14 @@ class Collectives:
   def total_ici_bytes(self) -> float:
     return sum(self.ici_bytes.values())
 
+  def plus_scaled_difference(self, other: "Collectives", b: float) -> "Collectives":
+    """self + b (other - self), field by field."""
+    comb = lambda x, y: {k: x[k] + b * (y[k] - x[k]) for k in KINDS}
+    return Collectives({k: int(round(self.count[k] + b * (other.count[k] - self.count[k])))
+                        for k in KINDS},
+                       comb(self.result_bytes, other.result_bytes),
+                       comb(self.ici_bytes, other.ici_bytes))
+
 
 def parse_collectives(hlo_text: str, num_devices: int) -> Collectives:
   """Collectives of a compiled HLO module text (`compiled.as_text()`)."""

@@ -177,10 +177,3 @@ def compile_train_step(cfg: ModelConfig, topology: str, mesh_axes: Dict[str, int
     text, _ = _read_dump(dump)
   return CompileResult(compiled, lowered, shapes, text or compiled.as_text())
 
-
-_TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
-
-
-def loop_trip_counts(hlo_text: str) -> Tuple[int, ...]:
-  """The trip counts XLA proved for the while loops of an optimised HLO module, in order."""
-  return tuple(int(n) for n in _TRIP.findall(hlo_text))

@@ -112,21 +112,24 @@ def count_every_iteration(rolled: StepFigures, unrolled2: StepFigures,
   whole model: `rolled` (one block of layers per iteration, the program that runs) and
   `unrolled2` (two blocks per iteration).
 
-  XLA's cost analysis counts a while loop's body once. With one block per iteration its
-  FLOPs / bytes / transcendentals are outside + body; with two, outside + (2 + trips % 2)
-  body (lax.scan runs the odd remainder block outside the loop). So body = difference /
-  (1 + trips % 2), and the step with every iteration counted is rolled + (trips - 1) body.
-  Memory is a property of the program that runs, and the collectives parser already
-  multiplies loop bodies by their trip counts, so both are the rolled program's as compiled.
-  Loops nested inside the body (e.g. a ring-attention ring) stay counted once per outer
-  iteration, which report.py marks as an upper-bound MFU.
+  XLA's cost analysis counts a while loop's body once, and the TPU compiler's HLO text does
+  not state trip counts for the collectives parser to multiply by. With one block per
+  iteration a count is outside + body; with two, outside + (2 + trips % 2) body (lax.scan
+  runs the odd remainder block outside the loop). So body = difference / (1 + trips % 2), and
+  the step with every iteration counted is rolled + (trips - 1) body. (Where a count already
+  multiplies by the trip count, both compiles agree and nothing is added.) Memory is a
+  property of the program that runs: the rolled program's, as compiled. Loops nested inside
+  the body (a ring-attention ring) stay counted once per outer iteration in FLOPs, which
+  report.py marks as an upper-bound MFU.
   """
   if trips < 1:
     raise ValueError(f"count_every_iteration: trips={trips}, need >= 1")
   if trips == 1:
     return rolled
   b = (trips - 1) / (1 + trips % 2)
-  out = dataclasses.replace(rolled)
+  out = dataclasses.replace(
+      rolled, collectives=rolled.collectives.plus_scaled_difference(unrolled2.collectives, b),
+      compiler_oom=rolled.compiler_oom or unrolled2.compiler_oom)
   for k in ("flops", "bytes_accessed", "transcendentals"):
     setattr(out, k, getattr(rolled, k) + b * (getattr(unrolled2, k) - getattr(rolled, k)))
   return out

@@ -54,23 +54,17 @@ def test_every_scan_iteration_counted_from_rolled_and_unrolled_compiles():
   # A step with outside cost 10 and body cost 5 per iteration; the compiler counts the body
   # once: rolled = 10 + 5. Unrolled twice, lax.scan runs the odd remainder outside the loop:
   # trips 96 -> 10 + 2 * 5; trips 7 -> 10 + 3 * 5. Every iteration: 10 + 5 * trips.
-  coll = _figs(1.0).collectives
-  rolled = figures.StepFigures(100, 90, 90, 7, 15, 15, 15, coll)
+  rolled = figures.StepFigures(100, 90, 90, 7, 15, 15, 15, _figs(15).collectives)
   for trips, u2 in ((96, 20), (7, 25)):
-    unrolled = figures.StepFigures(200, 180, 180, 70, u2, u2, u2, _figs(9.0).collectives)
+    unrolled = figures.StepFigures(200, 180, 180, 70, u2, u2, u2, _figs(u2).collectives)
     f = figures.count_every_iteration(rolled, unrolled, trips)
     assert (f.flops, f.bytes_accessed, f.transcendentals) == pytest.approx((10 + 5 * trips,) * 3)
-    # Memory and collectives are the rolled program's (the parser already multiplies loops).
+    assert f.collectives.ici_bytes["all-gather"] == pytest.approx(5 * (10 + 5 * trips))
+    # Memory is the rolled program's, the one that runs.
     assert (f.argument_bytes, f.output_bytes, f.alias_bytes, f.temp_bytes) == (100, 90, 90, 7)
-    assert f.collectives is coll
   assert figures.count_every_iteration(rolled, None, 1) is rolled
   with pytest.raises(ValueError, match="trips=0"):
     figures.count_every_iteration(rolled, rolled, 0)
-
-
-def test_loop_trip_counts_read_from_hlo():
-  assert compile_step.loop_trip_counts(_LOOP_HLO) == (3,)
-  assert compile_step.loop_trip_counts("%add.1 = f32[] add(%x, %y)") == ()
 
 
 def test_roofline_picks_the_slowest_resource_and_mfu_follows():
