@@ -67,10 +67,16 @@ def train(texts: Iterable[str], out_dir: str, vocab_size: int = 8192,
 class Tokenizer:
   """encode/decode with the fixed special ids."""
 
-  def __init__(self, path: str):
-    if not os.path.exists(path):
+  def __init__(self, path: str = "", *, model_proto: bytes = b"", where: str = ""):
+    """From a model file `path`, or from its bytes `model_proto` (as a checkpoint records
+    them; `where` names their origin in errors)."""
+    if model_proto:
+      self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+      path = where or "<tokenizer bytes>"
+    elif not os.path.exists(path):
       raise FileNotFoundError(f"tokenizer model {path} not found (run //py/gemini/data:prepare)")
-    self.sp = spm.SentencePieceProcessor(model_file=path)
+    else:
+      self.sp = spm.SentencePieceProcessor(model_file=path)
     for name in ("<pad>", "<unk>", "<bos>", "<eos>") + SPECIALS:
       got = self.sp.piece_to_id(name)
       if got != special_id(name):

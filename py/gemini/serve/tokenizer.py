@@ -94,8 +94,8 @@ class SentencePieceTokenizer(ServeTokenizer):
   """gemini.data.tokenizer (SentencePiece + fixed specials); chat in the reports' turn format:
   <start_of_turn>{role}\\n{text}<end_of_turn>\\n, the model's turn ends at <end_of_turn>."""
 
-  def __init__(self, path: str):
-    self.tok = sp_tokenizer.Tokenizer(path)
+  def __init__(self, path: str = "", *, model_proto: bytes = b"", where: str = ""):
+    self.tok = sp_tokenizer.Tokenizer(path, model_proto=model_proto, where=where)
     self.vocab_size = self.tok.vocab_size
     self.bos_id = sp_tokenizer.BOS
     self.eos_ids = frozenset({sp_tokenizer.EOS, sp_tokenizer.special_id("<end_of_turn>")})

@@ -55,7 +55,9 @@ def test_counted_iterations_equal_the_unrolled_program(nano_tiny_full):
       cfg, TOPO, MESH, 8, 128, unroll=True), 4)
   got = nano_tiny_full.figures
   assert got.flops == pytest.approx(full.flops, rel=0.02)
-  assert got.bytes_accessed == pytest.approx(full.bytes_accessed, rel=0.10)
+  # Bytes are the two programs' own: the scan also reads each layer's slice out of the
+  # stacked weights and writes its gradient back into the stacked gradients (measured +15 %).
+  assert full.bytes_accessed < got.bytes_accessed < 1.25 * full.bytes_accessed
   assert got.transcendentals == pytest.approx(full.transcendentals, rel=0.02)
   assert got.collectives.total_ici_bytes == pytest.approx(full.collectives.total_ici_bytes,
                                                           rel=0.05)
