@@ -60,13 +60,8 @@ def load_model(spec: str, *, config: str = "", tokenizer: str = "", batch_size: 
   elif kind == "checkpoint":
     m = checkpoint.load_for_inference(arg, get_config(config) if config else None)
     cfg, params = m.cfg, m.params
-    if tokenizer:
-      tok = tok_lib.SentencePieceText(tokenizer)
-    elif m.tokenizer_kind == "sentencepiece":
-      tok = tok_lib.SentencePieceText(model_proto=m.tokenizer,
-                                      where=f"{m.directory} step {m.step} tokenizer")
-    else:
-      _fail(spec, "--tokenizer (the checkpoint records none)")
+    tok = tok_lib.SentencePieceText(model_proto=m.sentencepiece_model(tokenizer),
+                                    where=tokenizer or f"{m.directory} tokenizer")
   elif kind in ("npz", "random"):
     cfg = get_config(arg if kind == "random" else (config or _fail(spec, "--config")))
     if kind == "random":

@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Tuple
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before JAX starts: no accelerator probing
 
-import jax
+# pylint: disable=wrong-import-position
+import jax.numpy as jnp
 import numpy as np
+import sentencepiece as spm
 from absl import app, flags
 
+from gemini.checkpoints import gguf
 from gemini.config import ModelConfig, get_config
-from gemini.export import export, gnb, tokenizer_blob
+from gemini.export import export, gguf_writer, gnb, tokenizer_blob
+from gemini.quant import awq
+from gemini.train import checkpoint
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Training workdir or its checkpoints/ directory.")
@@ -41,18 +45,8 @@ flags.DEFINE_enum("format", "gnb", ["gnb", "gguf"],
                   "gnb, or gguf: a llama-architecture Q4_0 GGUF for llama.cpp (gguf_writer.py).")
 
 
-def restore_params(directory: str) -> Tuple[dict, int]:
-  """The newest intact step's float params (numpy f32) from a training checkpoint."""
-  from gemini.train import checkpoint  # pylint: disable=import-outside-toplevel
-  r = checkpoint.read_newest(directory)
-  if not isinstance(r.state, dict) or "params" not in r.state:
-    raise ValueError(f"{directory}/{r.step}: state has no 'params'")
-  return jax.tree.map(lambda x: np.asarray(x, np.float32), r.state["params"]), r.step
-
-
 def chatml_template(chat_template: str) -> str:
   """The prompt template `nano_run --chat` fills: the GGUF's ChatML with one user turn."""
-  from gemini.checkpoints import gguf  # pylint: disable=import-outside-toplevel
   return gguf.apply_chat_template(chat_template, [{"role": "user", "content": "{prompt}"}])
 
 
@@ -60,7 +54,6 @@ def export_gguf(path: str, out: str, group_size: int, scale_dtype: str,
                 awq_text: str | None = None, awq_tokens: int = 512):
   """GGUF (e.g. SmolLM2-135M-Instruct) -> int4 .gnb with its byte-level BPE tokenizer.
   Returns (GGUFModel, int4 params tree)."""
-  from gemini.checkpoints import gguf  # pylint: disable=import-outside-toplevel
   model = gguf.load(None if path == "smollm2" else path)
   awq_scales = _calibrate(model.params, model.cfg, model.tokenizer.encode(awq_text).ids,
                           group_size, scale_dtype, awq_tokens) if awq_text else None
@@ -72,8 +65,6 @@ def export_gguf(path: str, out: str, group_size: int, scale_dtype: str,
 
 
 def _calibrate(params, cfg: ModelConfig, ids, group_size, scale_dtype, n_tokens):
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from gemini.quant import awq  # pylint: disable=import-outside-toplevel
   ids = list(ids)[:n_tokens]
   seq = min(len(ids), 128)
   if seq < 8:
@@ -93,7 +84,6 @@ def main(argv):
                            awq_text, FLAGS.awq_tokens)
     name = model.cfg.name
   elif FLAGS.checkpoint:
-    from gemini.train import checkpoint  # pylint: disable=import-outside-toplevel
     try:
       m = checkpoint.load_for_inference(
           FLAGS.checkpoint, get_config(FLAGS.config) if FLAGS.config else None,
@@ -108,7 +98,6 @@ def main(argv):
     elif m.tokenizer_kind == "sentencepiece":
       kind, tok = gnb.TOK_SENTENCEPIECE, m.tokenizer
     if tok:
-      import sentencepiece as spm  # pylint: disable=import-outside-toplevel
       sp = spm.SentencePieceProcessor(model_proto=tok)
       if eos < 0:
         eos = sp.eos_id()
@@ -134,7 +123,6 @@ def run(argv):
   """main(), then for --format=gguf the .gnb (written beside --out) converted to --out."""
   if FLAGS.format == "gnb" or not FLAGS.out:
     return main(argv)
-  from gemini.export import gguf_writer  # pylint: disable=import-outside-toplevel
   final = FLAGS.out
   FLAGS.out = final + ".gnb.tmp"
   try:

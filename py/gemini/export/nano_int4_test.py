@@ -34,8 +34,9 @@ def test_checkpoint_to_gnb_to_runtime(tmp_path):
   ckpt = checkpoint.Checkpointer(str(tmp_path / "work" / "checkpoints"), async_save=False)
   ckpt.save(7, {"params": params, "step": np.int32(7)}, {"step": 7})
   ckpt.close()
-  restored, step = nano_int4.restore_params(str(tmp_path / "work"))
-  assert step == 7
+  m = checkpoint.load_for_inference(str(tmp_path / "work"), cfg)
+  restored = m.params
+  assert m.step == 7
   np.testing.assert_array_equal(restored["blocks"][0]["mlp"]["w_down"],
                                 np.asarray(params["blocks"][0]["mlp"]["w_down"]))
   sp_model = _train_sentencepiece(tmp_path)

@@ -403,6 +403,17 @@ class InferenceModel:
   step: int
   directory: str
 
+  def sentencepiece_model(self, override: str = "") -> bytes:
+    """The SentencePiece model's bytes: the file `override` if given, else the recorded ones
+    (CheckpointError when there are none)."""
+    if override:
+      with open(override, "rb") as f:
+        return f.read()
+    if self.tokenizer_kind != "sentencepiece" or not self.tokenizer:
+      raise CheckpointError(f"{self.directory} step {self.step}: the checkpoint records no "
+                            "tokenizer; give --tokenizer=PATH (the corpus' spm.model)")
+    return self.tokenizer
+
 
 def describe_model(cfg: Any, tokenizer_path: Optional[str] = None) -> Dict[str, Any]:
   """The `model` item of a checkpoint: the config and (if given) the tokenizer's bytes."""

@@ -12,6 +12,10 @@ import sys
 from typing import Dict, List
 
 import numpy as np
+import sentencepiece as spm
+
+from gemini.data import prepare
+from gemini.data.loader import Loader, Mixture, Shard, Stage
 
 
 def manifest_path(root: str) -> str:
@@ -40,7 +44,6 @@ def _stale_flags(root: str):
   first differing flag as "name: had X, now Y"."""
   if not os.path.exists(manifest_path(root)):
     return ""
-  from gemini.data import prepare  # pylint: disable=import-outside-toplevel
   want = {k: v for k, v in vars(prepare.parse_args([f"--out={root}"])).items()
           if k not in ("out", "cache_dir")}
   have = read_manifest(root).get("flags", {})
@@ -91,8 +94,6 @@ def check_vocab(root: str, cfg) -> int:
   """The corpus' vocabulary size, after checking that every shard header, the tokenizer and
   the manifest agree on it and that the model's vocab_size covers it (it may be larger:
   padded embedding rows are never a target). ValueError naming the file otherwise."""
-  import sentencepiece as spm  # pylint: disable=import-outside-toplevel
-  from gemini.data.loader import Shard  # pylint: disable=import-outside-toplevel
   tok_path = tokenizer_path(root)
   vocab = (spm.SentencePieceProcessor(model_file=tok_path).get_piece_size()
            if os.path.exists(tok_path) else None)
@@ -131,7 +132,6 @@ def make_corpus_loader(root: str, cfg, tc, shard: int = 0, num_shards: int = 1,
   """A Loader over the corpus at `root` with tc's seq_len, seed and staged mixture giving
   `batch_size` (default tc.batch_size) rows of data shard `shard` of `num_shards`
   (the C++ loader's process_index / process_count)."""
-  from gemini.data.loader import Loader, Mixture, Stage  # pylint: disable=import-outside-toplevel
   check_vocab(root, cfg)
   shards = train_shards(root)
   mixture = None
@@ -153,7 +153,6 @@ def make_corpus_loader(root: str, cfg, tc, shard: int = 0, num_shards: int = 1,
 def unigram_entropy(root: str) -> float:
   """Entropy (nats/token) of the training split's token unigram distribution: the loss of
   the best model that ignores context."""
-  from gemini.data.loader import Shard  # pylint: disable=import-outside-toplevel
   counts = np.zeros(int(read_manifest(root).get("vocab_size", 1 << 16)), np.int64)
   for paths in train_shards(root).values():
     for path in paths:

@@ -22,10 +22,23 @@ import time
 # first probes for a TPU and prints libtpu's start-up errors.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
 
-from gemini import config_flags
-from gemini.train import train_flags
+from gemini import config_flags, family, sharding
+from gemini.data.loader import Loader
+from gemini.data.tokenizer import Tokenizer
+from gemini.model import decode
+from gemini.train import corpus, train_flags
+from gemini.train.checkpoint import describe_model
+from gemini.train.evaluate import evaluate, take_batches
+from gemini.train.metrics import loss_curve, read_metrics
+from gemini.train.model_fns import gemini_model
+from gemini.train.peak import measure_matmul_peak
+from gemini.train.trainer import Trainer, use_compilation_cache
 
 CONFIG = config_flags.define_config_flag("nano_tiny")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/gemini-demo", "Checkpoints, metrics, plot.")
@@ -71,10 +84,6 @@ def steps_for_budget(seconds: float, peak_flops: float, flops_per_step: float) -
 
 
 def samples(params, cfg, tok, title: str) -> None:
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from gemini.model import decode  # pylint: disable=import-outside-toplevel
   ids = [tok.encode(p, bos=True, eos=False) for p in PROMPTS]
   width = max(map(len, ids))
   prompt = np.zeros((len(ids), width), np.int32)
@@ -96,17 +105,6 @@ def run(argv) -> None:
   logging.set_verbosity(logging.WARNING)
   t_start = time.perf_counter()
   t_invoked = t_start - invoked_seconds_ago()
-  import jax  # pylint: disable=import-outside-toplevel
-  from gemini import family, sharding  # pylint: disable=import-outside-toplevel
-  from gemini.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
-  from gemini.train import corpus  # pylint: disable=import-outside-toplevel
-  from gemini.train.metrics import loss_curve, read_metrics  # pylint: disable=import-outside-toplevel
-  from gemini.train.model_fns import gemini_model  # pylint: disable=import-outside-toplevel
-  from gemini.train.peak import measure_matmul_peak  # pylint: disable=import-outside-toplevel
-  from gemini.data.loader import Loader  # pylint: disable=import-outside-toplevel
-  from gemini.train.evaluate import evaluate, take_batches  # pylint: disable=import-outside-toplevel
-  from gemini.train.trainer import Trainer, use_compilation_cache  # pylint: disable=import-outside-toplevel
-  from gemini.train.checkpoint import describe_model  # pylint: disable=import-outside-toplevel
 
   use_compilation_cache(os.path.join(os.path.expanduser("~"), ".cache", "gemini", "jax_cache"))
   root = corpus.ensure_corpus(_CORPUS.value)

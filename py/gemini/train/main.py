@@ -18,10 +18,19 @@ import os
 import sys
 import time
 
+import jax
 from absl import app, flags, logging
 
-from gemini import config_flags
-from gemini.train import train_flags
+from gemini import config_flags, family, sharding
+from gemini.train import corpus, train_flags
+from gemini.train.checkpoint import CheckpointError, describe_model
+from gemini.train.data_shards import DataShards, needed_shards
+from gemini.train.memory import StepMemoryError
+from gemini.train.model_fns import gemini_model
+from gemini.train.peak import measure_matmul_peak
+from gemini.train.synthetic import SyntheticLoader
+from gemini.train.trainer import (DivergenceError, Trainer, params_to_host, save_params_npz,
+                                  use_compilation_cache)
 
 CONFIG = config_flags.define_config_flag("nano_tiny")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl and loss.png go here.")
@@ -50,15 +59,10 @@ _NPZ = flags.DEFINE_string("final_params_npz", "", "Write the final params here 
 
 def make_loader(data: str, cfg, tc, corpus_dir: str, mesh, num_shards: int):
   """The loader for --data: this process's blocks of `num_shards` (see data_shards.py)."""
-  import jax
-  from gemini import sharding
-  from gemini.train.data_shards import DataShards, needed_shards
   if data == "synthetic":
-    from gemini.train.synthetic import SyntheticLoader
     make = lambda j, n, rows: SyntheticLoader(cfg.vocab_size, rows, tc.seq_len, seed=tc.seed,
                                               shard=j, num_shards=n)
   else:
-    from gemini.train import corpus
     root = data or corpus.ensure_corpus(corpus_dir)
     corpus.check_vocab(root, cfg)
     make = lambda j, n, rows: corpus.make_corpus_loader(root, cfg, tc, j, n, rows)
@@ -73,25 +77,16 @@ def tokenizer_of(data: str, corpus_dir: str):
   """The tokenizer file of --data (None for synthetic data)."""
   if data == "synthetic":
     return None
-  from gemini.train import corpus
   path = corpus.tokenizer_path(data or corpus_dir)
   return path if os.path.exists(path) else None
 
 
 def run(argv) -> None:
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO.
-  import jax
   if _NPROC.value > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=_COORD.value, num_processes=_NPROC.value,
                                process_id=_PID.value)
-  from gemini import family, sharding
-  from gemini.train.checkpoint import CheckpointError, describe_model
-  from gemini.train.memory import StepMemoryError
-  from gemini.train.model_fns import gemini_model
-  from gemini.train.peak import measure_matmul_peak
-  from gemini.train.trainer import (DivergenceError, Trainer, params_to_host, save_params_npz,
-                                    use_compilation_cache)
 
   use_compilation_cache(_CACHE.value)
 
