@@ -3,6 +3,7 @@ resampling, frame sampling by duration) and media prompts in the engine: its log
 greedy tokens equal `transformer.forward` on the same `multimodal.build_batch` layout."""
 
 import base64
+import dataclasses
 import io
 import wave
 
@@ -198,3 +199,15 @@ def test_different_images_same_text_are_not_mixed_up(setup):
                                _reference_logits(params, cfg, ids, layout), atol=1e-4, rtol=1e-4)
     outs.append(np.asarray(pre.logits))
   assert np.abs(outs[0] - outs[1]).max() > 1e-3
+
+
+@pytest.mark.parametrize("per_frame", [66, 258])
+def test_video_takes_tokens_per_frame_from_the_config(setup, per_frame):
+  tok, cfg, _ = setup
+  cfg = cfg.replace(vision=dataclasses.replace(cfg.vision, tokens_per_frame=per_frame))
+  data = gif([(0, 0, 0), (9, 9, 9), (99, 99, 99)], 1000)            # 3 s -> 3 frames at 1 fps
+  ids, layout = _layout(tok, cfg, ["Watch ", "."], [("video/gif", data)])
+  (start, kind, arr), = layout
+  assert kind == "video" and arr.shape == (3, 16, 16, 3)
+  assert ids[start:start + 3 * per_frame] == [tok.media_ids()["video"]] * (3 * per_frame)
+  assert ids[start + 3 * per_frame] == tok.media_ids()["end"]
