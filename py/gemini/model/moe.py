@@ -5,6 +5,9 @@
                 expert output is 0; the residual around this layer carries the token)
                 buffer [E,C,D] ─batched gated MLP─▶ [E,C,D] ─gather by slot─▶ [T,k,D]
       dropless: sort the T*k assignments by expert ─ragged_dot (grouped matmul)─▶ unsort
+      tiled:    dropless, but each expert's assignments fill fixed-size row tiles
+                (gemini.model.grouped_matmul): gather tokens into tiles [nt,tile,D] ─three
+                batched dots, tile t with expert tile_group[t]'s weights─▶ gather back
       combine:  y[t] = sum_j gates[t,j] * FFN_{expert_ids[t,j]}(x[t])  ─▶ [B,S,D]
 
 Each expert is the dense layer's gated MLP: down(act(x @ w_gate[e]) * (x @ w_up[e])). With one
@@ -14,9 +17,14 @@ Capacity: C = ceil(capacity_factor * T * k / E) per expert, T = B*S (the whole b
 Priority when an expert overflows: all first choices before any second choice; within a
 choice rank, flattened token order (b * S + s). Drops are counted per assignment.
 
-impl: "xla" runs the above; "pallas" hands the routed tokens to `pallas.moe.ops.moe_ffn`
-(grouped-matmul kernels, expert-parallel all-to-all under a mesh). Routing, gates and losses
-are computed here in both cases, so metrics mean the same thing.
+impl (explicit; nothing is picked behind the caller's back):
+  "xla"    capacity: the batched einsum above; dropless: `lax.ragged_dot` (XLA's grouped
+           matmul: the TPU/GPU choice without Pallas; on XLA:CPU it is a slow generic loop)
+  "tiled"  capacity as "xla"; dropless through `grouped_matmul` tiles: dense batched dots,
+           the CPU choice (same results as "xla" up to f32 summation order)
+  "pallas" hands the routed tokens to `pallas.moe.ops.moe_ffn` (grouped-matmul kernels,
+           expert-parallel all-to-all under a mesh): the TPU choice
+Routing, gates and losses are computed here in every case, so metrics mean the same thing.
 
 Sharding (only when `mesh` is given): the capacity buffer [E,C,D] and expert weights carry
 the logical axis 'experts' (mapped by gemini.sharding's RULES onto the mesh's 'expert' axis);
@@ -32,8 +40,11 @@ from pallas.moe import ops as pallas_moe_ops
 
 from gemini import sharding
 from gemini.config import ModelConfig
+from gemini.model import grouped_matmul as gmm
 from gemini.model import mlp as mlp_lib
 from gemini.model import router as router_lib
+
+IMPLS = ("xla", "tiled", "pallas")
 
 
 def dense_as_moe(mlp_params: dict, d_model: int) -> dict:
@@ -76,17 +87,18 @@ def moe_mlp(params: dict, x: jax.Array, cfg: ModelConfig, *, impl: str = "xla",
       "expert_load": load,
   }
   act = mlp_lib.activation(cfg.activation)
-  if impl == "xla":
-    if m.dispatch == "capacity":
-      y, dropped = _capacity_ffn(params, xt, routing, capacity(b * s, cfg), act, mesh)
-    elif m.dispatch == "dropless":
-      y, dropped = _dropless_ffn(params, xt, routing, act), jnp.zeros((), jnp.int32)
-    else:
-      raise ValueError(f"moe_mlp: cfg.moe.dispatch={m.dispatch!r}: expected 'capacity' or 'dropless'")
-  elif impl == "pallas":
+  if impl not in IMPLS:
+    raise ValueError(f"moe_mlp: impl={impl!r}: expected one of {IMPLS}")
+  if m.dispatch not in ("capacity", "dropless"):
+    raise ValueError(f"moe_mlp: cfg.moe.dispatch={m.dispatch!r}: expected 'capacity' or 'dropless'")
+  if impl == "pallas":
     y, dropped = _pallas_ffn(params, xt, routing, cfg, mesh, (b, s))
+  elif m.dispatch == "capacity":
+    y, dropped = _capacity_ffn(params, xt, routing, capacity(b * s, cfg), act, mesh)
+  elif impl == "tiled":
+    y, dropped = _tiled_ffn(params, xt, routing, act), jnp.zeros((), jnp.int32)
   else:
-    raise ValueError(f"moe_mlp: impl={impl!r}: expected 'xla' or 'pallas'")
+    y, dropped = _dropless_ffn(params, xt, routing, act), jnp.zeros((), jnp.int32)
   metrics["tokens_dropped"] = dropped
   metrics["drop_fraction"] = dropped.astype(jnp.float32) / routing.expert_ids.size
   y = y.reshape(b, s, d)
@@ -146,6 +158,27 @@ def _dropless_ffn(params, xt, routing, act):
   unsorted = jnp.zeros_like(o).at[order].set(o)                      # order is a permutation
   gates = routing.gates.reshape(t * k, 1).astype(dt)
   return jnp.sum((unsorted * gates).reshape(t, k, d), axis=1)
+
+
+def _tiled_ffn(params, xt, routing, act, tile=None):
+  """Dropless FFN in tile layout (gemini.model.grouped_matmul). y [T,D]."""
+  t, d = xt.shape
+  e = params["router"].shape[-1]
+  k = routing.expert_ids.shape[1]
+  a = t * k                                                         # assignments, token-major
+  tile = tile or gmm.choose_tile(a, e)
+  p = gmm.plan(routing.expert_ids.reshape(a), e, tile)
+  token_of_slot = jnp.where(p.row_of_slot < a, p.row_of_slot // k, t)  # padding reads row T (0)
+  xs = gmm.take_rows(xt, token_of_slot, p.slot_of_row.reshape(t, k))
+  xs = xs.reshape(p.num_tiles, tile, d)
+  dt = xt.dtype
+  g = gmm.tiled_dot(xs, params["w_gate"].astype(dt), p.tile_group)
+  u = gmm.tiled_dot(xs, params["w_up"].astype(dt), p.tile_group)
+  o = gmm.tiled_dot(act(g) * u, params["w_down"].astype(dt), p.tile_group)
+  per_assign = gmm.take_rows(o.reshape(p.num_tiles * tile, d), p.slot_of_row,
+                             p.row_of_slot[:, None])                 # [T*k, D]
+  gates = routing.gates.reshape(t, k, 1).astype(dt)
+  return jnp.sum(per_assign.reshape(t, k, d) * gates, axis=1)
 
 
 def _token_axes(bs: Tuple[int, int], mesh) -> Tuple[str, ...]:

@@ -22,15 +22,16 @@ def _cfg(dispatch):
                                    capacity_factor=1.0))
 
 
-@pytest.mark.parametrize("dispatch", ["capacity", "dropless"])
-def test_moe_on_data_expert_mesh_equals_single_device(dispatch):
+@pytest.mark.parametrize("dispatch,impl", [("capacity", "xla"), ("dropless", "xla"),
+                                           ("dropless", "tiled")])
+def test_moe_on_data_expert_mesh_equals_single_device(dispatch, impl):
   cfg = _cfg(dispatch)
   params = spec.init_layer(cfg, jax.random.PRNGKey(0), moe=True)["moe"]
   params["router"] = params["router"] * 50.0          # decisive routing, some drops
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 16), jnp.float32)
 
   def loss(p, x, mesh):
-    y, m = moe.moe_mlp(p, x, cfg, mesh=mesh)
+    y, m = moe.moe_mlp(p, x, cfg, impl=impl, mesh=mesh)
     return jnp.sum(y ** 2) + m["aux_loss"], (y, m["tokens_dropped"])
 
   grad_fn = jax.value_and_grad(loss, has_aux=True)

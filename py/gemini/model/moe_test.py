@@ -109,11 +109,12 @@ def test_one_expert_equals_dense_mlp(dispatch, act):
   assert int(metrics["tokens_dropped"]) == 0
 
 
+@pytest.mark.parametrize("impl", ["xla", "tiled"])
 @pytest.mark.parametrize("k,gate", [(1, "softmax"), (2, "softmax"), (2, "sigmoid")])
-def test_dropless_equals_dense_onehot_reference(k, gate):
+def test_dropless_equals_dense_onehot_reference(k, gate, impl):
   cfg = _cfg(e=4, k=k, gate=gate, dispatch="dropless")
   params, x = _params(cfg), _x()
-  y, metrics = jax.jit(lambda p, x: moe.moe_mlp(p, x, cfg))(params, x)
+  y, metrics = jax.jit(lambda p, x: moe.moe_mlp(p, x, cfg, impl=impl))(params, x)
   ref, _ = _np_moe(params, x, cfg)
   np.testing.assert_allclose(np.asarray(y), ref, atol=2e-5, rtol=1e-4)
   assert int(metrics["tokens_dropped"]) == 0 and float(metrics["drop_fraction"]) == 0.0
@@ -183,10 +184,34 @@ def test_gradients_finite_and_reach_every_param(dispatch):
     assert np.any(g != 0), name
 
 
-def test_bf16_runs_and_keeps_dtype():
+@pytest.mark.parametrize("k", [1, 2])
+def test_tiled_gradients_equal_ragged_dot_dropless(k):
+  # Uneven routing (router x50: some experts get nothing) through every parameter and x.
+  cfg = _cfg(e=4, k=k, dispatch="dropless")
+  params, x = _params(cfg), _x(b=2, s=24)
+  probe = jax.random.normal(jax.random.PRNGKey(5), x.shape)
+
+  def loss(impl):
+    def f(p, x):
+      y, m = moe.moe_mlp(p, x, cfg, impl=impl)
+      return jnp.sum(y * probe) + 1e-2 * m["aux_loss"]
+    return jax.jit(jax.grad(f, argnums=(0, 1)))
+
+  (gp_t, gx_t), (gp_x, gx_x) = loss("tiled")(params, x), loss("xla")(params, x)
+  ids = moe.router_lib.route(x.reshape(-1, 16), params["router"], k, "softmax").expert_ids
+  counts = np.bincount(np.asarray(ids).ravel(), minlength=4)
+  assert counts.max() > counts.min(), "test setup must route unevenly"
+  for name in params:
+    np.testing.assert_allclose(np.asarray(gp_t[name]), np.asarray(gp_x[name]), atol=1e-5,
+                               rtol=1e-4, err_msg=name)
+  np.testing.assert_allclose(np.asarray(gx_t), np.asarray(gx_x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["xla", "tiled"])
+def test_bf16_runs_and_keeps_dtype(impl):
   cfg = _cfg(e=4, k=2).replace(dtype="bfloat16")
   params, x = _params(cfg), _x().astype(jnp.bfloat16)
-  y, m = moe.moe_mlp(params, x, cfg)
+  y, m = moe.moe_mlp(params, x, cfg, impl=impl)
   assert y.dtype == jnp.bfloat16 and m["aux_loss"].dtype == jnp.float32
   ref, _ = _np_moe(params, x.astype(jnp.float32), cfg)
   np.testing.assert_allclose(np.asarray(y, np.float32), ref, atol=0.05, rtol=0.05)
