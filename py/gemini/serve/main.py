@@ -16,8 +16,9 @@ from absl import app as absl_app
 from absl import flags
 
 from gemini import config_flags, sharding
+from gemini.export import gnb
 from gemini.quant import params as quant_params
-from gemini.serve import app as app_lib
+from gemini.serve import app as app_lib, gnb_params
 from gemini.serve import backends, engine, loading, media, metrics as metrics_lib, native_engine
 
 _CKPT = flags.DEFINE_string("checkpoint", "", "training workdir or its checkpoints/ folder")
@@ -26,10 +27,11 @@ _CONFIG = flags.DEFINE_string("config", "", "preset replacing the config the --c
 _TOK = flags.DEFINE_string("tokenizer", "", "SentencePiece model replacing the one the "
                            "--checkpoint (or --gnb) records")
 _GGUF = flags.DEFINE_string("gguf", "", "'smollm2' or a Llama-architecture .gguf path")
-_GNB = flags.DEFINE_string("gnb", "", ".gnb file: served by the native int4 runtime")
-_BACKEND = flags.DEFINE_enum("backend", "jax", ["jax", "native"],
-                             "--gguf: the JAX model (f32 from the GGUF) or the native runtime "
-                             "(the GGUF's quantised weights); --gnb is always native")
+_GNB = flags.DEFINE_string("gnb", "", ".gnb file: the native int4 runtime (--backend=jax: JAX int4)")
+_BACKEND = flags.DEFINE_enum("backend", "auto", ["auto", "jax", "native"],
+                             "auto: --gnb on the native runtime, the rest on JAX; --gguf "
+                             "--backend=native runs the GGUF's quantised weights natively; "
+                             "--gnb --backend=jax serves the file's int4 tree through JAX")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "listen address")
 _PORT = flags.DEFINE_integer("port", 8000, "listen port")
 _SLOTS = flags.DEFINE_integer("slots", 8, "concurrent sequences decoded together")
@@ -59,7 +61,8 @@ def build_backend(m: metrics_lib.Metrics):
   chosen = [f for f in (_CKPT.value, _GGUF.value, _GNB.value) if f]
   if len(chosen) != 1:
     raise SystemExit("give exactly one of --checkpoint=DIR, --gguf=smollm2|PATH, --gnb=FILE")
-  if _GNB.value or (_GGUF.value and _BACKEND.value == "native"):
+  native = _BACKEND.value == "native" or (_BACKEND.value == "auto" and bool(_GNB.value))
+  if native and not _CKPT.value:
     if _GNB.value:
       path = _GNB.value
       tok = (loading.tokenizer_lib.SentencePieceTokenizer(_TOK.value) if _TOK.value else
@@ -73,7 +76,15 @@ def build_backend(m: metrics_lib.Metrics):
                                       chunk=_CHUNK.value)
     return backends.NativeBackend(path, threads=_THREADS.value, model_id=name, tokenizer=tok,
                                   ecfg=ecfg, max_queue=_QUEUE.value, metrics=m)
-  if _GGUF.value:
+  if _GNB.value:
+    try:
+      params, cfg = gnb_params.params_from_gnb(gnb.read(_GNB.value), _DTYPE.value)
+    except ValueError as e:
+      raise SystemExit(f"--gnb: {e}") from e
+    tok = (loading.tokenizer_lib.SentencePieceTokenizer(_TOK.value) if _TOK.value else
+           loading.gnb_tokenizer(_GNB.value))
+    name = _MODEL_ID.value or os.path.splitext(os.path.basename(_GNB.value))[0]
+  elif _GGUF.value:
     params, cfg, tok = loading.load_gguf(_GGUF.value, _DTYPE.value)
     name = _MODEL_ID.value or ("smollm2-135m" if _GGUF.value == "smollm2" else cfg.name)
   else:
