@@ -127,7 +127,8 @@ class NativeBackend:
     ecfg = dataclasses.replace(ecfg, max_len=min(ecfg.max_len, limit))
     self.engine = native_engine.NativeEngine(self.rt, ecfg, kv_f16=kv_f16)
     self.scheduler = scheduler_lib.Scheduler(self.engine, self.tokenizer, max_queue=max_queue,
-                                             metrics=metrics, name="native")
+                                             metrics=metrics, name="native",
+                                             prefill_chunks=ecfg.prefill_chunks)
     self.max_len = ecfg.max_len
 
   def submit(self, req: request_lib.Request):

@@ -38,6 +38,8 @@ _SLOTS = flags.DEFINE_integer("slots", 8, "concurrent sequences decoded together
 _MAX_LEN = flags.DEFINE_integer("max_len", 1024, "cache positions per slot")
 _CHUNK = flags.DEFINE_integer("chunk", 64, "prefill chunk")
 _THREADS = flags.DEFINE_integer("threads", 2, "native runtime threads")
+_ACTS = flags.DEFINE_enum("native_acts", "int8", ["int8", "f32"],
+                          "native runtime activations: int8 (fast) or f32 (the accuracy reference)")
 _MODEL_ID = flags.DEFINE_string("model_id", "", "model name in the APIs (default: from the source)")
 _KEYS = flags.DEFINE_list("api_keys", [], "accepted API keys (empty = no auth)")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 1024, "cap on a request's max_tokens")
@@ -75,7 +77,8 @@ def build_backend(m: metrics_lib.Metrics):
     ecfg = native_engine.NativeConfig(n_slots=_SLOTS.value, max_len=_MAX_LEN.value,
                                       chunk=_CHUNK.value)
     return backends.NativeBackend(path, threads=_THREADS.value, model_id=name, tokenizer=tok,
-                                  ecfg=ecfg, max_queue=_QUEUE.value, metrics=m)
+                                  ecfg=ecfg, max_queue=_QUEUE.value, metrics=m,
+                                  int8_activations=_ACTS.value == "int8")
   if _GNB.value:
     try:
       params, cfg = gnb_params.params_from_gnb(gnb.read(_GNB.value), _DTYPE.value)

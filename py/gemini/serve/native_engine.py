@@ -34,11 +34,13 @@ class NativeConfig:
   max_len: int = 1024             # cache positions per sequence (prompt + output)
   chunk: int = 64                 # prefill tokens per scheduler turn
   prefix_entries: int = 8         # prompt-end state copies kept (each a full KV cache); 0 = off
+  prefill_chunks: int = 4         # prefill chunks per scheduler turn (the decode stall bound)
 
   def __post_init__(self):
-    if self.n_slots < 1 or self.chunk < 1 or self.max_len < 2:
-      raise ValueError(f"NativeConfig: n_slots={self.n_slots}, chunk={self.chunk} must be >= 1 "
-                       f"and max_len={self.max_len} >= 2")
+    if min(self.n_slots, self.chunk, self.prefill_chunks) < 1 or self.max_len < 2:
+      raise ValueError(f"NativeConfig: n_slots={self.n_slots}, chunk={self.chunk}, "
+                       f"prefill_chunks={self.prefill_chunks} must be >= 1 and "
+                       f"max_len={self.max_len} >= 2")
 
 
 class NativeEngine:

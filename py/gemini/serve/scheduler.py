@@ -1,9 +1,9 @@
 """Continuous batching on one background thread over an engine of the JetStream shape
 (`engine.Engine` for JAX, `native_engine.NativeEngine` for the C++ runtime).
 
-Each loop turn: admit queued requests while a slot is free (one prefill at a time, one chunk
-per turn so a long prompt never stalls the running streams for more than a chunk), then one
-generate step for all slots; every active slot's token goes through its Tracker, finished or
+Each loop turn: admit queued requests while a slot is free (one prefill at a time, up to
+`prefill_chunks` chunks per turn so a long prompt never stalls the running streams for more
+than that; several short prompts can join in one turn), then one generate step for all slots; every active slot's token goes through its Tracker, finished or
 cancelled requests leave their slot at once. The queue is bounded: `submit` raises QueueFull
 (the HTTP layer answers 429 with Retry-After).
 """
@@ -41,9 +41,10 @@ class Scheduler:
   """Owns an Engine's decode state; `submit` is thread-safe."""
 
   def __init__(self, eng: engine_lib.Engine, tokenizer, *, max_queue: int = 64, metrics=None,
-               name: str = "jax", warmup: bool = False):
+               name: str = "jax", warmup: bool = False, prefill_chunks: int = 1):
     self.eng, self.tok, self.metrics, self.name = eng, tokenizer, metrics, name
     self.max_queue = max_queue
+    self.prefill_chunks = prefill_chunks     # prefill calls per turn before the decode step
     n = eng.ecfg.n_slots
     self.free = list(range(n))
     self.active: Dict[int, request_lib.Tracker] = {}
@@ -111,9 +112,11 @@ class Scheduler:
 
   def _turn(self) -> bool:
     busy = False
-    if self.prefilling is None:
-      self._start_prefill()
-    if self.prefilling is not None:
+    for _ in range(self.prefill_chunks):
+      if self.prefilling is None:
+        self._start_prefill()
+      if self.prefilling is None:
+        break
       busy = True
       self._prefill_chunk()
     if self.active:
