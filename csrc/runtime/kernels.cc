@@ -266,6 +266,15 @@ void ToF16Scalar(const float* x, uint16_t* y, int n) {
 
 }  // namespace
 
+void GatedActScalar(float* g, const float* u, int n, bool gelu) {
+  const float c = 0.7978845608028654f;  // sqrt(2/pi)
+  for (int i = 0; i < n; ++i) {
+    const float x = g[i];
+    const float a = gelu ? 0.5f * x * (1.0f + std::tanh(c * (x + 0.044715f * x * x * x))) : x / (1.0f + std::exp(-x));
+    g[i] = a * u[i];
+  }
+}
+
 void AttendF16Scalar(const float* q, int nh, int dh, const uint16_t* k, const uint16_t* v,
                      size_t stride, int len, float scale, float* scores, float* o) {
   for (int h = 0; h < nh; ++h) {

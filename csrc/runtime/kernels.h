@@ -104,6 +104,10 @@ using AttendF16Fn = void (*)(const float* q, int nh, int dh, const uint16_t* k, 
 void AttendF16Scalar(const float* q, int nh, int dh, const uint16_t* k, const uint16_t* v,
                      size_t stride, int len, float scale, float* scores, float* o);
 
+// The gated MLP's elementwise step: g[i] = act(g[i]) * u[i], act = gelu-tanh or silu.
+using GatedActFn = void (*)(float* g, const float* u, int n, bool gelu);
+void GatedActScalar(float* g, const float* u, int n, bool gelu);
+
 struct Kernels {
   const char* name;
   MatVecFn matvec;     // f32 activations (the accuracy reference path)
@@ -115,6 +119,7 @@ struct Kernels {
   int row_tile;        // ParallelFor alignment that keeps qmatmul's row tiles whole
   QuantizeRowFn quantize_row = QuantizeRowScalar;
   AttendF16Fn attend_f16 = AttendF16Scalar;
+  GatedActFn gated_act = GatedActScalar;
 };
 
 // The portable reference (always available).

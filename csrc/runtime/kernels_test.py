@@ -140,6 +140,23 @@ def test_attention_kernel_matches_numpy(isa):
                                err_msg=f"{isa} nh={nh} dh={dh} len={length}")
 
 
+@pytest.mark.parametrize("isa", ["scalar"] + ISAS)
+def test_gated_activation_matches_numpy(isa):
+  if isa != "scalar":
+    _require(isa)
+  rng = np.random.default_rng(17)
+  g = np.concatenate([rng.standard_normal(1000) * 3, [0.0, -0.0, 1e-8, -100.0, 100.0, 40.0, -40.0]])
+  g = g.astype(np.float32)
+  u = rng.standard_normal(g.size).astype(np.float32)
+  x = g.astype(np.float64)
+  gelu = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+  silu = x / (1 + np.exp(-x))
+  for is_gelu, act in ((True, gelu), (False, silu)):
+    got = _runtime.gated_act(g, u, is_gelu, isa)  # 1007 values: a ragged length
+    want = act * u
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6, err_msg=f"{isa} gelu={is_gelu}")
+
+
 def test_f16_conversion_rounds_to_nearest_even():
   rng = np.random.default_rng(5)
   x = np.concatenate([rng.standard_normal(2000) * 10.0 ** rng.integers(-9, 5, 2000),

@@ -36,13 +36,6 @@ void RmsNorm(const float* x, const float* scale, int d, float eps, float* y) {
   for (int i = 0; i < d; ++i) y[i] = x[i] * inv * scale[i];
 }
 
-float Gelu(float x) {
-  const float c = 0.7978845608028654f;  // sqrt(2/pi)
-  return 0.5f * x * (1.0f + std::tanh(c * (x + 0.044715f * x * x * x)));
-}
-
-float Silu(float x) { return x / (1.0f + std::exp(-x)); }
-
 // Adds the scope's time to one OpProfile entry; free when profiling is off.
 class OpTimer {
  public:
@@ -479,11 +472,7 @@ void Decoder::Run(const int* tokens, int t, int first, float* out) {
     }
     timer.emplace(profile_, OpProfile::kActivation);
     const bool gelu = c_.activation == "gelu";
-    for (int i = 0; i < t; ++i)
-      for (int f = 0; f < F; ++f) {
-        float gv = g_[i * ld_ + f];
-        g_[i * ld_ + f] = (gelu ? Gelu(gv) : Silu(gv)) * u_[i * ld_ + f];
-      }
+    for (int i = 0; i < t; ++i) m_.kernels().gated_act(&g_[i * ld_], &u_[i * ld_], F, gelu);
     timer.emplace(profile_, OpProfile::kDown);
     MatMul(w.w_down, g_.data(), t, ld_, h_.data(), ld_);
     for (int i = 0; i < t; ++i)

@@ -141,6 +141,16 @@ PYBIND11_MODULE(_runtime, m) {
     return py::make_tuple(q, d);
   }, py::arg("x"), py::arg("kernel") = "scalar",
   "int8 per-32-block activation quantisation: (q int8 [T, K], d f32 [T, K/32]).");
+  m.def("gated_act", [](py::array_t<float, py::array::c_style | py::array::forcecast> g,
+                        py::array_t<float, py::array::c_style | py::array::forcecast> u, bool gelu,
+                        const std::string& kernel) {
+    if (g.ndim() != 1 || u.ndim() != 1 || g.size() != u.size())
+      throw std::invalid_argument("gated_act: g and u must be 1-D of one length");
+    py::array_t<float> out(g.size());
+    std::copy(g.data(), g.data() + g.size(), out.mutable_data());
+    SelectKernels(kernel).gated_act(out.mutable_data(), u.data(), static_cast<int>(g.size()), gelu);
+    return out;
+  }, "act(g) * u (act: gelu-tanh if gelu else silu), f32 [n].");
   m.def("attend_f16", [](py::array_t<float, py::array::c_style | py::array::forcecast> q,
                          py::array_t<uint16_t, py::array::c_style | py::array::forcecast> k,
                          py::array_t<uint16_t, py::array::c_style | py::array::forcecast> v,
