@@ -57,6 +57,7 @@ class MediaLimits:
   max_video_frames: int = 16          # after sampling
   max_pixels: int = 4096 * 4096       # per image / frame, before resizing
   max_source_frames: int = 4096       # frames in an animated file
+  max_video_pixels: int = 1 << 28     # frames x width x height decoded for one video
 
 
 @dataclasses.dataclass
@@ -150,16 +151,18 @@ def decode_image(raw: bytes, vcfg: VisionConfig, limits: MediaLimits) -> np.ndar
       raise MediaError(f"corrupt {im.format} image: {type(e).__name__}: {e}") from e
 
 
-def sample_times(durations_ms, fps: float) -> list:
-  """Indices of the frames shown at t = 0, 1/fps, 2/fps, ... (frame i spans its duration)."""
-  ends = np.cumsum(durations_ms) / 1000.0
-  total = float(ends[-1])
-  n = max(1, math.ceil(total * fps - 1e-9))
-  return [int(np.searchsorted(ends, k / fps, side="right")) for k in range(n)]
+def frame_picks(start_ms: float, end_ms: float, fps: float) -> int:
+  """How many of the sample times t = 0, 1/fps, 2/fps, ... fall in a frame shown over
+  [start_ms, end_ms) (the frame on screen at t is the one sampled)."""
+  first = math.ceil(start_ms / 1000.0 * fps - 1e-9)
+  end = math.ceil(end_ms / 1000.0 * fps - 1e-9)
+  return max(0, end - first)
 
 
 def decode_video(raw: bytes, vcfg: VisionConfig, limits: MediaLimits) -> np.ndarray:
-  """Animated GIF/PNG/WebP bytes -> f32 [T,S,S,C], frames sampled at limits.video_fps."""
+  """Animated GIF/PNG/WebP bytes -> f32 [T,S,S,C], frames sampled at limits.video_fps.
+  One pass over the frames; only sampled frames are kept (as S x S arrays), so memory is
+  bounded by max_video_frames whatever the file's frame count."""
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     im = _open(raw, limits)
@@ -167,25 +170,29 @@ def decode_video(raw: bytes, vcfg: VisionConfig, limits: MediaLimits) -> np.ndar
       n = int(getattr(im, "n_frames", 1))
       if n > limits.max_source_frames:
         raise MediaError(f"video has {n} frames > {limits.max_source_frames}")
-      frames, durations = [], []
+      w, h = im.size
+      if n * w * h > limits.max_video_pixels:
+        raise MediaError(f"video of {n} frames of {w}x{h} is over {limits.max_video_pixels} "
+                         "decoded pixels")
+      out, t_ms = [], 0.0
       for fr in PIL.ImageSequence.Iterator(im):
-        d = fr.info.get("duration") or DEFAULT_FRAME_MS
-        durations.append(float(d))
-        frames.append(fr.copy())
+        d = float(fr.info.get("duration") or DEFAULT_FRAME_MS)
+        k = frame_picks(t_ms, t_ms + d, limits.video_fps)
+        t_ms += d
+        if k and len(out) + k > limits.max_video_frames:
+          total = t_ms / 1000.0
+          raise MediaError(f"video of at least {total:.2f} s sampled at {limits.video_fps} "
+                           f"frames/s gives more than max {limits.max_video_frames} frames")
+        if k:
+          arr = _to_array(fr, vcfg)
+          out += [arr] * k
     except MediaError:
       raise
     except Exception as e:
       raise MediaError(f"corrupt {im.format} video: {type(e).__name__}: {e}") from e
-  picks = sample_times(durations, limits.video_fps)
-  if len(picks) > limits.max_video_frames:
-    raise MediaError(f"video of {sum(durations) / 1000:.2f} s sampled at {limits.video_fps} "
-                     f"frames/s gives {len(picks)} frames > max {limits.max_video_frames}")
-  try:
-    return np.stack([_to_array(frames[i], vcfg) for i in picks])
-  except MediaError:
-    raise
-  except Exception as e:
-    raise MediaError(f"corrupt video frame: {type(e).__name__}: {e}") from e
+  if not out:
+    raise MediaError("video has no frames")
+  return np.stack(out)
 
 
 def decode_wav(raw: bytes, acfg: AudioConfig, limits: MediaLimits) -> np.ndarray:
