@@ -138,35 +138,33 @@ _BATCHED = (((2,), (1,)), ((0,), (0,)))      # [nt,m,K] x [nt,K,N] -> [nt,m,N]
 _BATCHED_T = (((2,), (2,)), ((0,), (0,)))    # [nt,m,N] x [nt,K,N] -> [nt,m,K]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _tiled_dot(x, w, tile_group, out_dtype, dw_mode):
-  del dw_mode
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _tiled_dot(x, w, tile_group, out_dtype):
   return _dot_f32(x, jnp.take(w, tile_group, axis=0), _BATCHED).astype(out_dtype)
 
 
-def _tiled_dot_fwd(x, w, tile_group, out_dtype, dw_mode):
-  return _tiled_dot(x, w, tile_group, out_dtype, dw_mode), (x, w, tile_group)
+def _tiled_dot_fwd(x, w, tile_group, out_dtype):
+  return _tiled_dot(x, w, tile_group, out_dtype), (x, w, tile_group)
 
 
-def _tiled_dot_bwd(out_dtype, dw_mode, res, dy):
+def _tiled_dot_bwd(out_dtype, res, dy):
   del out_dtype
   x, w, tile_group = res
   dy = dy.astype(x.dtype)
   w_tiles = jnp.take(w, tile_group, axis=0)                    # [nt, K, N], recomputed
   dx = _dot_f32(dy, w_tiles, _BATCHED_T).astype(x.dtype)
-  dw = _group_weight_grad(x, dy, tile_group, w.shape, dw_mode)
+  dw = _group_weight_grad(x, dy, tile_group, w.shape)
   return dx, dw.astype(w.dtype), None
 
 
-def _group_weight_grad(x, dy, tile_group, w_shape, mode):
+def _group_weight_grad(x, dy, tile_group, w_shape):
   """dW[g] = sum over tiles t of group g of x[t]^T @ dy[t]; x [nt,m,K], dy [nt,m,N] -> f32
-  [G,K,N]."""
-  if mode == "segment_sum":
-    per_tile = _dot_f32(x, dy, (((1,), (1,)), ((0,), (0,))))          # [nt, K, N]
-    return jax.ops.segment_sum(per_tile, tile_group, w_shape[0], indices_are_sorted=True)
+  [G,K,N], accumulated in place by a loop over tiles (no [nt,K,N] temporary). x is
+  transposed once up front: XLA:CPU's fast dot takes [K,m] x [m,N], not a transposed lhs."""
+  xt = jnp.swapaxes(x, 1, 2)                                     # [nt, K, m]
 
   def body(t, acc):
-    d = _dot_f32(x[t], dy[t], (((0,), (0,)), ((), ())))
+    d = _dot_f32(xt[t], dy[t], (((1,), (0,)), ((), ())))
     at = (tile_group[t], 0, 0)
     old = jax.lax.dynamic_slice(acc, at, (1,) + d.shape)
     return jax.lax.dynamic_update_slice(acc, old + d[None], at)
@@ -177,7 +175,7 @@ _tiled_dot.defvjp(_tiled_dot_fwd, _tiled_dot_bwd)
 
 
 def tiled_dot(x: jax.Array, w: jax.Array, tile_group: jax.Array,
-              preferred_element_type=None, dw_mode: str = "loop") -> jax.Array:
+              preferred_element_type=None) -> jax.Array:
   """x [nt, tile, K], w [G, K, N] (same dtype), tile_group int32 [nt] -> [nt, tile, N]:
   out[t] = x[t] @ w[tile_group[t]], accumulated in f32, returned in
   `preferred_element_type` (default x.dtype)."""
@@ -188,7 +186,7 @@ def tiled_dot(x: jax.Array, w: jax.Array, tile_group: jax.Array,
   if w.dtype != x.dtype:
     raise ValueError(f"tiled_dot: x is {x.dtype} but w is {w.dtype}")
   return _tiled_dot(x, w, tile_group.astype(jnp.int32),
-                    jnp.dtype(preferred_element_type or x.dtype), dw_mode)
+                    jnp.dtype(preferred_element_type or x.dtype))
 
 
 # ---- the lax.ragged_dot contract ---------------------------------------------------------
@@ -201,8 +199,7 @@ def group_of_rows(group_sizes: jax.Array, num_rows: int) -> jax.Array:
 
 
 def grouped_matmul(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, *,
-                   tile: Optional[int] = None, preferred_element_type=None,
-                   dw_mode: str = "loop") -> jax.Array:
+                   tile: Optional[int] = None, preferred_element_type=None) -> jax.Array:
   """`lax.ragged_dot(lhs, rhs, group_sizes)`: lhs [M, K] rows sorted by group, rhs [G, K, N],
   group_sizes int [G] (sum <= M) -> [M, N]; rows past the sum are zeros. Differentiable in
   lhs and rhs."""
@@ -215,7 +212,6 @@ def grouped_matmul(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, *,
   tile = tile or choose_tile(m, g)
   p = plan(group_of_rows(group_sizes, m), g, tile)
   x = take_rows(lhs, p.row_of_slot, p.slot_of_row[:, None])
-  y = tiled_dot(x.reshape(p.num_tiles, tile, k), rhs, p.tile_group, preferred_element_type,
-                dw_mode)
+  y = tiled_dot(x.reshape(p.num_tiles, tile, k), rhs, p.tile_group, preferred_element_type)
   y = y.reshape(p.num_tiles * tile, -1)
   return take_rows(y, p.slot_of_row, p.row_of_slot[:, None])

@@ -167,8 +167,17 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array):
   n = jnp.sum(weights)
   denom = jnp.maximum(n, 1.0)
   ce = jnp.sum((logz - tgt) * weights) / denom
-  acc = jnp.sum((jnp.argmax(logits, -1) == targets) * weights) / denom
+  acc = jnp.sum((first_argmax(logits) == targets) * weights) / denom
   return ce, n, acc
+
+
+def first_argmax(logits: jax.Array) -> jax.Array:
+  """jnp.argmax over the last axis (the first maximum's index) as a max and a min reduction:
+  XLA:CPU runs argmax's variadic reduce ~6x slower (11 vs 1.8 ms CPU on [4,64,8192] f32)."""
+  v = logits.shape[-1]
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  iota = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+  return jnp.min(jnp.where(logits == top, iota, v), axis=-1)
 
 
 def loss_fn(params: dict, batch: dict, cfg: ModelConfig, *, attn_impl: str = "xla",

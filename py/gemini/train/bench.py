@@ -7,6 +7,9 @@ timed steps, wall clock, through `Trainer.train_step`), tokens/s, model FLOP/s a
                 of the active parameters, the top-k experts only, plus causal attention)
   peak        = this machine's jnp.dot f32 n x n peak, measured in the same run (peak.py)
 The bf16 x bf16 -> f32 dot peak is printed too (context: XLA:CPU runs that form natively).
+'cpu ms' is the process CPU time of the median step (all threads): on a shared machine it
+moves far less with other users' load than wall time, so it is the figure to compare
+builds by; 'load 1m' is the 1-minute load average after the row.
 All devices share this machine's cores, so the 8-device rows measure SPMD partitioning
 overhead, not more compute. --quick: the CI form (smaller batch and sequence, fewer steps).
 --moe_impls=xla,tiled measures MoE presets once per implementation, in the same run.
@@ -74,15 +77,17 @@ def measure(cfg_name: str, n_devices: int, batch: int, seq: int, steps: int, pea
   t.train_step()                                  # Compile.
   compile_s = time.perf_counter() - t0
   t.train_step()                                  # Warm.
-  times = []
+  times, cpu = [], []
   for _ in range(steps):
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     t.train_step()
     times.append(time.perf_counter() - t0)
+    cpu.append(time.process_time() - c0)
   step_s = sorted(times)[len(times) // 2]         # Median: robust to a shared machine.
+  cpu_s = sorted(cpu)[len(cpu) // 2]
   tok_s = batch * seq / step_s
   flops = model.flops_per_token * tok_s
-  return step_s, tok_s, flops, flops / peak, compile_s
+  return step_s, tok_s, flops, flops / peak, compile_s, cpu_s
 
 
 def run(argv) -> None:
@@ -100,7 +105,7 @@ def run(argv) -> None:
     if impl not in moe.IMPLS:
       raise app.UsageError(f"--moe_impls: {impl!r} is not one of {moe.IMPLS}")
   use_compilation_cache(os.path.join(os.path.expanduser("~"), ".cache", "gemini", "jax_cache"))
-  batch, seq, steps = (4, 64, 3) if _QUICK.value else (8, 256, 8)
+  batch, seq, steps = (4, 64, 6) if _QUICK.value else (8, 256, 8)
   n = 512 if _QUICK.value else 1024
   peak = measure_matmul_peak(n=n)
   peak_bf16 = measure_matmul_peak(n=n, dtype=jnp.bfloat16, accumulate=jnp.float32)
@@ -110,7 +115,8 @@ def run(argv) -> None:
         f"[bf16 x bf16 -> f32 dot: {peak_bf16 / 1e9:.1f} GFLOP/s]; batch {batch}x{seq}; "
         f"{jax.device_count()} fake devices available", flush=True)
   header = (f"| {'config':<10} | {'moe_impl':<8} | {'devices':>7} | {'step ms':>8} | "
-            f"{'tokens/s':>9} | {'GFLOP/s':>8} | {'MFU':>6} | {'compile s':>9} | {'load 1m':>7} |")
+            f"{'tokens/s':>9} | {'GFLOP/s':>8} | {'MFU':>6} | {'cpu ms':>7} | {'compile s':>9} | "
+            f"{'load 1m':>7} |")
   print(header)
   print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
   for name in _CONFIGS.value:
@@ -120,10 +126,10 @@ def run(argv) -> None:
         if nd > jax.device_count():
           print(f"| {name:<10} | {impl:<8} | {nd:>7} | skipped: only {jax.device_count()} devices")
           continue
-        step_s, tok_s, flops, mfu, comp = measure(name, nd, batch, seq, steps, peak,
-                                                  "xla" if impl == "-" else impl)
+        step_s, tok_s, flops, mfu, comp, cpu_s = measure(name, nd, batch, seq, steps, peak,
+                                                         "xla" if impl == "-" else impl)
         print(f"| {name:<10} | {impl:<8} | {nd:>7} | {1e3 * step_s:>8.1f} | {tok_s:>9,.0f} | "
-              f"{flops / 1e9:>8.2f} | {100 * mfu:>5.1f}% | {comp:>9.1f} | "
+              f"{flops / 1e9:>8.2f} | {100 * mfu:>5.1f}% | {1e3 * cpu_s:>7.1f} | {comp:>9.1f} | "
               f"{os.getloadavg()[0]:>7.1f} |", flush=True)
 
 
