@@ -178,6 +178,75 @@ void TileQ4(const QMatrix& w, const QActs& x, int r, int i0, float* y, int ldy) 
       y[static_cast<size_t>(i0 + c) * ldy + r + a] = _mm512_reduce_add_ps(acc[a][c]);
 }
 
+// ---- kQ8: four 32-blocks (two 512-bit loads) per step, against QActs::q in element order;
+// each block spans 8 int32 lanes, whose start value -16 sum(q) folds in m = -128 d. ----
+template <int R, int T>
+void TileQ8(const QMatrix& w, const QActs& x, int r, int i0, float* y, int ldy) {
+  const int nb = w.kp / 32, nc = (nb + 3) / 4, spr = w.kp / w.group, rb = w.kp;
+  const __m512i lo2 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  const __m512i hi2 = _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+  const uint8_t* rows[R];
+  const uint16_t* srow[R];
+  for (int a = 0; a < R; ++a) {
+    rows[a] = w.packed + static_cast<size_t>(r + a) * rb;
+    srow[a] = w.scales + static_cast<size_t>(r + a) * spr;
+  }
+  __m512 acc[R][T];
+  for (int a = 0; a < R; ++a)
+    for (int c = 0; c < T; ++c) acc[a][c] = _mm512_setzero_ps();
+  for (int ch = 0; ch < nc; ++ch) {
+    const int b = ch * 4, nblk = std::min(4, nb - b);
+    const __mmask64 m0 = nblk >= 2 ? ~0ULL : 0xFFFFFFFFULL;
+    const __mmask64 m1 = nblk == 4 ? ~0ULL : nblk == 3 ? 0xFFFFFFFFULL : 0ULL;
+    const __mmask16 l0 = nblk >= 2 ? 0xFFFF : 0x00FF, l1 = nblk == 4 ? 0xFFFF : nblk == 3 ? 0x00FF : 0;
+    __m512i u0[R], u1[R];
+    __m512 d0[R], d1[R];
+    for (int a = 0; a < R; ++a) {
+      const uint8_t* p = rows[a] + b * 32;
+      if (T == 1) {
+        const int ahead = b * 32 + kPrefetchBytes / R;
+        const uint8_t* pf = R * rb <= kPrefetchBytes ? p + kPrefetchBytes
+                          : ahead < rb ? rows[a] + ahead : rows[a] + (R - 1) * rb + ahead;
+        _mm_prefetch(reinterpret_cast<const char*>(pf), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(pf + 64), _MM_HINT_T0);
+      }
+      u0[a] = _mm512_maskz_loadu_epi8(m0, p);
+      u1[a] = _mm512_maskz_loadu_epi8(m1, p + 64);
+      const __m512 s4 = _mm512_castps128_ps512(Scales4<ScaleKind::kF16G32>(w, srow[a], b, nblk));
+      d0[a] = _mm512_permutexvar_ps(lo2, s4);
+      d1[a] = _mm512_permutexvar_ps(hi2, s4);
+    }
+    for (int c = 0; c < T; ++c) {
+      const size_t o = static_cast<size_t>(i0 + c) * nb + b;
+      const int8_t* q = x.qrow(i0 + c) + b * 32;
+      const __m512i x0 = _mm512_maskz_loadu_epi8(m0, q), x1 = _mm512_maskz_loadu_epi8(m1, q + 64);
+      const __m512i b0 = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(l0, x.bexp.data() + o * 8), 4);
+      const __m512i b1 = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(l1, x.bexp.data() + (o + 2) * 8), 4);
+      const __m512 dx0 = _mm512_maskz_loadu_ps(l0, x.dexp.data() + o * 8);
+      const __m512 dx1 = _mm512_maskz_loadu_ps(l1, x.dexp.data() + (o + 2) * 8);
+      for (int a = 0; a < R; ++a) {
+        acc[a][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(b0, u0[a], x0)), _mm512_mul_ps(d0[a], dx0), acc[a][c]);
+        acc[a][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(b1, u1[a], x1)), _mm512_mul_ps(d1[a], dx1), acc[a][c]);
+      }
+    }
+  }
+  for (int a = 0; a < R; ++a)
+    for (int c = 0; c < T; ++c)
+      y[static_cast<size_t>(i0 + c) * ldy + r + a] = _mm512_reduce_add_ps(acc[a][c]);
+}
+
+void QMatMulQ8(const QMatrix& w, const QActs& x, float* y, int ldy, int r0, int r1) {
+  int r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    int i = 0;
+    for (; i + 3 <= x.t; i += 3) TileQ8<4, 3>(w, x, r, i, y, ldy);
+    if (x.t - i == 2) TileQ8<4, 2>(w, x, r, i, y, ldy);
+    else if (x.t - i == 1) TileQ8<4, 1>(w, x, r, i, y, ldy);
+  }
+  for (; r < r1; ++r)
+    for (int i = 0; i < x.t; ++i) TileQ8<1, 1>(w, x, r, i, y, ldy);
+}
+
 // Rows [r0, r1): 4-row tiles over 3-token tiles (the registers hold 4 x 3 accumulators plus the
 // 4 rows' unpacked weights), then token and row remainders.
 template <WFormat F, ScaleKind S>
@@ -224,7 +293,9 @@ void QMatMul512(const QMatrix& w, const QActs& x, float* y, int ldy, int r0, int
   switch (w.format) {
     case WFormat::kQ4: return QMatMulQ4Any<WFormat::kQ4>(w, x, y, ldy, r0, r1);
     case WFormat::kQ4Min: return QMatMulQ4Any<WFormat::kQ4Min>(w, x, y, ldy, r0, r1);
-    case WFormat::kQ8: return QMatMulFormat<WFormat::kQ8>(w, x, y, ldy, r0, r1);
+    case WFormat::kQ8:
+      if (w.group == 32 && !w.bf16_scales) return QMatMulQ8(w, x, y, ldy, r0, r1);
+      return QMatMulFormat<WFormat::kQ8>(w, x, y, ldy, r0, r1);
   }
 }
 
@@ -345,7 +416,6 @@ void Attend512(const float* q, int nh, int dh, const uint16_t* k, const uint16_t
       for (int j = 0; j < len; ++j) {
         const __m512 p = _mm512_set1_ps(s[j]);
         const uint16_t* vj = v + j * stride + 16 * c0;
-
         for (int c = 0; c < 4; ++c)
           if (c < nc)
             a[c] = _mm512_fmadd_ps(p, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(vj + 16 * c))), a[c]);
