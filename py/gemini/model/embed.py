@@ -22,10 +22,8 @@ def logits(params: dict, x: jax.Array, cfg: ModelConfig, *, int4_impl: str = "xl
   w = params["embed"]["tokens"] if cfg.tie_embeddings else params["unembed"]
   if dense.is_int4(w):
     out = dense.dense(x, w, impl=int4_impl).astype(jnp.float32)
-  elif cfg.tie_embeddings:
-    out = jnp.einsum("bsd,vd->bsv", x, w.astype(x.dtype), preferred_element_type=jnp.float32)
-  else:
-    out = jnp.einsum("bsd,dv->bsv", x, w.astype(x.dtype), preferred_element_type=jnp.float32)
+  else:   # f32 logits; the backward casts their cotangent to x.dtype (dense.matmul).
+    out = dense.matmul(x, w, out_dtype=jnp.float32, w_in_last=cfg.tie_embeddings)
   if cfg.logit_softcap > 0:
     out = cfg.logit_softcap * jnp.tanh(out / cfg.logit_softcap)
   return out
