@@ -67,7 +67,7 @@ void ThreadPool::Worker(int index) {
   uint64_t seen = 0;
   while (true) {
     uint64_t gen = generation_.load(std::memory_order_acquire);
-    for (int spin = 0; gen == seen && spin < 20000; ++spin) {
+    for (int spin = 0; gen == seen && spin < 300; ++spin) {
       GEMINI_CPU_RELAX();
       gen = generation_.load(std::memory_order_acquire);
     }
@@ -108,7 +108,7 @@ void ThreadPool::Run(int n, int align, RawFn fn, void* ctx) {
   }
   Work(gen, 0);
   for (int spin = 0; done_.load(std::memory_order_acquire) != threads_; ++spin) {
-    if (spin < 4000) GEMINI_CPU_RELAX();
+    if (spin < 100) GEMINI_CPU_RELAX();
     else std::this_thread::yield();
   }
 }
