@@ -138,3 +138,12 @@ def test_multi_turn_chat_hits_prefix_cache(oa, gm):
       model="tiny", contents="Hello there", config=types.GenerateContentConfig(
           max_output_tokens=8, temperature=0)))
   assert streamed == g.text
+
+
+def test_media_is_refused_naming_the_part(oa):
+  """The runtime has no vision/audio towers: an image part is a 400 that names it."""
+  with pytest.raises(openai.BadRequestError) as e:
+    oa.chat.completions.create(model="tiny", max_tokens=4, messages=[{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}])
+  assert "messages[0].content[1]" in str(e.value)
