@@ -72,10 +72,15 @@ class Analysis:
   @property
   def note(self) -> str:
     rm = "; per-layer rematerialisation" if self.remat else ""
-    oom = ("; the compiler refused it as larger than HBM: memory is its stated need, FLOPs "
-           "from the unpartitioned program" if self.figures.compiler_oom else "")
+    if self.figures.compiler_oom:
+      cost = ("; the compiler refused it as larger than HBM: memory is its stated need, FLOPs "
+              "and bytes n/a")
+    elif not self.figures.flops and self.layer_trips > 1:
+      cost = "; FLOPs and bytes n/a: the compile with two blocks per iteration exceeds HBM"
+    else:
+      cost = ""
     return (f"compiled all {self.n_layers} layers (a scan of {self.layer_trips} blocks, "
-            f"FLOPs and bytes counted over every iteration)" + rm + oom)
+            f"FLOPs and bytes counted over every iteration)" + rm + cost)
 
   def estimate(self) -> fig_lib.Estimate:
     return fig_lib.estimate(self.figures, self.chip, self.chips, self.tokens_per_step,

@@ -128,10 +128,13 @@ def count_every_iteration(rolled: StepFigures, unrolled2: StepFigures,
     return rolled
   b = (trips - 1) / (1 + trips % 2)
   out = dataclasses.replace(
-      rolled, collectives=rolled.collectives.plus_scaled_difference(unrolled2.collectives, b),
-      compiler_oom=rolled.compiler_oom or unrolled2.compiler_oom)
+      rolled, collectives=rolled.collectives.plus_scaled_difference(unrolled2.collectives, b))
   for k in ("flops", "bytes_accessed", "transcendentals"):
-    setattr(out, k, getattr(rolled, k) + b * (getattr(unrolled2, k) - getattr(rolled, k)))
+    # A program the compiler refused has no compiled cost analysis; the unpartitioned
+    # program's is no basis for a difference with a compiled one: not counted (0 = n/a).
+    counted = not (rolled.compiler_oom or unrolled2.compiler_oom)
+    setattr(out, k, getattr(rolled, k) + b * (getattr(unrolled2, k) - getattr(rolled, k))
+            if counted else 0.0)
   return out
 
 

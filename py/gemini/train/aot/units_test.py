@@ -1,6 +1,7 @@
 """Fast checks of the AOT harness's arithmetic (no compilation): HLO collective parsing,
 counting every layer-scan iteration, the roofline, topology/mesh parsing and the planner's mesh rules."""
 
+import dataclasses
 import math
 import types
 
@@ -62,6 +63,9 @@ def test_every_scan_iteration_counted_from_rolled_and_unrolled_compiles():
     assert f.collectives.ici_bytes["all-gather"] == pytest.approx(5 * (10 + 5 * trips))
     # Memory is the rolled program's, the one that runs.
     assert (f.argument_bytes, f.output_bytes, f.alias_bytes, f.temp_bytes) == (100, 90, 90, 7)
+  refused = dataclasses.replace(unrolled, compiler_oom=True)
+  f = figures.count_every_iteration(rolled, refused, 7)
+  assert (f.flops, f.bytes_accessed) == (0.0, 0.0) and f.temp_bytes == 7   # n/a, not a guess
   assert figures.count_every_iteration(rolled, None, 1) is rolled
   with pytest.raises(ValueError, match="trips=0"):
     figures.count_every_iteration(rolled, rolled, 0)
