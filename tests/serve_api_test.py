@@ -14,26 +14,7 @@ from google import genai
 from google.genai import types
 
 from gemini.serve import chat, media as media_lib, testing
-
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "current weather of a city",
-    "parameters": {"type": "object", "additionalProperties": False, "required": ["city", "unit"],
-                   "properties": {"city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
-                                  "unit": {"type": "string", "enum": ["C", "F"]}}}}}
-
-PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "tags"],
-          "properties": {"name": {"type": "string", "maxLength": 12},
-                         "age": {"type": "integer", "minimum": 0, "maximum": 120},
-                         "tags": {"type": "array", "items": {"type": "string", "enum": ["a", "b"]},
-                                  "maxItems": 3}}}
-
-
-def _valid_person(obj):
-  assert set(obj) == {"name", "age", "tags"}
-  assert isinstance(obj["name"], str) and len(obj["name"]) <= 12
-  assert isinstance(obj["age"], int) and 0 <= obj["age"] <= 120
-  assert isinstance(obj["tags"], list) and len(obj["tags"]) <= 3
-  assert all(t in ("a", "b") for t in obj["tags"])
+from gemini.serve.testing import PERSON_SCHEMA as PERSON, WEATHER_TOOL as WEATHER, check_person
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +66,7 @@ def test_openai_structured_output_validates(oa):
         model="tiny", messages=[{"role": "user", "content": "a person as JSON"}], max_tokens=80,
         temperature=1.0, seed=seed,
         response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}})
-    _valid_person(json.loads(r.choices[0].message.content))
+    check_person(json.loads(r.choices[0].message.content))
 
 
 def test_openai_tool_call_round_trip(oa):
@@ -159,7 +140,7 @@ def test_gemini_generate_stream_schema_and_tools(gm):
           "name": {"type": "STRING", "maxLength": 12},
           "age": {"type": "INTEGER", "minimum": 0, "maximum": 120},
           "tags": {"type": "ARRAY", "maxItems": 3, "items": {"type": "STRING", "enum": ["a", "b"]}}}}))
-  _valid_person(json.loads(s.text))
+  check_person(json.loads(s.text))
   fn = types.FunctionDeclaration(name="get_weather", description="weather",
                                  parameters_json_schema=WEATHER["function"]["parameters"])
   tcfg = types.GenerateContentConfig(

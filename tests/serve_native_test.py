@@ -14,18 +14,7 @@ from google.genai import types
 
 from gemini.serve import app as app_lib
 from gemini.serve import backends, loading, metrics as metrics_lib, native_engine, testing
-
-PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "tags"],
-          "properties": {"name": {"type": "string", "maxLength": 12},
-                         "age": {"type": "integer", "minimum": 0, "maximum": 120},
-                         "tags": {"type": "array", "items": {"type": "string", "enum": ["a", "b"]},
-                                  "maxItems": 3}}}
-
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "current weather of a city",
-    "parameters": {"type": "object", "additionalProperties": False, "required": ["city", "unit"],
-                   "properties": {"city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
-                                  "unit": {"type": "string", "enum": ["C", "F"]}}}}}
+from gemini.serve.testing import PERSON_SCHEMA as PERSON, WEATHER_TOOL as WEATHER, check_person
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +39,6 @@ def oa(server):
 def gm(server):
   return genai.Client(api_key="unused", http_options=types.HttpOptions(
       base_url=server[1].url, api_version="v1beta"))
-
-
-def _valid_person(obj):
-  assert set(obj) == {"name", "age", "tags"}
-  assert isinstance(obj["name"], str) and len(obj["name"]) <= 12
-  assert isinstance(obj["age"], int) and 0 <= obj["age"] <= 120
-  assert isinstance(obj["tags"], list) and len(obj["tags"]) <= 3
-  assert all(t in ("a", "b") for t in obj["tags"])
 
 
 def test_chat_stream_and_greedy_batched_equals_alone(oa, server):
@@ -91,7 +72,7 @@ def test_structured_output_and_tool_calls_validate(oa, gm):
         model="tiny", messages=[{"role": "user", "content": "a person as JSON"}], max_tokens=80,
         temperature=1.0, seed=seed,
         response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON}})
-    _valid_person(json.loads(r.choices[0].message.content))
+    check_person(json.loads(r.choices[0].message.content))
   msgs = [{"role": "user", "content": "What is the weather in Paris?"}]
   r = oa.chat.completions.create(model="tiny", messages=msgs, tools=[WEATHER],
                                  tool_choice="required", max_tokens=100, temperature=0)
@@ -106,7 +87,7 @@ def test_structured_output_and_tool_calls_validate(oa, gm):
   s = gm.models.generate_content(model="tiny", contents="a person", config=types.GenerateContentConfig(
       max_output_tokens=80, temperature=0.7, seed=3, response_mime_type="application/json",
       response_json_schema=PERSON))
-  _valid_person(json.loads(s.text))
+  check_person(json.loads(s.text))
 
 
 @pytest.mark.parametrize("budget", [0, 16, -1])

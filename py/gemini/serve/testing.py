@@ -145,3 +145,29 @@ def forward_greedy(params, cfg, ids, layout, n: int, eos_ids=()):
     out.append(t)
     seq.append(t)
   return out
+
+
+# Schemas and checks shared by the API tests (the openai / google-genai client tests of both
+# backends): a structured-output schema with its validator, and a tool declaration.
+PERSON_SCHEMA = {
+    "type": "object", "additionalProperties": False, "required": ["name", "age", "tags"],
+    "properties": {"name": {"type": "string", "maxLength": 12},
+                   "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                   "tags": {"type": "array", "items": {"type": "string", "enum": ["a", "b"]},
+                            "maxItems": 3}}}
+
+
+def check_person(obj):
+  """Asserts obj satisfies PERSON_SCHEMA."""
+  assert set(obj) == {"name", "age", "tags"}
+  assert isinstance(obj["name"], str) and len(obj["name"]) <= 12
+  assert isinstance(obj["age"], int) and 0 <= obj["age"] <= 120
+  assert isinstance(obj["tags"], list) and len(obj["tags"]) <= 3
+  assert all(t in ("a", "b") for t in obj["tags"])
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "current weather of a city",
+    "parameters": {"type": "object", "additionalProperties": False, "required": ["city", "unit"],
+                   "properties": {"city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
+                                  "unit": {"type": "string", "enum": ["C", "F"]}}}}}
