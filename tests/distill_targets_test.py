@@ -4,6 +4,7 @@ targets against the teacher's own distribution, resume after a kill."""
 import filecmp
 import glob
 import os
+import shutil
 import struct
 
 import jax
@@ -125,7 +126,6 @@ def test_a_killed_run_resumes_to_identical_files(targets_dir, tmp_path):
   # A kill leaves finished shards and maybe a .tmp; the rerun skips the finished ones.
   redo = str(tmp_path / "redo")
   os.makedirs(redo)
-  import shutil
   shutil.copytree(os.path.join(out, "train"), os.path.join(redo, "train"))
   for kind in ("topk", "sampled"):
     os.remove(os.path.join(redo, "train", kind, "00001.gkd"))

@@ -2,7 +2,9 @@
 train, and a run SIGKILLed mid-way resumes to bit-identical weights."""
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 
 import jax
@@ -15,6 +17,8 @@ from gemini.distill import loop, teacher_targets, train
 from gemini.distill.testing import (kill_then_resume, subprocess_env, targets_args,
                                     tiny_teacher)
 from gemini.model import spec, transformer
+from gemini.train.optimizer import make_optimizer
+from gemini.train.train_config import TrainConfig
 
 TINY = ["--d_model=32", "--n_layers=1", "--n_heads=2", "--head_dim=16", "--d_ff=64"]
 
@@ -40,11 +44,8 @@ def test_online_full_kd_step_equals_numpy(kd, tmp_path):
   cfg = train.student_config(260, 32, 1, 2, 16, 64, 16)
   logs = []
   train.run(a, teacher=teacher, log=logs.append)
-  import json
   rec = [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")][0]
   # Recompute step 1's loss terms from the initial student and the teacher with NumPy.
-  from gemini.train.optimizer import make_optimizer
-  from gemini.train.train_config import TrainConfig
   state0 = train.init_fn(cfg, make_optimizer(TrainConfig(steps=1, batch_size=4, seq_len=16), spec.decay_mask(cfg)),
                          0)()
   d = data_lib.WindowData(out, "train", 4, "none", seed=0)
@@ -70,7 +71,6 @@ def test_sparse_modes_learn(kd, tmp_path, mode):
   out, _ = kd
   train.run(_args(out, str(tmp_path / mode), f"--mode={mode}", "--k=8", "--steps=12",
                   "--lr=1e-2"), log=lambda _: None)
-  import json
   recs = [json.loads(l) for l in open(tmp_path / mode / "metrics.jsonl")]
   assert recs[-1]["kd"] < recs[0]["kd"] - 0.3, (recs[0], recs[-1])
 
@@ -83,7 +83,6 @@ def test_sigkill_then_resume_is_bit_identical(kd, tmp_path):
     return [sys.executable, "-m", "gemini.distill.train", f"--targets={out}",
             f"--workdir={workdir}", "--mode=topk", "--k=8", "--steps=14", "--batch_size=4",
             "--checkpoint_every=4", "--warmup_steps=2", "--log_every=1", *TINY]
-  import subprocess
   subprocess.run(cmd(str(tmp_path / "ref")), env=env, check=True, capture_output=True,
                  timeout=300)
   killed, stdout = kill_then_resume(cmd(str(tmp_path / "killed")), str(tmp_path / "killed"),
@@ -92,8 +91,6 @@ def test_sigkill_then_resume_is_bit_identical(kd, tmp_path):
   assert "resumed from checkpoint step" in stdout
   like = jax.eval_shape(lambda: None)
   cfg = train.student_config(260, 32, 1, 2, 16, 64, 16)
-  from gemini.train.optimizer import make_optimizer
-  from gemini.train.train_config import TrainConfig
   like = train.init_fn(cfg, make_optimizer(TrainConfig(steps=14, batch_size=4, seq_len=16), spec.decay_mask(cfg)), 0)()
   ref = loop.restore_final(str(tmp_path / "ref"), like)
   got = loop.restore_final(str(tmp_path / "killed"), like)

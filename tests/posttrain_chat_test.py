@@ -4,6 +4,7 @@ no gradient), and packed conversations never attend across each other."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from gemini.config import get_config
 from gemini.distill import losses
@@ -72,7 +73,6 @@ def test_packed_conversations_do_not_attend_across_documents():
 
 
 def test_pack_refuses_a_conversation_longer_than_a_row():
-  import pytest
   with pytest.raises(ValueError, match="conversation 0 has"):
     chat.pack([FMT.encode(CONV)], seq_len=8)
 

@@ -15,6 +15,7 @@ from gemini.train.model_fns import gemini_model
 from gemini.train.synthetic import SyntheticLoader
 from gemini.train.train_config import TrainConfig
 from gemini.train.trainer import Trainer, use_compilation_cache
+from gemini.train.resilience.elastic import slice_devices
 
 TINY = {"d_model": "64", "n_layers": "2", "n_heads": "2", "head_dim": "32", "d_ff": "128",
         "vocab_size": "256"}
@@ -35,7 +36,6 @@ def _run(tc, lose_at=None):
     step = t.step + 1
     losses[step] = t.train_step()["loss"]
     if t.step == lose_at and t.mesh.devices.shape[0] == 2:
-      from gemini.train.resilience.elastic import slice_devices
       t.lose_devices(slice_devices(t.mesh, 1))
   return t, losses
 

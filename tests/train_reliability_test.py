@@ -18,6 +18,9 @@ import subprocess
 import sys
 
 import numpy as np
+import sentencepiece as spm
+from gemini.data import shard_writer
+from csrc.runtime import _runtime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "py", "gemini", "train", "main.py")
@@ -42,7 +45,6 @@ def _run(args, timeout=300):
 
 
 def _spm(tmp_path, vocab):
-  import sentencepiece as spm
   text = open("/usr/share/common-licenses/GPL-3").read()
   prefix = str(tmp_path / "spm")
   spm.SentencePieceTrainer.train(sentence_iterator=iter(text.splitlines()), model_prefix=prefix,
@@ -52,7 +54,6 @@ def _spm(tmp_path, vocab):
 
 
 def _corpus(root, docs, shard_vocab, tokenizer=None, manifest_vocab=None):
-  from gemini.data import shard_writer
   paths = shard_writer.write_shards(docs, os.path.join(root, "shards", "text"), shard_vocab)
   manifest = {"sources": {"text": {"shards": [os.path.relpath(p, root) for p in paths]}}}
   if manifest_vocab:
@@ -110,8 +111,6 @@ def test_vocabulary_disagreement_is_refused_before_the_first_step(tmp_path):
 
 
 def test_export_needs_only_the_checkpoint(tmp_path):
-  import sentencepiece as spm
-  from csrc.runtime import _runtime
   sp_model, text = _spm(tmp_path, 400)
   sp = spm.SentencePieceProcessor(model_file=sp_model)
   docs = [[1] + sp.encode(line) + [2] for line in text.splitlines() if len(line) > 20][:300]

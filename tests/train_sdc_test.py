@@ -12,6 +12,7 @@ from gemini.train.model_fns import gemini_model
 from gemini.train.synthetic import SyntheticLoader
 from gemini.train.train_config import TrainConfig
 from gemini.train.trainer import Trainer, use_compilation_cache
+from gemini.train.step import step_rng
 
 TINY = {"d_model": "64", "n_layers": "2", "n_heads": "2", "head_dim": "32", "d_ff": "128",
         "vocab_size": "256"}
@@ -77,7 +78,6 @@ def test_every_device_can_be_named():
   t = _trainer(tc)
   t.init_or_restore()
   batch = t.global_batch(t.loader.next())
-  from gemini.train.step import step_rng
   for dev in (0, 3, 7):
     res = t.sdc.check(0, t.state["params"], batch, step_rng(t.state),
                       inject=flip_bit(dev, leaf_index=3, bit=1))

@@ -8,6 +8,7 @@ from jax.sharding import PartitionSpec as P
 
 from gemini import config, sharding
 from gemini.model import spec, transformer
+from gemini import testing
 
 MESHES = [
     ("nano_tiny", {"data": 8}),
@@ -108,7 +109,6 @@ def test_spec_names_the_axes_of_every_decoder_matrix():
 
 def test_kernels_are_real_tpu_kernels_on_tpu_meshes_only():
   # AOT compiles for a TPU topology run on a CPU host: the mesh, not the backend, decides.
-  from gemini import testing  # pylint: disable=import-outside-toplevel
   assert sharding.kernel_interpret(None) is None
   assert sharding.kernel_interpret(sharding.make_mesh({"data": 8})) is None
   tpu = sharding.make_mesh({"fsdp": 4}, testing.tpu_topology("v5e:2x2"))

@@ -26,6 +26,8 @@ import stat
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from gguf import GGUFReader, quants
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from gemini.config import ModelConfig
 from gemini.model import spec
@@ -64,7 +66,6 @@ def find_smollm2_gguf() -> str:
 
 def open_reader(path: str):
   """gguf.GGUFReader for `path`, with a clear error for missing or malformed files."""
-  from gguf import GGUFReader
   if not os.path.exists(path):
     raise FileNotFoundError(f"GGUF file {path} does not exist")
   mode = os.stat(path).st_mode
@@ -184,7 +185,6 @@ def read_config(reader, path: str = "", name: str = "gguf") -> ModelConfig:
 
 def dequantize(tensor, path: str = "") -> np.ndarray:
   """One GGUF tensor -> f32 numpy array in GGUF row-major order [rows(ne1), cols(ne0)]."""
-  from gguf import quants
   try:
     out = quants.dequantize(tensor.data, tensor.tensor_type)
   except NotImplementedError as e:
@@ -217,7 +217,6 @@ def load_params(reader, cfg: ModelConfig, path: str = "") -> dict:
 def build_tokenizer(reader, path: str = ""):
   """Byte-level BPE tokenizers.Tokenizer from tokenizer.ggml.* (gpt2 model); tokens with
   token_type == 3 (control) are registered as special tokens so they encode atomically."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, AddedToken
   kind = field(reader, "tokenizer.ggml.model", path)
   if kind != "gpt2":
     raise GGUFError(f"{path}: tokenizer.ggml.model={kind!r}; only byte-level BPE 'gpt2' is supported")

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tarfile
 from typing import Callable, Dict, List
+import numpy as np
 
 Doc = Dict[str, str]
 
@@ -171,7 +172,6 @@ FASHION_LABELS = ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal
 
 def fashion_mnist(n: int, root: str = "/usr/share/datasets/fashion-mnist"):
   """First n test images (uint8 [n, 28, 28]) and labels (Debian dataset-fashion-mnist, IDX)."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
   img_path = os.path.join(root, "t10k-images-idx3-ubyte.gz")
   lab_path = os.path.join(root, "t10k-labels-idx1-ubyte.gz")
   if not os.path.exists(img_path):

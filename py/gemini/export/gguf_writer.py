@@ -17,6 +17,8 @@ import struct
 from typing import List, Tuple
 
 import numpy as np
+import sentencepiece as spm
+from gguf import GGMLQuantizationType, GGUFWriter, TokenType
 
 from gemini.export import gnb
 from gemini.model import spec
@@ -116,7 +118,6 @@ def _check_llama_compatible(cfg: dict, path: str) -> None:
 
 def write_from_gnb(gnb_path: str, out: str, tensor_type: str = Q4_0) -> None:
   """Converts the int4 .gnb at `gnb_path` into a llama-architecture GGUF at `out`."""
-  from gguf import GGMLQuantizationType, GGUFWriter, TokenType  # pylint: disable=import-outside-toplevel
   f = gnb.read(gnb_path)
   c = f.config
   _check_llama_compatible(c, gnb_path)
@@ -136,7 +137,7 @@ def write_from_gnb(gnb_path: str, out: str, tensor_type: str = Q4_0) -> None:
   w.add_layer_norm_rms_eps(float(c["norm_eps"]))
   w.add_vocab_size(int(c["vocab_size"]))
   w.add_file_type(2 if tensor_type == Q4_0 else 7)  # LLAMA_FTYPE_MOSTLY_Q4_0 / Q8_0
-  _add_tokenizer(w, f, TokenType)
+  _add_tokenizer(w, f)
   if int(c.get("bos_id", -1)) >= 0:
     w.add_bos_token_id(int(c["bos_id"]))
   if int(c.get("eos_id", -1)) >= 0:
@@ -159,7 +160,7 @@ def write_from_gnb(gnb_path: str, out: str, tensor_type: str = Q4_0) -> None:
   w.close()
 
 
-def _add_tokenizer(w, f: gnb.GnbFile, TokenType) -> None:
+def _add_tokenizer(w, f: gnb.GnbFile) -> None:
   if f.tokenizer_kind == gnb.TOK_BPE:
     tokens, merges, types, split_digits = _bpe_tokenizer(f.tokenizer)
     w.add_tokenizer_model("gpt2")
@@ -168,7 +169,6 @@ def _add_tokenizer(w, f: gnb.GnbFile, TokenType) -> None:
     w.add_token_merges(merges)
     w.add_token_types(types)
   elif f.tokenizer_kind == gnb.TOK_SENTENCEPIECE:
-    import sentencepiece as spm  # pylint: disable=import-outside-toplevel
     sp = spm.SentencePieceProcessor(model_proto=f.tokenizer)
     pieces, scores, types = [], [], []
     for i in range(sp.get_piece_size()):

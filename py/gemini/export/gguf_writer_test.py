@@ -15,6 +15,8 @@ from csrc.runtime import _runtime
 from gemini.checkpoints import gguf
 from gemini.config import ModelConfig
 from gemini.export import export, gguf_writer, gnb, tokenizer_blob
+from gemini.quant import test_util
+from gemini.quant.test_util import random_params
 
 NANO = ModelConfig(name="nano_gguf", vocab_size=49152, d_model=64, n_layers=2, n_heads=4,
                    n_kv_heads=2, head_dim=16, d_ff=96, max_seq_len=128, activation="silu",
@@ -23,7 +25,6 @@ NANO = ModelConfig(name="nano_gguf", vocab_size=49152, d_model=64, n_layers=2, n
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-  from gemini.quant.test_util import random_params  # pylint: disable=import-outside-toplevel
   src = gguf.find_smollm2_gguf()
   tok = gguf.build_tokenizer(gguf.open_reader(src), src)
   d = tmp_path_factory.mktemp("gguf")
@@ -58,7 +59,6 @@ def test_metadata_and_tensor_types(exported):
 def test_python_importer_recovers_the_model(exported):
   """gemini.checkpoints.gguf (which un-permutes Q/K) + the JAX forward on the written GGUF give
   the C++ runtime's logits on the .gnb: the permutation round-trips."""
-  from gemini.quant import test_util  # pylint: disable=import-outside-toplevel
   path, out, _ = exported
   prompt = [int(t) for t in np.random.default_rng(1).integers(0, NANO.vocab_size, 16)]
   want = _runtime.Runtime(path).logits(prompt)
@@ -82,7 +82,6 @@ def test_runtime_logits_and_tokenizer_equal_on_gnb_and_gguf(exported):
 
 
 def test_models_llama_cannot_express_are_refused(tmp_path):
-  from gemini.quant.test_util import random_params  # pylint: disable=import-outside-toplevel
   for change, msg in ((dict(activation="gelu"), "activation='gelu'"),
                       (dict(logit_softcap=30.0), "logit_softcap=30.0")):
     cfg = dataclasses.replace(NANO, vocab_size=256, **change)

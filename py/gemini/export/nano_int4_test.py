@@ -8,16 +8,17 @@ import sys
 import jax
 import numpy as np
 import pytest
+import sentencepiece as spm
 
 from csrc.runtime import _runtime
 from gemini.config import get_config
-from gemini.export import gnb, nano_int4
+from gemini.export import export, gnb, nano_int4
 from gemini.quant import params as qparams, test_util
 from gemini.quant.test_util import random_params
+from gemini.train import checkpoint
 
 
 def _train_sentencepiece(tmp_path) -> str:
-  import sentencepiece as spm
   text = open("/usr/share/common-licenses/GPL-3").read()
   prefix = str(tmp_path / "sp")
   spm.SentencePieceTrainer.train(sentence_iterator=iter(text.splitlines()), model_prefix=prefix,
@@ -27,7 +28,6 @@ def _train_sentencepiece(tmp_path) -> str:
 
 
 def test_checkpoint_to_gnb_to_runtime(tmp_path):
-  from gemini.train import checkpoint
   cfg = get_config("nano_tiny").replace(vocab_size=400, d_model=64, n_layers=2, d_ff=128,
                                         head_dim=16)
   params = random_params(cfg, jax.random.key(3))
@@ -42,11 +42,9 @@ def test_checkpoint_to_gnb_to_runtime(tmp_path):
   sp_model = _train_sentencepiece(tmp_path)
   kind, blob = gnb.TOK_SENTENCEPIECE, open(sp_model, "rb").read()
   out = str(tmp_path / "nano.gnb")
-  from gemini.export import export
   q = export.export(out, restored, cfg, group_size=64, scale_dtype="bfloat16",
                     tokenizer_kind=kind, tokenizer=blob, bos_id=1, eos_id=2, add_bos=True)
   rt = _runtime.Runtime(out)
-  import sentencepiece as spm
   sp = spm.SentencePieceProcessor(model_file=sp_model)
   text = "This License applies to any program, 2 times: naïve!"
   assert rt.encode(text) == sp.encode(text)
@@ -59,7 +57,6 @@ def test_checkpoint_to_gnb_to_runtime(tmp_path):
 
 def test_cli_runs_on_a_checkpoint(tmp_path):
   """The absl entry point itself (what `bazel run //py/gemini/export:nano_int4` runs)."""
-  from gemini.train import checkpoint
   cfg = get_config("nano_tiny").replace(n_layers=1)
   ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
   ckpt.save(1, {"params": random_params(cfg, jax.random.key(0))}, {})

@@ -8,6 +8,8 @@ import sys
 import unicodedata
 from typing import List, Tuple
 
+import sentencepiece as spm
+
 from gemini.export import gnb
 
 
@@ -62,7 +64,6 @@ def bpe_blob(tokenizer) -> bytes:
 
 def sentencepiece_section(model_path: str) -> Tuple[int, bytes]:
   """(kind, bytes) of a SentencePiece model file (validated by loading it)."""
-  import sentencepiece as spm  # pylint: disable=import-outside-toplevel
   with open(model_path, "rb") as f:
     data = f.read()
   spm.SentencePieceProcessor(model_proto=data)

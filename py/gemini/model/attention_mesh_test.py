@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from gemini import sharding
+from gemini.model import attention
 
 
 @pytest.mark.parametrize("axes,kv_heads", [({"data": 2, "tensor": 2, "fsdp": 2}, 2),
                                            ({"fsdp": 4, "tensor": 2}, 1)])
 def test_flash_impl_on_mesh_equals_xla(axes, kv_heads):
-  from gemini.model import attention
   mesh = sharding.make_mesh(axes)
   ks = jax.random.split(jax.random.key(0), 3)
   b, s, h, dh = 8, 24, 4, 16

@@ -7,6 +7,7 @@ import pytest
 
 from gemini import config, family
 from gemini.model import decode, transformer
+from gemini.model import multimodal
 
 
 def _cfg(name="nano_tiny", **kw):
@@ -94,7 +95,6 @@ def test_cache_longer_than_config_rejected():
 
 
 def test_cached_decode_after_multimodal_prompt_equals_full_forward():
-  from gemini.model import multimodal
   cfg = _cfg(vision=config.get_config("flash_tiny").vision)
   params = transformer.init_params(cfg, jax.random.key(0))
   rng = np.random.default_rng(0)

@@ -21,6 +21,8 @@ from gemini.train import checkpoint as ckpt_lib
 from gemini.train.metrics import read_metrics
 from gemini.train.train_config import TrainConfig
 from gemini.train.trainer import DivergenceError, ModelFns, Trainer
+from gemini.train.data_shards import DataShards
+from gemini.train.synthetic import SyntheticLoader
 
 V, D = 32, 16
 POISON = V - 1     # A batch made only of this token makes the stand-in's loss NaN.
@@ -277,8 +279,6 @@ def test_non_finite_or_non_positive_hyperparameters_are_refused(field, value):
 def test_data_shards_read_separately_equal_the_whole_batch():
   """What two processes read (shard 0, shard 1) is exactly what one process reads with
   data_shards=2; with one shard the stream is the plain loader's."""
-  from gemini.train.data_shards import DataShards
-  from gemini.train.synthetic import SyntheticLoader
   make = lambda j, n, rows: SyntheticLoader(64, rows, 16, seed=3, shard=j, num_shards=n)
   both = DataShards(make, 8, 16, 2, [0, 1])
   parts = [DataShards(make, 8, 16, 2, [j]) for j in (0, 1)]

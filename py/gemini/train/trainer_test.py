@@ -19,6 +19,8 @@ from gemini.train.metrics import loss_curve, read_metrics
 from gemini.train.optimizer import make_optimizer
 from gemini.train.train_config import TrainConfig, parse_mixture_stages
 from gemini.train.trainer import ModelFns, Trainer
+from gemini.train.optimizer import lr_schedule
+from gemini.train.resilience.replicas import InMemoryReplica, RecoveryError
 
 V, D = 32, 16
 
@@ -115,7 +117,6 @@ def test_grad_accumulation_matches_full_batch():
 
 def test_warmup_then_cosine_schedule():
   tc = _tc(steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
-  from gemini.train.optimizer import lr_schedule
   s = lr_schedule(tc)
   assert float(s(0)) == 0.0 and abs(float(s(5)) - 0.5) < 1e-6 and abs(float(s(10)) - 1.0) < 1e-6
   assert abs(float(s(100)) - 0.1) < 1e-6 and float(s(50)) < float(s(20))
@@ -202,7 +203,6 @@ def test_in_memory_recovery_is_exact():
 
 @needs8
 def test_replica_lives_on_peer_slice_and_survives_its_loss():
-  from gemini.train.resilience.replicas import InMemoryReplica, RecoveryError
   t = Trainer(_fsdp_model(), _tc(), _mesh2(), StreamLoader(8, 8), None, log=lambda s: None)
   t.init_or_restore()
   rep = InMemoryReplica()
