@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemini.config import ModelConfig
-from gemini.model import decode, transformer
+from gemini.model import decode, spec, transformer
 from gemini.train import metrics as metrics_lib
 from gemini.train.optimizer import make_optimizer
 from gemini.train.train_config import TrainConfig
@@ -40,7 +40,7 @@ def train(cfg: ModelConfig, next_batch: Callable[[int], Dict[str, np.ndarray]], 
   """Trains from init (or `params`) for `steps` steps; metrics in workdir/metrics.jsonl."""
   tc = TrainConfig(steps=steps, lr=lr, warmup_steps=min(warmup, steps // 4 + 1),
                    weight_decay=0.05, checkpoint_every=0)
-  opt = make_optimizer(tc)
+  opt = make_optimizer(tc, spec.decay_mask(cfg))
   params = transformer.init_params(cfg, jax.random.key(seed)) if params is None else params
   opt_state = opt.init(params)
 

@@ -2,11 +2,13 @@
 kv sequences' invariants)."""
 
 import gzip
+import wave
 
 import numpy as np
 import pytest
 
-from gemini.tasks import fashion_mnist, kv_retrieval
+from gemini.tasks import fashion_mnist, kv_retrieval, speech_synth, spoken_digits
+from gemini.tasks.speech_synth import Voice
 
 
 def test_idx_reader_matches_raw_bytes_and_counts():
@@ -42,3 +44,62 @@ def test_kv_example_answer_is_the_queried_keys_value(depth):
     assert lay.val0 <= ans < lay.fill0
     if depth >= 0:
       assert abs((needle - 1) / (256 - 5) - depth) < 0.02
+
+
+@pytest.mark.parametrize("voice", [Voice("espeak-ng", "en-gb+m3", 150, 40), Voice("flite", "rms"),
+                                   Voice("festival", "ked_diphone")])
+def test_each_engine_speaks_longer_for_more_words(voice):
+  texts = ["two nine three four oh", "five"]
+  clips = speech_synth.synthesize(voice, texts)
+  assert len(clips) == 2 and all(c.dtype == np.float32 for c in clips)
+  assert clips[0].size > 2 * clips[1].size                  # five words last longer than one
+  assert 0.3 < clips[1].size / speech_synth.RATE < 1.5
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 32000, 48000])
+def test_wav_loads_at_16k_with_its_pitch_and_duration(rate, tmp_path):
+  """A 440 Hz tone written by the stdlib wave module at `rate` comes back at 16 kHz with the
+  same duration and its spectral peak at 440 Hz."""
+  t = np.arange(rate) / rate
+  path = str(tmp_path / "tone.wav")
+  with wave.open(path, "wb") as w:
+    w.setnchannels(2)
+    w.setsampwidth(2)
+    w.setframerate(rate)
+    tone = np.round(0.5 * np.sin(2 * np.pi * 440 * t) * 32767).astype("<i2")
+    w.writeframes(np.stack([tone, tone], 1).tobytes())
+  x = speech_synth.load_16k(path)
+  assert abs(x.size - speech_synth.RATE) <= 2
+  peak = np.argmax(np.abs(np.fft.rfft(x))) * speech_synth.RATE / x.size
+  assert abs(peak - 440) < 2
+  assert 0.45 < np.abs(x).max() < 0.55
+
+
+def test_trim_keeps_the_speech_and_50ms_either_side():
+  x = np.zeros(16000, np.float32)
+  x[4000:6000] = np.sin(np.arange(2000) / 5.0)
+  y = speech_synth.trim(x)
+  assert abs(y.size - (2000 + 2 * 800)) <= 2
+
+
+def test_test_speakers_never_speak_in_training():
+  train = {v.speaker for v, _, _ in spoken_digits.plan("train", 3000, 0)}
+  test = {v.speaker for v, _, _ in spoken_digits.plan("test", 600, 0)}
+  assert train and test and not train & test
+  assert {s.split(":")[0] for s in test} == set(speech_synth.ENGINES)
+
+
+def test_spoken_text_says_the_digits():
+  rng = np.random.default_rng(0)
+  for _, digits, text in spoken_digits.plan("train", 200, 1):
+    words = text.split()
+    assert [0 if w == "oh" else spoken_digits.WORDS.index(w) for w in words] == digits
+  voc = spoken_digits.vocab()
+  assert voc.decode(voc.encode("digits one two")) == "digits one two"
+
+
+def test_word_errors_is_levenshtein_on_words():
+  assert spoken_digits.word_errors("one two three", "one two three") == 0
+  assert spoken_digits.word_errors("one two three", "one three") == 1
+  assert spoken_digits.word_errors("one two", "four one two five") == 2
+  assert spoken_digits.word_errors("five five", "") == 2

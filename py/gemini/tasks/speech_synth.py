@@ -1,0 +1,120 @@
+"""Speech from the Debian text-to-speech engines, as 16 kHz mono float clips.
+
+    Voice(engine, name, rate, pitch) ──synthesize(voice, texts)──▶ [f32 [L_i]] at 16 kHz
+
+Engines (Debian packages, listed in tools/apt-packages.txt):
+  espeak-ng  formant synthesis; a voice is an English accent plus a variant ("en-gb+m3"),
+             rate in words per minute and pitch 0-99 vary it further; one process per clip
+             (it starts in milliseconds).
+  flite      CMU Flite's built-in voices (kal, kal16, awb, rms, slt); one process per clip.
+  festival   the installed festvox voices (kal and ked diphones, slt HTS); festival starts in
+             ~0.4 s, so one `festival --pipe` process per voice synthesises a whole batch.
+
+Every engine writes a RIFF WAV file (8-48 kHz); it is averaged to mono, scaled to [-1, 1],
+resampled to 16 kHz by polyphase filtering and trimmed of leading and trailing silence
+(samples below 1 % of the clip's peak, with 50 ms kept on each side).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from typing import List, Sequence
+
+import numpy as np
+import scipy.io.wavfile
+import scipy.signal
+
+RATE = 16000
+ENGINES = ("espeak-ng", "flite", "festival")
+
+
+@dataclasses.dataclass(frozen=True)
+class Voice:
+  engine: str          # one of ENGINES
+  name: str            # espeak-ng "accent+variant", flite voice, festival voice (no "voice_")
+  rate: int = 0        # espeak-ng words per minute (0 = its default)
+  pitch: int = -1      # espeak-ng pitch 0..99 (-1 = its default)
+
+  @property
+  def speaker(self) -> str:
+    """The voice without its rate and pitch: what train/test splits hold apart."""
+    return f"{self.engine}:{self.name}"
+
+
+def missing_engines() -> List[str]:
+  return [e for e in ENGINES if shutil.which(e) is None]
+
+
+def load_16k(path: str) -> np.ndarray:
+  """A WAV file -> mono f32 at 16 kHz, silence trimmed."""
+  rate, data = scipy.io.wavfile.read(path)
+  x = data.astype(np.float32)
+  if data.dtype == np.int16:
+    x /= 32768.0
+  elif data.dtype == np.uint8:
+    x = (x - 128.0) / 128.0
+  if x.ndim == 2:
+    x = x.mean(axis=1)
+  if rate != RATE:
+    g = math.gcd(RATE, int(rate))
+    x = scipy.signal.resample_poly(x, RATE // g, int(rate) // g).astype(np.float32)
+  return trim(x)
+
+
+def trim(x: np.ndarray, floor: float = 0.01, keep_s: float = 0.05) -> np.ndarray:
+  """x without the leading/trailing samples below floor * peak (keep_s seconds kept)."""
+  loud = np.flatnonzero(np.abs(x) >= floor * max(float(np.abs(x).max()), 1e-9))
+  if loud.size == 0:
+    return x[:0]
+  keep = int(keep_s * RATE)
+  return x[max(loud[0] - keep, 0):loud[-1] + keep + 1]
+
+
+def _espeak(voice: Voice, text: str, out: str) -> None:
+  cmd = ["espeak-ng", "-v", voice.name, "-w", out]
+  if voice.rate:
+    cmd += ["-s", str(voice.rate)]
+  if voice.pitch >= 0:
+    cmd += ["-p", str(voice.pitch)]
+  subprocess.run(cmd + [text], check=True, capture_output=True, timeout=60)
+
+
+def _flite(voice: Voice, text: str, out: str) -> None:
+  subprocess.run(["flite", "-voice", voice.name, "-t", text, "-o", out], check=True,
+                 capture_output=True, timeout=60)
+
+
+def _festival(voice: Voice, texts: Sequence[str], outs: Sequence[str]) -> None:
+  script = [f"(voice_{voice.name})"]
+  for text, out in zip(texts, outs):
+    quoted = text.replace("\\", "").replace('"', "")
+    script.append(f'(utt.save.wave (utt.synth (Utterance Text "{quoted}")) "{out}" \'riff)')
+  subprocess.run(["festival", "--pipe"], input="\n".join(script).encode(), check=True,
+                 capture_output=True, timeout=60 + 5 * len(texts))
+
+
+def synthesize(voice: Voice, texts: Sequence[str]) -> List[np.ndarray]:
+  """Each text spoken by `voice` -> 16 kHz f32 clips (silence trimmed). Raises
+  RuntimeError naming the voice and text when an engine writes no audio."""
+  if voice.engine not in ENGINES:
+    raise ValueError(f"speech_synth: unknown engine {voice.engine!r}; expected {ENGINES}")
+  with tempfile.TemporaryDirectory(prefix="gemini-tts-") as tmp:
+    outs = [os.path.join(tmp, f"{i}.wav") for i in range(len(texts))]
+    if voice.engine == "festival":
+      _festival(voice, texts, outs)
+    else:
+      run = _espeak if voice.engine == "espeak-ng" else _flite
+      for text, out in zip(texts, outs):
+        run(voice, text, out)
+    clips = []
+    for text, out in zip(texts, outs):
+      clip = load_16k(out) if os.path.exists(out) else np.zeros(0, np.float32)
+      if clip.size < RATE // 20:
+        raise RuntimeError(f"speech_synth: {voice} wrote no audio for {text!r}")
+      clips.append(clip)
+    return clips
