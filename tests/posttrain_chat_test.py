@@ -95,3 +95,19 @@ def test_task_checkers_know_the_answers():
   assert tasks.check("define", "a fruit with yellow skin", "fruit with red or yellow skin")
   assert not tasks.check("define", "a large animal", "fruit with red or yellow skin")
   assert tasks.check("bible", "Genesis.", "Genesis") and not tasks.check("bible", "Exodus", "Genesis")
+
+
+def test_partition_keeps_heldout_prompts_out_of_training():
+  bank = tasks.TaskBank(words=["apple", "stone"], glosses={"apple": "a red fruit"},
+                        verses=[("Genesis", "In the beginning God created the heaven")])
+  # Units have 594 prompts: 5,000 training draws cover nearly all of them, yet the held-out
+  # prompts (a fixed fifth by CRC-32) still never occur in training.
+  train, held = bank.partition(["units", "arithmetic"], 5000, 100, seed=0)
+  assert len(train) == 5000 and len(held) == 100
+  assert len({t.prompt for t in held}) == 100
+  assert not {t.prompt for t in held} & {t.prompt for t in train}
+  assert {t.kind for t in held} == {"units", "arithmetic"}
+  assert all(tasks.is_heldout(t.prompt) for t in held)
+  assert not any(tasks.is_heldout(t.prompt) for t in train)
+  units = {t.prompt for t in train if t.kind == "units"}
+  assert len(units) > 0.7 * 594

@@ -67,3 +67,19 @@ def test_bradley_terry_equals_numpy():
   want = np.mean(-np.log(1 / (1 + np.exp(-(rc - rr)))))
   np.testing.assert_allclose(float(loss), want, rtol=1e-6)
   assert float(m["accuracy"]) == 0.5                      # ties do not count as correct
+
+
+def test_bradley_terry_gradient_equals_numpy():
+  rc = np.array([2.0, -1.0, 0.5, 3.0, 0.0], np.float32)
+  rr = np.array([1.0, 0.5, 0.5, -2.0, 4.0], np.float32)
+  w = np.array([1.0, 2.0, 0.0, 1.0, 1.0], np.float32)
+  g_c, g_r = jax.grad(lambda a, b: bradley_terry.bradley_terry_loss(a, b, jnp.asarray(w))[0],
+                      argnums=(0, 1))(jnp.asarray(rc), jnp.asarray(rr))
+  # d/dr_c of sum_i w_i log(1 + exp(-(r_c - r_r))) / sum w = -w sigmoid(-(r_c - r_r)) / sum w.
+  want = -w / (1 + np.exp(rc - rr)) / w.sum()
+  np.testing.assert_allclose(np.asarray(g_c), want, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(g_r), -want, rtol=1e-5, atol=1e-7)
+  loss, m = bradley_terry.bradley_terry_loss(jnp.asarray(rc), jnp.asarray(rr), jnp.asarray(w))
+  np.testing.assert_allclose(float(loss), np.sum(w * np.log1p(np.exp(-(rc - rr)))) / w.sum(),
+                             rtol=1e-6)
+  assert abs(float(m["accuracy"]) - (1 + 1) / 5) < 1e-6       # rows 0 and 3 of weight 1 each

@@ -26,7 +26,7 @@ import numpy as np
 
 from gemini.distill import loop
 from gemini.model import spec, transformer
-from gemini.posttrain import chat, generate as gen_lib, grpo, reward as rm_lib, sft
+from gemini.posttrain import chat, generate as gen_lib, grpo, plots, reward as rm_lib, sft
 from gemini.posttrain import tasks as tasks_lib
 from gemini.train import step as step_lib
 from gemini.train.optimizer import lr_schedule, make_optimizer
@@ -81,6 +81,8 @@ def parse_args(argv):
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--checkpoint_every", type=int, default=10)
   p.add_argument("--log_every", type=int, default=5)
+  p.add_argument("--eval_every", type=int, default=0,
+                 help="held-out accuracy at every checkpoint whose step it divides (0: end only)")
   return p.parse_args(argv)
 
 
@@ -91,19 +93,12 @@ def run(args, tok=None, bank=None, log=print) -> dict:
   cfg = sft.load_student_config(args.init)
   ref_params = sft.load_params(args.init, cfg)
   cfg = cfg.replace(max_seq_len=max(cfg.max_seq_len, args.seq_len + args.max_new + 8))
-  rm = None
-  if args.reward_model and args.rm_weight:
-    rm_cfg = sft.load_student_config(args.reward_model)
-    with open(os.path.join(args.reward_model, "student.json")) as f:
-      score_id = json.load(f)["score_id"]
-    rm = (rm_cfg, sft.load_params(args.reward_model, rm_cfg), score_id)
+  rm = rm_lib.RewardModel(args.reward_model) if args.reward_model and args.rm_weight else None
   fmt = chat.ChatFormat.from_tokenizer(tok)
   bank = bank or tasks_lib.TaskBank.load()
   kinds = [k for k in args.kinds.split(",") if k]
-  train_t = bank.split(kinds, args.train_tasks, seed=args.seed * 2 + 21)
-  seen = {t.prompt for t in train_t}
-  held = [t for t in bank.split(kinds, args.heldout_tasks * 2, seed=args.seed * 2 + 22)
-          if t.prompt not in seen][:args.heldout_tasks]
+  train_t, held = bank.partition(kinds, args.train_tasks, args.heldout_tasks,
+                                 seed=args.seed * 2 + 21)
   if not held:
     raise ValueError(f"--kinds={args.kinds}: no held-out prompt differs from the training ones")
   tc = TrainConfig(steps=args.steps, batch_size=args.prompts * args.group, seq_len=args.seq_len,
@@ -122,8 +117,6 @@ def run(args, tok=None, bank=None, log=print) -> dict:
     grads, m = step_lib.grads_and_metrics(loss_fn, state["params"], batch,
                                           step_lib.step_rng(state))
     return step_lib.apply_grads(state, grads, optimizer, schedule)[0], m
-
-  rm_fn = (jax.jit(lambda p, b: rm_lib.rewards(p, rm[0], b, rm[2])) if rm else None)
 
   def step(state, items):
     i = int(state["step"])
@@ -148,11 +141,8 @@ def run(args, tok=None, bank=None, log=print) -> dict:
       pairs_rows.append(full)
     pos = np.maximum(np.cumsum(seg, 1) - 1, 0).astype(np.int32)
     total = args.verifier_weight * ver
-    if rm_fn is not None:
-      rb = {"tokens": toks[:, None], "segment_ids": seg[:, None], "positions": pos[:, None],
-            "last": (seg.sum(1) - 1)[:, None].astype(np.int32)}
-      rb = {k: np.repeat(v, 2, axis=1) for k, v in rb.items()}
-      total = total + args.rm_weight * np.asarray(rm_fn(rm[1], {k: jnp.asarray(v) for k, v in rb.items()}))[:, 0]
+    if rm is not None:
+      total = total + args.rm_weight * rm(toks, seg, pos, (seg.sum(1) - 1).astype(np.int32))
     adv = np.asarray(grpo.group_advantages(jnp.asarray(total.reshape(args.prompts, args.group))))
     j = (jnp.asarray(toks), jnp.asarray(seg), jnp.asarray(pos))
     batch = {"tokens": j[0], "segment_ids": j[1], "positions": j[2],
@@ -163,16 +153,47 @@ def run(args, tok=None, bank=None, log=print) -> dict:
 
   before = sft.accuracy(ref_params, cfg, fmt, tok, held)
   log(f"held-out accuracy before RL: {before}")
+  os.makedirs(args.workdir, exist_ok=True)
+  heldout_path = os.path.join(args.workdir, "heldout.jsonl")
+  if not os.path.exists(heldout_path):
+    with open(heldout_path, "w") as f:
+      f.write(json.dumps(dict({"step": 0}, **{f"heldout_{k}": v for k, v in before.items()}))
+              + "\n")
+
+  def plot():
+    plots.plot_curves(os.path.join(args.workdir, "metrics.jsonl"),
+                      os.path.join(args.workdir, "rl.png"), ["verified", "reward", "kl"],
+                      "GRPO: training reward and KL to the SFT reference")
+    plots.plot_curves(heldout_path, os.path.join(args.workdir, "heldout.png"),
+                      ["heldout_all"] + [f"heldout_{k}" for k in kinds],
+                      "GRPO: held-out accuracy (greedy, program-checked)")
+
+  def on_checkpoint(done, state):
+    if args.eval_every and done % args.eval_every == 0 and done != args.steps:
+      acc = sft.accuracy(state["params"], cfg, fmt, tok, held)
+      with open(heldout_path, "a") as f:
+        f.write(json.dumps(dict({"step": done}, **{f"heldout_{k}": v for k, v in acc.items()}))
+                + "\n")
+      log(f"step {done}: held-out accuracy {acc}")
+    plot()
+
   state = loop.run(args.workdir, lambda: step_lib.init_state(ref_params, optimizer, args.seed),
                    step, PromptStream(train_t, args.prompts), args.steps,
                    checkpoint_every=args.checkpoint_every, log=log, log_every=args.log_every,
-                   name="grpo step")
+                   name="grpo step", on_checkpoint=on_checkpoint)
   after = sft.accuracy(state["params"], cfg, fmt, tok, held)
   log(f"held-out accuracy after RL: {after}")
+  with open(heldout_path, "a") as f:
+    f.write(json.dumps(dict({"step": args.steps}, **{f"heldout_{k}": v for k, v in after.items()}))
+            + "\n")
+  plot()
   with open(os.path.join(args.workdir, "student.json"), "w") as f:
     json.dump({"config": json.load(open(os.path.join(args.init, "student.json")))["config"],
                "init": args.init}, f, indent=1)
+  recs = [r for r in plots.read_jsonl(os.path.join(args.workdir, "metrics.jsonl")) if "kl" in r]
   result = {"before": before, "after": after, "steps": args.steps,
+            "max_kl": max((r["kl"] for r in recs), default=0.0),
+            "group": args.group, "prompts": args.prompts, "kl_beta": args.kl_beta, "lr": args.lr,
             "rewards": {"verifier_weight": args.verifier_weight, "rm_weight": args.rm_weight}}
   with open(os.path.join(args.workdir, "rl.json"), "w") as f:
     json.dump(result, f, indent=1)

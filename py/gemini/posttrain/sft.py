@@ -111,14 +111,11 @@ def build(args, tok, bank=None, teacher=None, log=print):
   fmt = chat.ChatFormat.from_tokenizer(tok)
   bank = bank or tasks_lib.TaskBank.load(args.digits)
   kinds = [k for k in args.kinds.split(",") if k]
-  train = bank.split(kinds, args.train_tasks, seed=args.seed * 2 + 1)
-  seen = {t.prompt for t in train}
-  held = [t for t in bank.split(kinds, args.heldout_tasks * 2, seed=args.seed * 2 + 2)
-          if t.prompt not in seen][:args.heldout_tasks]
+  train, held = bank.partition(kinds, args.train_tasks, args.heldout_tasks, seed=args.seed * 2 + 1)
   notes = {"program_tasks": len(train), "heldout": len(held), "kinds": kinds}
   if args.teacher_answers and teacher is not None:
     extra = [t for t in bank.split(kinds, args.teacher_answers, seed=args.seed * 2 + 3)
-             if t.prompt not in {h.prompt for h in held}]
+             if not tasks_lib.is_heldout(t.prompt)]
     kept, rate = teacher_answers(teacher, fmt, extra, log=log)
     train = train + kept
     notes.update(teacher_answers=len(kept), teacher_asked=len(extra), teacher_accept_rate=rate)

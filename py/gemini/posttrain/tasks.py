@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import zlib
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -119,3 +120,27 @@ class TaskBank:
     held-out prompts that also occur in the train set are dropped by the caller)."""
     rng = np.random.default_rng(seed)
     return [self.sample(kinds[i % len(kinds)], rng) for i in range(n)]
+
+  def partition(self, kinds, n_train: int, n_heldout: int, seed: int):
+    """(train, held-out) task lists split by prompt (`is_heldout`), so held-out prompts never
+    occur in training however large the training set (small prompt spaces like units' 594
+    are covered whole by a few thousand draws). Train tasks may repeat a prompt; held-out
+    prompts are distinct. Kinds are cycled in both."""
+    rng = np.random.default_rng(seed)
+    train, held, seen = [], [], set()
+    for i in range(50 * (n_train + n_heldout) + 1000):
+      if len(train) >= n_train and len(held) >= n_heldout:
+        break
+      t = self.sample(kinds[i % len(kinds)], rng)
+      if is_heldout(t.prompt):
+        if len(held) < n_heldout and t.prompt not in seen:
+          seen.add(t.prompt)
+          held.append(t)
+      elif len(train) < n_train:
+        train.append(t)
+    return train, held
+
+
+def is_heldout(prompt: str, percent: int = 20) -> bool:
+  """The fixed train/held-out split of the prompt space: CRC-32 of the prompt mod 100."""
+  return zlib.crc32(prompt.encode("utf-8")) % 100 < percent
