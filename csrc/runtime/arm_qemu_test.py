@@ -23,6 +23,7 @@ NANO = ModelConfig(name="nano_arm", vocab_size=384, d_model=96, n_layers=2, n_he
                    n_kv_heads=2, head_dim=24, d_ff=160, max_seq_len=256, activation="gelu")
 SOURCES = ["csrc/runtime/" + f for f in (
     "kernels.cc", "kernels_neon.cc", "kernels_avx2.cc", "kernels_avxvnni.cc", "kernels_avx512.cc",
+    "kernels_amx.cc",
     "model.cc", "thread_pool.cc", "gnb.cc", "gnb_config.cc", "gnb_json.cc", "gnb_spec.cc",
     "gnb_tokenizer.cc", "generate.cc", "sampler.cc", "parity_main.cc")] + [
     "csrc/common/crc32c.cc", "csrc/common/mapped_file.cc"]

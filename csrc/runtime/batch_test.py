@@ -15,7 +15,7 @@ from gemini.quant.test_util import random_params
 # GQA (2 kv heads of 2 query heads each), silu, d_model off the 128 grid.
 CFG = ModelConfig(name="batch_golden", vocab_size=320, d_model=80, n_layers=2, n_heads=4,
                   n_kv_heads=2, head_dim=20, d_ff=144, max_seq_len=128, activation="silu")
-LENGTHS = (5, 11, 17)
+LENGTHS = (5, 11, 17, 3, 8, 20)  # 6 sequences: >= 4 takes the AMX tiles where the CPU has them
 STEPS = 12
 
 
@@ -85,11 +85,40 @@ def test_decode_batch_matches_jax_logits(model):
   states = [rt.new_state(32, kv_f16=False) for _ in prompts]
   for s, p in zip(states, prompts):
     rt.prefill(s, p)
-  nxt = [7, 300, 0]
+  nxt = [7, 300, 0, 1, 150, 319]
   out = rt.decode_batch(states, nxt)
   for i, p in enumerate(prompts):
     want = np.asarray(test_util.logits(q, p + [nxt[i]], CFG))[-1]
     assert np.max(np.abs(out[i] - want)) / np.max(np.abs(want)) <= 1e-3, i
+
+
+def test_decode_batch_into_rows_of_an_array(model):
+  """out=/rows=: each state's logits land in its row of the caller's array, as returned otherwise."""
+  path, _ = model
+  rt = _runtime.Runtime(path, threads=2, int8_activations=True, kv_f16=True)
+  prompts = _prompts()
+  a, b = ([rt.new_state(64) for _ in prompts] for _ in range(2))
+  for s, t, p in zip(a, b, prompts):
+    rt.prefill(s, p)
+    rt.prefill(t, p)
+  nxt = [1 + 3 * i for i in range(len(prompts))]
+  want = rt.decode_batch(a, nxt)
+  out = np.full((len(prompts) + 2, CFG.vocab_size), 7.0, np.float32)
+  rows = [len(prompts) + 1 - i for i in range(len(prompts))]  # reversed; row 0 untouched
+  assert rt.decode_batch(b, nxt, out=out, rows=rows) is out
+  for i, r in enumerate(rows):
+    np.testing.assert_array_equal(out[r], want[i])
+  assert np.all(out[0] == 7.0)
+  lengths = [t.length for t in b]
+  with pytest.raises(ValueError, match="float32"):
+    rt.decode_batch(b, nxt, out=out.astype(np.float64), rows=rows)
+  with pytest.raises(ValueError, match="rows for"):
+    rt.decode_batch(b, nxt, out=out, rows=rows[:-1])
+  with pytest.raises(IndexError, match="outside out"):
+    rt.decode_batch(b, nxt, out=out, rows=[len(out)] + rows[1:])
+  with pytest.raises(ValueError, match="both"):
+    rt.decode_batch(b, nxt, out=out)
+  assert [t.length for t in b] == lengths  # refused calls change no state
 
 
 def test_chunked_prefill_truncate_and_copy(model):

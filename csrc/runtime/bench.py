@@ -46,6 +46,8 @@ flags.DEFINE_string("llama_python", os.environ.get("LLAMA_PYTHON", "/tmp/llamave
                     "A Python that can import llama_cpp (default: $LLAMA_PYTHON, else "
                     "/tmp/llamavenv/bin/python; '' skips llama.cpp).")
 flags.DEFINE_string("acts", "int8", "Our activation path: int8 or f32.")
+flags.DEFINE_string("kernel", "auto", "Our kernels: auto (the best this CPU has), scalar, avx2, avxvnni, "
+                    "avx512, amx or neon.")
 
 TEXT = "/usr/share/common-licenses/Apache-2.0"
 
@@ -80,16 +82,27 @@ def _llama_available(python):
 def _native(models, ids, threads):
   cmd = [_here("bench_native"), "--model=" + ",".join(models), "--random=nano1",
          "--threads=" + threads, "--runs=1", "--prompt_ids=" + ",".join(map(str, ids)),
-         f"--decode={FLAGS.decode}", f"--big_decode={FLAGS.big_decode}", f"--acts={FLAGS.acts}"]
+         f"--decode={FLAGS.decode}", f"--big_decode={FLAGS.big_decode}", f"--acts={FLAGS.acts}",
+         f"--kernel={FLAGS.kernel}"]
   out = subprocess.run(cmd, capture_output=True, text=True, check=True)
   return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
-def _llama(python, model, ids, threads):
-  out = subprocess.run([python, _here("bench_llama.py"), model, str(threads), ",".join(map(str, ids)),
-                        str(FLAGS.decode)], capture_output=True, text=True, check=True)
+def _llama(python, model, ids, threads, mode):
+  """mode["plain"]: run llama.cpp without its extra buffer types, set once its default (repacked,
+  e.g. AMX) path has crashed."""
+  cmd = [python, _here("bench_llama.py"), model, str(threads), ",".join(map(str, ids)), str(FLAGS.decode)]
+  out = subprocess.run(cmd + (["plain"] if mode.get("plain") else []), capture_output=True, text=True)
+  if out.returncode < 0 and not mode.get("plain"):
+    print(f"[bench] llama.cpp died with signal {-out.returncode} on its default weight repacking "
+          "(extra buffer types, e.g. AMX); measuring it without them from here on", flush=True)
+    mode["plain"] = True
+    out = subprocess.run(cmd + ["plain"], capture_output=True, text=True)
+  if out.returncode != 0:
+    raise RuntimeError(f"llama.cpp bench failed ({out.returncode}): {out.stderr[-2000:]}")
   r = json.loads(out.stdout.strip().splitlines()[-1])
-  r.update(kind="run", model="llama.cpp " + os.path.basename(model), threads=threads)
+  r.update(kind="run", model="llama.cpp " + os.path.basename(model), threads=threads,
+           llama_plain=bool(mode.get("plain")))
   return r
 
 
@@ -128,7 +141,7 @@ def main(argv):
   gnb_path, q41, q40, ids = _models(FLAGS.out_dir)
   llama = _llama_available(FLAGS.llama_python)
   threads = [int(t) for t in FLAGS.threads.split(",")]
-  records, machine, bandwidth = [], None, {}
+  records, machine, bandwidth, llama_mode = [], None, {}, {}
   start = time.time()
   for run in range(FLAGS.runs):
     for r in _native([gnb_path, q41, q40], ids, FLAGS.threads):
@@ -142,7 +155,7 @@ def main(argv):
         records.append(r)
     if llama:
       for t in threads:
-        r = _llama(FLAGS.llama_python, q40, ids, t)
+        r = _llama(FLAGS.llama_python, q40, ids, t, llama_mode)
         r["run"] = run
         records.append(r)
     el = time.time() - start
@@ -167,6 +180,8 @@ def main(argv):
     print(f"{m:46s} {t:3d} {_fmt(v['prefill_tps'])} {_fmt(v['decode_tps'])} {100 * (hi - lo) / med:12.0f}%")
   print("(decode spread: (max - min) / median over the runs)")
   print()
+  if llama_mode.get("plain"):
+    print("llama.cpp: measured without its extra buffer types (its default AMX repack crashed)")
   if not llama:
     print(f"llama.cpp: not measured ({FLAGS.llama_python or 'no python'} cannot import llama_cpp; "
           "see this file's docstring for the install)")

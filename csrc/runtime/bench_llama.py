@@ -4,7 +4,10 @@ separate venv; never the repo's lock):
   python3 -m venv /tmp/llamavenv
   CMAKE_ARGS="-DGGML_NATIVE=ON" /tmp/llamavenv/bin/pip install llama-cpp-python   # builds llama.cpp from its sdist, minutes
 
-  /tmp/llamavenv/bin/python bench_llama.py MODEL.gguf THREADS PROMPT_IDS DECODE_TOKENS
+  /tmp/llamavenv/bin/python bench_llama.py MODEL.gguf THREADS PROMPT_IDS DECODE_TOKENS [plain]
+
+`plain`: without llama.cpp's extra buffer types (its weight repacking, e.g. the AMX buffer,
+whose Q4_0 path crashes on some builds); the CPU backend's own kernels only.
 
 Prints one JSON line: prefill and decode tokens/s and the greedy tokens, so a caller can both
 time llama.cpp and compare its greedy continuation with ours.
@@ -27,6 +30,14 @@ def _last_logits(llm):
 
 def main(argv):
   path, threads, ids, n_decode = argv[1], int(argv[2]), [int(x) for x in argv[3].split(",")], int(argv[4])
+  if len(argv) > 5 and argv[5] == "plain":
+    default = llama_cpp.llama_model_default_params
+
+    def plain():
+      p = default()
+      p.use_extra_bufts = False
+      return p
+    llama_cpp.llama_model_default_params = plain
   llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512,
               n_batch=512, verbose=False)
   llm.reset()

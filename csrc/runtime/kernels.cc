@@ -10,6 +10,10 @@
 #include <stdexcept>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
 #if defined(__aarch64__)
 #include <asm/hwcap.h>
 #include <sys/auxv.h>
@@ -324,6 +328,12 @@ bool CpuSupports(const std::string& isa) {
   if (isa == "avx512")
     return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+  if (isa == "amx") {
+    unsigned a, b, c, d;
+    if (!CpuSupports("avx512") || !__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    const bool tile = (d >> 24) & 1, int8 = (d >> 25) & 1;  // CPUID.7.0:EDX AMX-TILE, AMX-INT8
+    return tile && int8 && AmxUsable();
+  }
   return false;
 #elif defined(__aarch64__)
   if (isa == "neon") return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
@@ -342,6 +352,7 @@ const Kernels* ByName(const std::string& name) {
   if (name == "avx2") return Avx2Kernels();
   if (name == "avxvnni") return AvxVnniKernels();
   if (name == "avx512") return Avx512Kernels();
+  if (name == "amx") return AmxKernels();
   if (name == "neon") return NeonKernels();
   return nullptr;
 }
@@ -350,7 +361,7 @@ const Kernels* ByName(const std::string& name) {
 
 std::vector<std::string> AvailableKernels() {
   std::vector<std::string> out = {"scalar"};
-  for (const char* n : {"avx2", "avxvnni", "avx512", "neon"})
+  for (const char* n : {"avx2", "avxvnni", "avx512", "amx", "neon"})
     if (ByName(n) != nullptr && CpuSupports(n)) out.push_back(n);
   return out;
 }
@@ -358,13 +369,13 @@ std::vector<std::string> AvailableKernels() {
 const Kernels& SelectKernels(const std::string& which) {
   if (which == "scalar") return kScalar;
   if (which == "auto") {
-    for (const char* n : {"avx512", "avxvnni", "avx2", "neon"})
+    for (const char* n : {"amx", "avx512", "avxvnni", "avx2", "neon"})
       if (ByName(n) != nullptr && CpuSupports(n)) return *ByName(n);
     return kScalar;
   }
   const Kernels* k = ByName(which);
-  if (which != "avx2" && which != "avxvnni" && which != "avx512" && which != "neon")
-    throw std::invalid_argument("--kernel='" + which + "': expected auto|scalar|avx2|avxvnni|avx512|neon");
+  if (which != "avx2" && which != "avxvnni" && which != "avx512" && which != "amx" && which != "neon")
+    throw std::invalid_argument("--kernel='" + which + "': expected auto|scalar|avx2|avxvnni|avx512|amx|neon");
   if (k == nullptr) throw std::invalid_argument("--kernel=" + which + ": not built for this architecture");
   if (!CpuSupports(which)) throw std::invalid_argument("--kernel=" + which + ": this CPU lacks it");
   return *k;
@@ -377,7 +388,7 @@ std::string CpuDescription() {
   const std::string family = ProcCpuinfoField("cpu family"), model = ProcCpuinfoField("model");
   if (!family.empty()) name += " (family " + family + " model " + model + ")";
   std::string isa;
-  for (const char* n : {"avx2", "avxvnni", "avx512", "neon"})
+  for (const char* n : {"avx2", "avxvnni", "avx512", "amx", "neon"})
     if (CpuSupports(n)) isa += std::string(isa.empty() ? "" : ",") + n;
   return name + " [ISA: " + (isa.empty() ? "scalar only" : isa) + "]";
 }

@@ -11,8 +11,9 @@
 // dx = max|x| / 127, so a block's dot is dw * dx * sum(u * q) + m * dx * sum(q), the integer
 // sum done with maddubs (AVX2), vpdpbusd (AVX-VNNI / AVX-512 VNNI) or sdot (NEON).
 //
-// Implementations: portable scalar (the reference), AVX2+FMA+F16C, AVX-VNNI, AVX-512 VNNI and
-// NEON+dotprod, each in its own translation unit built for its ISA and chosen at run time.
+// Implementations: portable scalar (the reference), AVX2+FMA+F16C, AVX-VNNI, AVX-512 VNNI,
+// AMX-INT8 (several tokens; AVX-512 otherwise) and NEON+dotprod, each in its own translation
+// unit built for its ISA and chosen at run time.
 #ifndef GEMINI_CSRC_RUNTIME_KERNELS_H_
 #define GEMINI_CSRC_RUNTIME_KERNELS_H_
 
@@ -35,12 +36,28 @@ struct QMatrix {
   const uint8_t* packed = nullptr;    // [n, RowBytes()]
   const uint16_t* scales = nullptr;   // [n, kp/group]
   const uint16_t* mins = nullptr;     // [n, kp/32] (kQ4Min only)
+  // A copy in a kernel's own layout (Kernels::pack; null if none), for the whole 16-row tiles
+  // (rows past the last one are not in it). AMX: per (tile, 32-block), kQ4/kQ4Min 256 bytes of
+  // nibbles, byte 64 g + 4 n + j holding element 4g+j (low) and 16+4g+j (high) of the tile's row
+  // n; kQ8 512 bytes, byte 64 kk + 4 n + j = element 4kk+j of row n minus 128 (int8); and the
+  // block's 16 scales (and kQ4Min mins), f16/bf16 bits as in `scales`, [n/16, kp/32, 16].
+  const uint8_t* tiles = nullptr;
+  const uint16_t* tile_scales = nullptr;
+  const uint16_t* tile_mins = nullptr;
 
   size_t RowBytes() const { return format == WFormat::kQ8 ? kp : kp / 2; }
   // Bytes of weights + scales (+ mins) the matrix occupies.
   uint64_t Bytes() const;
 };
 using Int4Matrix = QMatrix;
+
+// Storage for QMatrix::tiles and friends (owned by whoever owns the matrix view).
+struct PackedTiles {
+  std::vector<uint8_t> tiles;
+  std::vector<uint16_t> scales, mins;
+};
+// Fills `out` from w's packed data and points w's tile fields at it.
+using PackFn = void (*)(QMatrix* w, PackedTiles* out);
 
 // Activations quantised to int8 per 32-block, for t rows of kp features.
 struct QActs {
@@ -120,6 +137,7 @@ struct Kernels {
   QuantizeRowFn quantize_row = QuantizeRowScalar;
   AttendF16Fn attend_f16 = AttendF16Scalar;
   GatedActFn gated_act = GatedActScalar;
+  PackFn pack = nullptr;  // a kernel that wants its own weight layout (QMatrix::tiles)
 };
 
 // The portable reference (always available).
@@ -128,11 +146,15 @@ const Kernels& ScalarKernels();
 const Kernels* Avx2Kernels();
 const Kernels* AvxVnniKernels();
 const Kernels* Avx512Kernels();
+// AMX-INT8 tiles for several tokens (the AVX-512 kernels otherwise); AmxUsable: the OS granted
+// this process the tile state.
+const Kernels* AmxKernels();
+bool AmxUsable();
 const Kernels* NeonKernels();
 
-// Which of the ISA paths this CPU can run, by name ("avx2", "avxvnni", "avx512", "neon").
+// Which of the ISA paths this CPU can run, by name ("avx2", "avxvnni", "avx512", "amx", "neon").
 bool CpuSupports(const std::string& isa);
-// "auto" (the fastest the CPU has), "scalar", "avx2", "avxvnni", "avx512" or "neon". Throws
+// "auto" (the fastest the CPU has), "scalar", "avx2", "avxvnni", "avx512", "amx" or "neon". Throws
 // std::invalid_argument for an unknown name or an ISA the CPU (or this build) lacks.
 const Kernels& SelectKernels(const std::string& which = "auto");
 // Every kernel name this build knows and this CPU runs, reference first.

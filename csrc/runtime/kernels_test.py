@@ -7,7 +7,7 @@ import pytest
 
 from csrc.runtime import _runtime
 
-ISAS = ["avx2", "avxvnni", "avx512", "neon"]
+ISAS = ["avx2", "avxvnni", "avx512", "amx", "neon"]
 SHAPES = [(1, 32, 1), (3, 64, 2), (5, 200, 3), (19, 96, 5), (8, 416, 9), (7, 1056, 4)]  # (n, k, t)
 
 
@@ -97,7 +97,9 @@ def test_scalar_reference_matches_numpy(fmt, group, bf16):
 def test_isa_kernel_equals_scalar(isa, fmt, group, bf16):
   _require(isa)
   rng = np.random.default_rng(7 + group)
-  for n, k, t in SHAPES + [(13, 32 * 7, 17), (4, 64, 1), (6, 160, 6)]:
+  for n, k, t in SHAPES + [(13, 32 * 7, 17), (4, 64, 1), (6, 160, 6),
+                          (37, 32 * 9, 21), (48, 1056, 33), (16, 96, 4), (35, 416, 16),
+                          (33, 200, 1), (37, 32 * 9, 3)]:  # amx: tiles x 1-3 tokens, 4+
     packed, scales, mins, _, _ = _matrix(fmt, n, k, group, bf16, rng)
     x = (rng.standard_normal((t, k)) * 3).astype(np.float32)
     for int8 in (True, False):

@@ -93,7 +93,20 @@ std::unique_ptr<Model> Model::FromFile(std::shared_ptr<GnbFile> file, const Kern
     l.w_down = MatrixOf(file->Get(p + "w_down"));
     m->layers_.push_back(l);
   }
+  m->PackForKernels();
   return m;
+}
+
+void Model::PackForKernels() {
+  if (kernels_->pack == nullptr) return;
+  auto pack = [&](QMatrix* w) {
+    tiles_.push_back(std::make_unique<PackedTiles>());
+    kernels_->pack(w, tiles_.back().get());
+  };
+  pack(&embed_);
+  if (!config_.tie_embeddings) pack(&unembed_);
+  for (LayerWeights& l : layers_)
+    for (QMatrix* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) pack(w);
 }
 
 std::unique_ptr<Model> Model::FromParts(const ModelConfig& config, const Kernels& kernels,
@@ -109,6 +122,7 @@ std::unique_ptr<Model> Model::FromParts(const ModelConfig& config, const Kernels
   m->embed_ = embed;
   m->unembed_ = unembed;
   m->final_norm_ = final_norm;
+  m->PackForKernels();
   return m;
 }
 
@@ -180,6 +194,7 @@ std::unique_ptr<Model> Model::Random(const ModelConfig& c, uint64_t seed, const 
     m->layers_.push_back(l);
   }
   m->final_norm_ = norm.at("final_norm");
+  m->PackForKernels();
   return m;
 }
 

@@ -48,6 +48,8 @@ class Model {
 
  private:
   Model() = default;
+  // The kernels' own copy of every matrix when they want one (Kernels::pack: AMX tiles).
+  void PackForKernels();
   ModelConfig config_;
   const Kernels* kernels_ = nullptr;
   std::shared_ptr<GnbFile> file_;
@@ -56,6 +58,7 @@ class Model {
   std::vector<LayerWeights> layers_;
   QMatrix embed_, unembed_;
   const float* final_norm_ = nullptr;
+  std::vector<std::unique_ptr<PackedTiles>> tiles_;
 };
 
 struct SessionOptions {

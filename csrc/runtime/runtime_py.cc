@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -28,6 +29,7 @@ struct Runner {
   std::unique_ptr<ThreadPool> pool;
   std::unique_ptr<Tokenizer> tok;
   std::unique_ptr<Decoder> decoder;  // prefill / decode_batch (one call at a time: mu)
+  std::vector<float> logits;         // decode_batch(out=...)'s scratch (grows only; under mu)
   std::mutex mu;
 };
 
@@ -114,6 +116,8 @@ PYBIND11_MODULE(_runtime, m) {
     for (int i = 0; i < t; ++i) std::copy(x.data(i, 0), x.data(i, 0) + k, xp.begin() + static_cast<size_t>(i) * w.kp);
     py::array_t<float> y({t, n});
     const Kernels& kern = SelectKernels(kernel);
+    PackedTiles tiles;
+    if (kern.pack != nullptr) kern.pack(&w, &tiles);  // as Model does for these kernels
     if (int8_acts) {
       QActs qa;
       QuantizeActs(xp.data(), t, w.kp, w.kp, &qa);
@@ -273,24 +277,56 @@ PYBIND11_MODULE(_runtime, m) {
            }, py::arg("state"), py::arg("tokens"),
            "Appends tokens to the state (a prompt, or a further chunk of it); returns the last token's "
            "logits f32 [V].")
-      .def("decode_batch", [](Runner& r, const std::vector<State*>& states, const std::vector<int>& tokens) {
+      .def("decode_batch", [](Runner& r, const std::vector<State*>& states, const std::vector<int>& tokens,
+                              py::object out_obj, py::object rows_obj) {
              if (states.size() != tokens.size())
                throw std::invalid_argument("decode_batch: " + std::to_string(states.size()) + " states but " +
                                            std::to_string(tokens.size()) + " tokens");
              std::vector<KvCache*> caches(states.size());
              for (size_t i = 0; i < states.size(); ++i) caches[i] = CacheOf(r, states[i], i);
              const int b = static_cast<int>(states.size());
-             py::array_t<float> out({static_cast<py::ssize_t>(b), static_cast<py::ssize_t>(r.model->config().vocab_size)});
-             float* o = out.mutable_data();
+             const int V = r.model->config().vocab_size;
+             if (out_obj.is_none() != rows_obj.is_none())
+               throw std::invalid_argument("decode_batch: give both out and rows, or neither");
+             if (out_obj.is_none()) {
+               py::array_t<float> out({static_cast<py::ssize_t>(b), static_cast<py::ssize_t>(V)});
+               float* o = out.mutable_data();
+               {
+                 py::gil_scoped_release release;
+                 std::lock_guard<std::mutex> lock(r.mu);
+                 r.decoder->DecodeBatch(caches.data(), tokens.data(), b, o);
+               }
+               return py::object(out);
+             }
+             // Into rows of a caller's [n, V] array (a server's per-slot logits): no allocation.
+             auto out = py::cast<py::array>(out_obj);
+             if (out.dtype().kind() != 'f' || out.itemsize() != 4 || out.ndim() != 2 || out.shape(1) != V ||
+                 !(out.flags() & py::array::c_style) || !out.writeable())
+               throw std::invalid_argument("decode_batch: out must be a writable C-contiguous float32 [n, " +
+                                           std::to_string(V) + "] array");
+             const std::vector<int> rows = py::cast<std::vector<int>>(rows_obj);
+             if (rows.size() != states.size())
+               throw std::invalid_argument("decode_batch: " + std::to_string(rows.size()) + " rows for " +
+                                           std::to_string(b) + " states");
+             for (int row : rows)
+               if (row < 0 || row >= out.shape(0))
+                 throw std::out_of_range("decode_batch: row " + std::to_string(row) + " outside out's " +
+                                         std::to_string(out.shape(0)) + " rows");
+             float* o = static_cast<float*>(out.mutable_data());
              {
                py::gil_scoped_release release;
                std::lock_guard<std::mutex> lock(r.mu);
-               r.decoder->DecodeBatch(caches.data(), tokens.data(), b, o);
+               const size_t n = static_cast<size_t>(b) * V;
+               if (r.logits.size() < n) r.logits.resize(n);
+               r.decoder->DecodeBatch(caches.data(), tokens.data(), b, r.logits.data());
+               for (int i = 0; i < b; ++i)
+                 std::memcpy(o + static_cast<size_t>(rows[i]) * V, r.logits.data() + static_cast<size_t>(i) * V,
+                             V * sizeof(float));
              }
-             return out;
-           }, py::arg("states"), py::arg("tokens"),
+             return py::object(out);
+           }, py::arg("states"), py::arg("tokens"), py::arg("out") = py::none(), py::arg("rows") = py::none(),
            "Advances each state by its token in one batched step (every weight matrix read once for the "
-           "batch); returns logits f32 [B, V].")
+           "batch); returns logits f32 [B, V], or writes state i's to out[rows[i]] and returns out.")
       .def("encode", [](Runner& r, const std::string& text) {
              if (!r.tok) throw std::invalid_argument("the file has no tokenizer");
              return r.tok->Encode(text);

@@ -10,7 +10,7 @@ The decode state is `n_slots` runtime sequence states (None where a slot is free
 slot's next-token logits [n_slots, V] in NumPy. One generate step samples every occupied slot
 (`native_sampling`, the JAX sampler's semantics: masks, forced tokens, per-seed streams), then
 runs one `decode_batch` over those sequences: the runtime reads each weight once for the whole
-batch and releases the GIL while it computes. Prompts are prefilled `chunk` tokens at a time
+batch, releases the GIL while it computes and writes the new logits into the state's rows. Prompts are prefilled `chunk` tokens at a time
 (the generator yields between chunks so running streams keep decoding). There is no padding and
 nothing compiles, so every cache position is a token position: the prefix cache stores a copy of
 each prompt's state at its end and a later prompt sharing n of its tokens starts from a copy
@@ -98,8 +98,8 @@ class NativeEngine:
       room = [i for i, s in zip(rows, seqs) if s.length >= self.ecfg.max_len]
       if room:
         raise ValueError(f"slots {room} reached max_len {self.ecfg.max_len}")
-      logits = self.rt.decode_batch(seqs, [int(tokens[i]) for i in rows])
-      state["logits"][rows] = np.asarray(logits, np.float32)
+      # The new logits go straight into the slots' rows (no per-step array or copy in Python).
+      self.rt.decode_batch(seqs, tokens[rows].tolist(), out=state["logits"], rows=rows)
     return state, tokens
 
   # -- chunked prefill with the prefix cache ---------------------------------------------

@@ -117,6 +117,12 @@ def test_numpy_draws_follow_the_distribution_and_masks():
   assert out[0] in allowed and out[1] == 4 and out[2] == 17
   alone = native_sampling.sample_rows(logits[:1], **{k: a[:1] for k, a in args.items()})
   assert alone[0] == out[0]
+  some = native_sampling.sample_rows(logits, **args, rows=[2, 1])  # a subset, in any order
+  assert some[0] == 0 and some[1] == 4 and some[2] == 17
+  greedy = dict(args, temperature=np.zeros(b, np.float32), mask_bits=sampling.all_allowed(b, v),
+                forced=np.full(b, -1, np.int32))
+  np.testing.assert_array_equal(native_sampling.sample_rows(logits, **greedy),
+                                np.argmax(logits, axis=1))  # the batched argmax path
   np.testing.assert_array_equal(native_sampling.unpack_mask(mask[0], v),
                                 np.asarray(sampling.unpack_mask(jnp.asarray(mask[:1]), v))[0])
 

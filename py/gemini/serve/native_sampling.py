@@ -51,13 +51,23 @@ def sample_rows(logits, temperature, top_k, top_p, seeds, counters, mask_bits, f
                 rows=None) -> np.ndarray:
   """logits f32 [B,V]; temperature/top_p f32 [B]; top_k, counters, forced int32 [B]; seeds
   uint32 [B]; mask_bits int32 [B,W] -> tokens int32 [B]. Only `rows` (default: all) are
-  computed; the others are 0."""
+  computed; the others are 0. Forced rows and unmasked greedy rows are done for the whole batch
+  at once (one argmax over the rows); the rest row by row."""
   b, vocab = logits.shape
   out = np.zeros(b, np.int32)
-  for i in range(b) if rows is None else rows:
-    if forced[i] >= 0:
-      out[i] = forced[i]
-      continue
+  rows = np.arange(b) if rows is None else np.asarray(rows, np.int64)
+  if rows.size == 0:
+    return out
+  is_forced = forced[rows] >= 0
+  masked = (mask_bits[rows] != -1).any(axis=1)
+  greedy = ~is_forced & ~masked & (temperature[rows] <= 0)
+  g = rows[greedy]
+  if g.size:
+    hi = int(g.max()) + 1        # a view of the rows up to the last greedy one: no copy
+    out[g] = np.argmax(logits[:hi], axis=1)[g]
+  f = rows[is_forced]
+  out[f] = forced[f]
+  for i in rows[~greedy & ~is_forced].tolist():
     lg = logits[i]
     if (mask_bits[i] != -1).any():
       lg = np.where(unpack_mask(mask_bits[i], vocab), lg, NEG)

@@ -102,6 +102,7 @@ class SentencePieceTokenizer(ServeTokenizer):
     self.think_open = sp_tokenizer.special_id("<think>")
     self.think_close = sp_tokenizer.special_id("</think>")
     self._specials = {s: sp_tokenizer.special_id(s) for s in sp_tokenizer.SPECIALS}
+    self._names = {v: k for k, v in self._specials.items()}   # id -> special text (decode)
     self._split = re.compile("(" + "|".join(re.escape(s) for s in self._specials) + ")")
     proto = sp_model_pb2.ModelProto()
     proto.ParseFromString(self.tok.sp.serialized_model_proto())
@@ -130,7 +131,7 @@ class SentencePieceTokenizer(ServeTokenizer):
 
   def decode(self, ids: Sequence[int]) -> str:
     out, run = [], []
-    inv = {v: k for k, v in self._specials.items()}
+    inv = self._names
     for i in ids:
       i = int(i)
       if i in inv:
