@@ -7,7 +7,8 @@ import wave
 import numpy as np
 import pytest
 
-from gemini.tasks import fashion_mnist, kv_retrieval, speech_synth, spoken_digits
+from gemini.tasks import (fashion_mnist, interleaved, kv_retrieval, speech_synth, spoken_digits,
+                          video)
 from gemini.tasks.speech_synth import Voice
 
 
@@ -103,3 +104,66 @@ def test_word_errors_is_levenshtein_on_words():
   assert spoken_digits.word_errors("one two three", "one three") == 1
   assert spoken_digits.word_errors("one two", "four one two five") == 2
   assert spoken_digits.word_errors("five five", "") == 2
+
+
+def _centroid(frame):
+  m = frame[..., 0]
+  rows, cols = np.indices(m.shape)
+  return np.array([(rows * m).sum(), (cols * m).sum()]) / m.sum()
+
+
+def test_video_clip_first_sprite_moves_the_way_the_answer_says():
+  """On a black background a one-sprite clip's centre of mass moves in the answer's direction
+  every frame, and the sprite is there from frame 0."""
+  sx, sy = video.sprites("test", 200)
+  bg = [np.zeros((80, 80), np.float32)]
+  seen = set()
+  for seed in range(200):
+    clip = video.make_clip(np.random.default_rng(seed), bg, sx, sy)
+    if clip.count != 1:
+      continue
+    assert clip.frames.shape == (video.FRAMES, video.SIZE, video.SIZE, 1)
+    assert clip.frames[0].sum() > 0
+    steps = np.diff([_centroid(f) for f in clip.frames], axis=0)
+    want = np.array(video.MOVES[clip.move])
+    assert np.all(steps @ want >= 1.5) and np.all(np.abs(steps @ want[::-1]) < 0.5)
+    assert video.answer(clip, "which first") == fashion_mnist.NAMES[clip.first]
+    seen.add(clip.move)
+  assert seen == set(video.MOVES)
+
+
+def test_video_answers_cover_every_count_and_round_trip():
+  sx, sy = video.sprites("test", 200)
+  bg = [np.zeros((64, 64), np.float32)]
+  counts = set()
+  for seed in range(60):
+    clip = video.make_clip(np.random.default_rng(seed), bg, sx, sy)
+    counts.add(clip.count)
+    assert video.answer(clip, "how many") == video.COUNTS[clip.count - 1]
+    assert 1 <= clip.count <= 4
+  assert counts == {1, 2, 3, 4}
+  voc = video.vocab()
+  for q in video.QUESTIONS:
+    assert voc.decode(voc.encode(q)) == q
+
+
+def test_interleaved_answers_need_the_image_and_the_question():
+  """yes/no questions name the image's class half the time; the answer is yes exactly then;
+  every answer is in the vocabulary."""
+  _, labels = fashion_mnist.load("test")
+  qs = interleaved.questions()
+  assert len({t for _, _, t in qs}) == len(qs) == 11
+  rng = np.random.default_rng(0)
+  yes = no = what = 0
+  voc = interleaved.vocab()
+  for _ in range(3000):
+    i, q, ans = interleaved.draw(rng, labels)
+    kind, asked, _ = qs[q]
+    voc.encode(ans)
+    if kind == "what":
+      assert ans == fashion_mnist.NAMES[labels[i]]
+      what += 1
+    else:
+      assert ans == ("yes" if asked == labels[i] else "no")
+      yes, no = yes + (ans == "yes"), no + (ans == "no")
+  assert abs(yes - no) < 0.1 * (yes + no) and 700 < what < 1100
