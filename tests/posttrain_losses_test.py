@@ -83,3 +83,19 @@ def test_bradley_terry_gradient_equals_numpy():
   np.testing.assert_allclose(float(loss), np.sum(w * np.log1p(np.exp(-(rc - rr)))) / w.sum(),
                              rtol=1e-6)
   assert abs(float(m["accuracy"]) - (1 + 1) / 5) < 1e-6       # rows 0 and 3 of weight 1 each
+
+
+def test_grpo_gradient_with_stop_gradient_old_policy_equals_numpy():
+  """The RL stage passes old = stop_gradient(logp) (one update per sample): the gradient is
+  (A - beta (1 - pi_ref/pi)) / |o| / N per token, with the KL term away from the reference."""
+  rng = np.random.default_rng(1)
+  lp = np.log(rng.uniform(0.1, 0.9, (3, 4))).astype(np.float32)
+  ref = (lp + rng.normal(scale=0.3, size=(3, 4))).astype(np.float32)
+  adv = np.array([1.5, -0.5, 0.0], np.float32)
+  mask = np.array([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], np.float32)
+  beta = 0.1
+  g = jax.grad(lambda x: grpo.grpo_loss(x, jax.lax.stop_gradient(x), jnp.asarray(ref),
+                                        jnp.asarray(adv), jnp.asarray(mask),
+                                        kl_beta=beta)[0])(jnp.asarray(lp))
+  dj = (adv[:, None] - beta * (1 - np.exp(ref - lp))) * mask / mask.sum(1, keepdims=True) / 3
+  np.testing.assert_allclose(np.asarray(g), -dj, rtol=1e-4, atol=1e-7)

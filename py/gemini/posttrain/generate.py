@@ -25,10 +25,12 @@ def left_pad(prompts: Sequence[np.ndarray], length: int = 0):
 
 def generate(params, cfg, prompts: Sequence[np.ndarray], max_new: int, stop_id: int, *,
              key: Optional[jax.Array] = None, temperature: float = 0.0,
-             batch: int = 16) -> List[np.ndarray]:
-  """Completions (ids up to and including stop_id, or max_new ids) for each prompt."""
+             batch: int = 16, width: int = 0) -> List[np.ndarray]:
+  """Completions (ids up to and including stop_id, or max_new ids) for each prompt. Prompts
+  are left-padded to max(width, longest prompt): a fixed `width` keeps one compiled shape
+  across calls (an RL step samples new prompts every step)."""
   out: List[np.ndarray] = []
-  width = max(len(x) for x in prompts)                    # one prompt shape for every batch
+  width = max([width] + [len(x) for x in prompts])        # one prompt shape for every batch
   for i in range(0, len(prompts), batch):
     chunk = list(prompts[i:i + batch])
     n = len(chunk)

@@ -109,7 +109,9 @@ def run(args, tok=None, bank=None, log=print) -> dict:
   def loss_fn(params, batch, rng):
     del rng
     lp = token_logps(params, cfg, batch["tokens"], batch["segment_ids"], batch["positions"])
-    return grpo.grpo_loss(lp, batch["old_logp"], batch["ref_logp"], batch["adv"],
+    # One update per sampled batch: the sampling policy is the one being updated, so
+    # pi_old = stop_gradient(pi) (ratio 1, gradient A * grad log pi) without a second forward.
+    return grpo.grpo_loss(lp, jax.lax.stop_gradient(lp), batch["ref_logp"], batch["adv"],
                           batch["mask"], args.clip_eps, args.kl_beta)
 
   @jax.jit
@@ -124,8 +126,11 @@ def run(args, tok=None, bank=None, log=print) -> dict:
                for t in items for _ in range(args.group)]
     key = jax.random.fold_in(jax.random.key(args.seed + 7), i)
     outs = gen_lib.generate(state["params"], cfg, prompts, args.max_new, fmt.im_end, key=key,
-                            temperature=args.temperature, batch=len(prompts))
+                            temperature=args.temperature, batch=len(prompts),
+                            width=args.seq_len)
     n, s = len(prompts), args.seq_len + args.max_new
+    if max(len(p) for p in prompts) > args.seq_len:
+      raise ValueError(f"a prompt has {max(len(p) for p in prompts)} tokens > --seq_len {args.seq_len}")
     toks = np.zeros((n, s), np.int32)
     seg = np.zeros((n, s), np.int32)
     mask = np.zeros((n, s - 1), np.float32)
@@ -146,7 +151,7 @@ def run(args, tok=None, bank=None, log=print) -> dict:
     adv = np.asarray(grpo.group_advantages(jnp.asarray(total.reshape(args.prompts, args.group))))
     j = (jnp.asarray(toks), jnp.asarray(seg), jnp.asarray(pos))
     batch = {"tokens": j[0], "segment_ids": j[1], "positions": j[2],
-             "old_logp": logps(state["params"], *j), "ref_logp": logps(ref_params, *j),
+             "ref_logp": logps(ref_params, *j),
              "adv": jnp.asarray(adv.reshape(-1)), "mask": jnp.asarray(mask)}
     state, m = update(state, batch)
     return state, dict(m, reward=float(total.mean()), verified=float(ver.mean()))
