@@ -74,12 +74,23 @@ def vocab() -> WordVocab:
   return WordVocab(["a", "an", "photo", "of"] + [w for n in NAMES for w in n.split()])
 
 
-def task_config(tokens_per_image: int = 16):
+def task_config(tokens_per_image: int = 16, size: str = "small"):
+  """flash_tiny with the task's vocabulary and a 28x28x1 ViT in 4x4 patches. size="small"
+  (the default, ~4x cheaper per image) narrows it to what one grey 28x28 image needs: ViT
+  width 64, decoder width 128 in 2 layers with MoE (4 experts top-1) on layer 1."""
   base = get_config("flash_tiny")
   v = dataclasses.replace(base.vision, image_size=28, patch_size=4, channels=1,
                           tokens_per_image=tokens_per_image)
-  return base.replace(name="flash_tiny_fmnist", vocab_size=vocab().vocab_size, max_seq_len=64,
-                      dtype="float32", vision=v)
+  cfg = base.replace(name="flash_tiny_fmnist", vocab_size=vocab().vocab_size, max_seq_len=64,
+                     dtype="float32", vision=v)
+  if size == "flash_tiny":
+    return cfg
+  if size != "small":
+    raise ValueError(f"size={size!r}: expected 'small' or 'flash_tiny'")
+  v = dataclasses.replace(v, d_model=64, d_ff=256)
+  moe = dataclasses.replace(cfg.moe, d_ff=256, layers=(1,))
+  return cfg.replace(name="flash_tiny_fmnist_small", d_model=128, n_layers=2, head_dim=32,
+                     d_ff=512, moe=moe, vision=v)
 
 
 def pixels(x: np.ndarray) -> np.ndarray:
@@ -119,9 +130,13 @@ def evaluate(params, cfg, images, labels, voc: WordVocab, batch: int = 250, log=
 
 def parse(argv):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--steps", type=int, default=2000)
-  p.add_argument("--batch", type=int, default=64)
-  p.add_argument("--lr", type=float, default=2e-3)
+  p.add_argument("--steps", type=int, default=2400)
+  p.add_argument("--batch", type=int, default=128)
+  p.add_argument("--lr", type=float, default=3e-3, help="peak lr (linear warmup, cosine "
+                 "to lr/10)")
+  p.add_argument("--warmup", type=int, default=100)
+  p.add_argument("--size", default="small", choices=("small", "flash_tiny"))
+  p.add_argument("--tokens_per_image", type=int, default=16)
   p.add_argument("--train_limit", type=int, default=0)
   p.add_argument("--test_limit", type=int, default=0)
   p.add_argument("--quick", action="store_true", help="CI short form: 60 steps, 1k train, "
@@ -131,7 +146,7 @@ def parse(argv):
   p.add_argument("--seed", type=int, default=0)
   a = p.parse_args(argv)
   if a.quick:
-    a.steps, a.train_limit, a.test_limit = 60, 1024, 500
+    a.steps, a.batch, a.train_limit, a.test_limit = 60, 64, 1024, 500
   return a
 
 
@@ -139,7 +154,7 @@ def run(argv=None, log=print) -> dict:
   a = parse(sys.argv[1:] if argv is None else argv)
   out = a.out or common.results_dir("fashion_mnist" + ("_quick" if a.quick else ""))
   os.makedirs(out, exist_ok=True)
-  voc, cfg = vocab(), task_config()
+  voc, cfg = vocab(), task_config(a.tokens_per_image, a.size)
   xtr, ytr = load("train", a.train_limit)
   xte, yte = load("test", a.test_limit)
   log(f"fashion_mnist: {len(xtr)} train / {len(xte)} test images; {cfg.name}: d_model "
@@ -158,7 +173,8 @@ def run(argv=None, log=print) -> dict:
     return multimodal.build_batch([train_ex[i] for i in idx], cfg, seq)
 
   t0 = time.perf_counter()
-  params = common.train(cfg, next_batch, a.steps, out, lr=a.lr, seed=a.seed, log=log)
+  params = common.train(cfg, next_batch, a.steps, out, lr=a.lr, warmup=a.warmup, seed=a.seed,
+                        log=log)
   train_s = time.perf_counter() - t0
   exact, preds = evaluate(params, cfg, xte, yte, voc, log=log)
   dup = decontam.duplicate_arrays(xte, xtr)
@@ -166,6 +182,8 @@ def run(argv=None, log=print) -> dict:
   clean[dup] = False
   per_class = [float(exact[yte == c].mean()) if np.any(yte == c) else 0.0 for c in range(10)]
   res = {"task": "fashion_mnist", "model": cfg.name, "steps": a.steps, "batch": a.batch,
+         "lr": a.lr, "epochs": round(a.steps * a.batch / len(xtr), 2),
+         "load_average_at_end": os.getloadavg(),
          "train_images": int(len(xtr)), "test_images": int(len(xte)),
          "exact": float(exact.mean()), "target": 0.90, "duplicates_of_train": len(dup),
          "clean_exact": float(exact[clean].mean()), "train_seconds": round(train_s, 1),
