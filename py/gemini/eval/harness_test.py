@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gemini.config import ModelConfig
-from gemini.eval import metrics, models
+from gemini.eval import humaneval, metrics, models
 from gemini.eval.lm import GeminiLM
 from gemini.eval.requests import GenerateUntil, Loglikelihood, LoglikelihoodRolling
 from gemini.model import decode, transformer
@@ -96,6 +96,29 @@ def test_generate_until_greedy_matches_decode_generate(lm):
   stop = full[3:5]
   cut = lm.generate_until([GenerateUntil(prompts[0], until=(stop,), max_gen_toks=12)])[0]
   assert cut == full[:full.find(stop)]
+
+
+def test_bos_prefix_not_doubled(lm):
+  assert lm._with_prefix([5, 6]) == [1, 5, 6]
+  assert lm._with_prefix([1, 5, 6]) == [1, 5, 6]          # context began with the BOS token
+
+
+def test_humaneval_chat_context_written_out():
+  template = ("{% for message in messages %}<|im_start|>{{message['role']}}\n"
+              "{{message['content']}}<|im_end|>\n{% endfor %}")
+  prob = {"prompt": "def f(x):\n    \"\"\"Twice x.\"\"\"\n"}
+  assert humaneval.context(prob, "raw") == prob["prompt"]
+  assert humaneval.context(prob, "strip") == 'def f(x):\n    """Twice x."""'
+  body = "\n    return 2 * x"
+  assert humaneval.program(dict(prob, test="assert f(2) == 4", entry_point="f"), body,
+                           "strip").startswith('def f(x):\n    """Twice x."""\n    return 2 * x\n')
+  want = ("<|im_start|>user\nComplete the following Python function. Reply with the whole "
+          "function in a ```python code block.\n\n```python\ndef f(x):\n    \"\"\"Twice x."
+          "\"\"\"\n```<|im_end|>\n<|im_start|>assistant\n```python\ndef f(x):\n"
+          "    \"\"\"Twice x.\"\"\"")
+  assert humaneval.context(prob, "chat", template) == want
+  with pytest.raises(ValueError, match="chat template"):
+    humaneval.context(prob, "chat", "")
 
 
 def test_multiple_choice_and_perplexity_hand_cases():

@@ -26,14 +26,21 @@ from gemini.eval.requests import GenerateUntil, Loglikelihood, LoglikelihoodRoll
 class GeminiLM:
 
   def __init__(self, params, cfg: ModelConfig, tokenizer, *, batch_size: int = 8,
-               max_len: Optional[int] = None, name: str = "model"):
+               max_len: Optional[int] = None, name: str = "model", chat_template: str = ""):
     self.params, self.cfg, self.tokenizer, self.name = params, cfg, tokenizer, name
+    self.chat_template = chat_template
     self.batch_size = batch_size
     self.max_len = min(max_len or cfg.max_seq_len, cfg.max_seq_len)
 
   def _prefix(self) -> List[int]:
     bos = self.tokenizer.bos_id
     return [] if bos is None else [bos]
+
+  def _with_prefix(self, ids: List[int]) -> List[int]:
+    """BOS + ids, unless the text already began with the BOS token (a chat-template context
+    whose first token, <|im_start|>, is the model's BOS)."""
+    pre = self._prefix()
+    return list(ids) if pre and ids[:1] == pre else pre + list(ids)
 
   def encode_pair(self, context: str, continuation: str) -> Tuple[List[int], List[int]]:
     n = len(context) - len(context.rstrip(" "))
@@ -101,7 +108,7 @@ class GeminiLM:
     for i, r in enumerate(requests):
       groups.setdefault((r.max_gen_toks, r.temperature, r.top_p, r.until, r.seed), []).append(i)
     for (max_new, temp, top_p, until, seed), idx in groups.items():
-      prompts = {i: self._prefix() + self.tokenizer.encode(requests[i].context) for i in idx}
+      prompts = {i: self._with_prefix(self.tokenizer.encode(requests[i].context)) for i in idx}
       idx = sorted(idx, key=lambda i: -len(prompts[i]))
       for lo in range(0, len(idx), self.batch_size):
         chunk = idx[lo:lo + self.batch_size]

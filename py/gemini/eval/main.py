@@ -31,6 +31,9 @@ def parse_args(argv):
   p.add_argument("--n", type=int, default=1, help="humaneval samples per problem")
   p.add_argument("--temperature", type=float, default=0.0, help="humaneval sampling")
   p.add_argument("--max_gen_toks", type=int, default=256)
+  p.add_argument("--prompt_style", default="raw", choices=("raw", "strip", "chat"),
+                 help="humaneval: the bare prompt, without its trailing whitespace, or in the "
+                 "model's chat template (humaneval.py)")
   p.add_argument("--corpus_dir", default="", help="prepared corpus for decontamination "
                  "(default: the bundled sources read directly)")
   p.add_argument("--no_decontam", action="store_true")
@@ -55,7 +58,8 @@ def main(argv=None):
   for name in names:
     t = time.perf_counter()
     kw = {"samples_path": os.path.join(a.out, f"{tag}.{name}.samples.jsonl"), "n": a.n,
-          "temperature": a.temperature, "max_gen_toks": a.max_gen_toks}
+          "temperature": a.temperature, "max_gen_toks": a.max_gen_toks,
+          "prompt_style": a.prompt_style}
     if a.limit:
       kw["limit"] = a.limit
     out = suite.TASKS[name](lm, **kw)

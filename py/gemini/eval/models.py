@@ -52,11 +52,13 @@ def params_from_npz(path: str, cfg: ModelConfig) -> dict:
 def load_model(spec: str, *, config: str = "", tokenizer: str = "", batch_size: int = 8,
                dtype: str = "float32", max_len: Optional[int] = None) -> GeminiLM:
   kind, _, arg = spec.partition(":")
+  template = ""
   if kind == "gguf":
     from gemini.checkpoints import gguf
     m = gguf.load(None if arg in ("", "smollm2") else arg)
     cfg, params = m.cfg, m.params
     tok = tok_lib.HFText(m.tokenizer, m.bos_id, m.eos_id)
+    template = m.chat_template
   elif kind == "checkpoint":
     m = checkpoint.load_for_inference(arg, get_config(config) if config else None)
     cfg, params = m.cfg, m.params
@@ -79,7 +81,8 @@ def load_model(spec: str, *, config: str = "", tokenizer: str = "", batch_size: 
                      f"npz:PATH or random:CONFIG")
   cfg = cfg.replace(dtype=dtype)
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
-  return GeminiLM(params, cfg, tok, batch_size=batch_size, max_len=max_len, name=spec)
+  return GeminiLM(params, cfg, tok, batch_size=batch_size, max_len=max_len, name=spec,
+                  chat_template=template)
 
 
 def _fail(spec: str, what: str):

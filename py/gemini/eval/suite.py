@@ -83,10 +83,11 @@ def run_ppl(lm, limit: int = 0, max_chars: int = 2000, **_) -> Dict:
 
 
 def run_humaneval(lm, limit: int = 0, n: int = 1, temperature: float = 0.0,
-                  max_gen_toks: int = 256, samples_path: str = "", log=print, **_) -> Dict:
+                  max_gen_toks: int = 256, samples_path: str = "", prompt_style: str = "raw",
+                  log=print, **_) -> Dict:
   probs = humaneval.load_problems(limit)
   res = humaneval.evaluate(lm, probs, n=n, temperature=temperature, max_gen_toks=max_gen_toks,
-                           samples_path=samples_path, log=log)
+                           samples_path=samples_path, prompt_style=prompt_style, log=log)
   per = res.pop("per_problem_passed")
   records = [{"id": p["task_id"], "passed": per[p["task_id"]], "n": n} for p in probs]
   items = [{"id": p["task_id"], "text": p["prompt"] + p["canonical_solution"]} for p in probs]
