@@ -122,7 +122,8 @@ def run(argv=None, log=print) -> dict:
     return example(x[i], audio, ans, voc, with_answer), ans, questions()[q][0]
 
   test = [make(trng, xte, yte, qte, False) for _ in range(a.test)]
-  seq = multimodal.sequence_length(make(rng, xtr, ytr, qtr, True)[0], cfg)
+  longest = max(fashion_mnist.NAMES, key=lambda n: len(n.split()))
+  seq = multimodal.sequence_length(example(xtr[0], qtr[0][0], longest, voc, True), cfg)
   log(f"interleaved: image + spoken question, sequence {seq}; {cfg.name}; {a.steps} steps x "
       f"{a.batch}; {len(test)} test prompts (held-out images and voices)")
 

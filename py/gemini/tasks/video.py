@@ -156,13 +156,14 @@ def parse(argv):
   p.add_argument("--batch", type=int, default=16)
   p.add_argument("--lr", type=float, default=2e-3)
   p.add_argument("--test_clips", type=int, default=500)
-  p.add_argument("--quick", action="store_true", help="CI short form: 20 steps, 50 test clips")
+  p.add_argument("--quick", action="store_true", help="CI short form: 10 steps x 4 clips, 20 "
+                 "test clips")
   p.add_argument("--out", default="", help="results folder (default $GEMINI_RESULTS or "
                  "/tmp/gemini-results)/video<tokens_per_frame>")
   p.add_argument("--seed", type=int, default=0)
   a = p.parse_args(argv)
   if a.quick:
-    a.steps, a.test_clips = 20, 50
+    a.steps, a.batch, a.test_clips = 10, 4, 20
   return a
 
 
