@@ -31,13 +31,13 @@ def _last_logits(llm):
 def main(argv):
   path, threads, ids, n_decode = argv[1], int(argv[2]), [int(x) for x in argv[3].split(",")], int(argv[4])
   if len(argv) > 5 and argv[5] == "plain":
-    default = llama_cpp.llama_model_default_params
+    default = llama_cpp.llama_cpp.llama_model_default_params
 
     def plain():
       p = default()
       p.use_extra_bufts = False
       return p
-    llama_cpp.llama_model_default_params = plain
+    llama_cpp.llama_cpp.llama_model_default_params = plain  # the module Llama() reads it from
   llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512,
               n_batch=512, verbose=False)
   llm.reset()
