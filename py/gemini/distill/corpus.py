@@ -19,6 +19,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from gemini.crc32c import crc32c
+from gemini.data import sources
 
 DEFAULT_SOURCES = ("bible", "gcide", "wordnet", "fortunes", "code")
 
@@ -39,7 +40,6 @@ def documents(corpus_dir: str = "", max_bytes_per_source: int = 300_000,
                               "gemini.data.prepare --out=DIR first, or omit --corpus)")
     by_source = {os.path.basename(p)[:-6]: _read_jsonl(p) for p in clean}
     return _interleave(by_source), _read_jsonl(held)
-  from gemini.data import sources  # pylint: disable=import-outside-toplevel
   train: Dict[str, List[dict]] = {}
   held: Dict[str, List[dict]] = {}
   for name in DEFAULT_SOURCES:

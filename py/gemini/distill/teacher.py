@@ -12,6 +12,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
+from gemini.checkpoints import gguf
 from gemini.config import ModelConfig
 from gemini.model import transformer
 
@@ -29,7 +30,6 @@ class Teacher:
 
 def load_teacher(path: Optional[str] = None, dtype: str = "float32") -> Teacher:
   """SmolLM2 (or the Llama-architecture GGUF at `path`) as a Teacher."""
-  from gemini.checkpoints import gguf  # pylint: disable=import-outside-toplevel
   m = gguf.load(path)
   sep = m.tokenizer.token_to_id("<|endoftext|>")
   return Teacher(cfg=m.cfg.replace(dtype=dtype), params=jax.tree.map(jnp.asarray, m.params),

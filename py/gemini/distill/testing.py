@@ -2,6 +2,12 @@
 byte vocabulary (so tests need neither the 135M teacher nor its tokenizer)."""
 
 import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import types
 
 import jax
@@ -50,8 +56,6 @@ def targets_args(out, **kw):
 
 def last_logged_step(metrics_path):
   """Highest step in a metrics.jsonl (0 if none; a torn last line is ignored)."""
-  import json  # pylint: disable=import-outside-toplevel
-  import os  # pylint: disable=import-outside-toplevel
   if not os.path.exists(metrics_path):
     return 0
   best = 0
@@ -69,10 +73,6 @@ def last_logged_step(metrics_path):
 def kill_then_resume(cmd, workdir, kill_at, env, timeout=300):
   """Starts `cmd`, SIGKILLs it once `workdir/metrics.jsonl` shows step >= kill_at, runs it
   again to completion. Returns (step it was killed at, stdout of the resumed run)."""
-  import os  # pylint: disable=import-outside-toplevel
-  import signal  # pylint: disable=import-outside-toplevel
-  import subprocess  # pylint: disable=import-outside-toplevel
-  import time  # pylint: disable=import-outside-toplevel
   metrics = os.path.join(workdir, "metrics.jsonl")
   proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + timeout
@@ -92,8 +92,6 @@ def kill_then_resume(cmd, workdir, kill_at, env, timeout=300):
 
 def subprocess_env():
   """Environment for running a stage's module in a subprocess from a test."""
-  import os  # pylint: disable=import-outside-toplevel
-  import sys  # pylint: disable=import-outside-toplevel
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
   env.pop("XLA_FLAGS", None)

@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 
 from gemini.config import ModelConfig
+from gemini.data import tokenizer as sp_tokenizer
 from gemini.eval import humaneval, metrics, models
 from gemini.eval.lm import GeminiLM
 from gemini.eval.requests import GenerateUntil, Loglikelihood, LoglikelihoodRolling
 from gemini.model import decode, transformer
+from gemini.train import checkpoint as ckpt_lib
+from gemini.train.trainer import save_params_npz
 
 CFG = ModelConfig(name="toy", vocab_size=300, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1,
                   head_dim=16, d_ff=64, max_seq_len=64, dtype="float32")
@@ -147,7 +150,6 @@ def test_pass_at_k_hand_values():
 
 
 def test_npz_roundtrip(tmp_path, lm):
-  from gemini.train.trainer import save_params_npz
   host = jax.device_get(lm.params)
   save_params_npz(host, str(tmp_path / "p.npz"))
   back = models.params_from_npz(str(tmp_path / "p.npz"), CFG)
@@ -159,8 +161,6 @@ def test_npz_roundtrip(tmp_path, lm):
 
 def test_checkpoint_model_needs_only_its_directory(tmp_path):
   """A checkpoint records its config and tokenizer: `--model=checkpoint:DIR` alone loads it."""
-  from gemini.data import tokenizer as sp_tokenizer
-  from gemini.train import checkpoint as ckpt_lib
   texts = [open(f, encoding="utf-8").read() for f in sorted(glob.glob(
       os.path.join(os.path.dirname(os.__file__), "json", "*.py")))]
   cfg = CFG.replace(vocab_size=600)

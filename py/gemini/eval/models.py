@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gemini.checkpoints import gguf
 from gemini.config import ModelConfig, get_config
 from gemini.eval import tokenizer as tok_lib
 from gemini.eval.lm import GeminiLM
@@ -54,7 +55,6 @@ def load_model(spec: str, *, config: str = "", tokenizer: str = "", batch_size: 
   kind, _, arg = spec.partition(":")
   template = ""
   if kind == "gguf":
-    from gemini.checkpoints import gguf
     m = gguf.load(None if arg in ("", "smollm2") else arg)
     cfg, params = m.cfg, m.params
     tok = tok_lib.HFText(m.tokenizer, m.bos_id, m.eos_id)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
+from gemini.data import tokenizer as tok_lib
+
 
 class SentencePieceText:
   """gemini.data.tokenizer.Tokenizer (the corpus tokenizer of our checkpoints)."""
 
   def __init__(self, path: str = "", *, model_proto: bytes = b"", where: str = ""):
-    from gemini.data import tokenizer as tok_lib  # sentencepiece only when used
     self.tok = tok_lib.Tokenizer(path, model_proto=model_proto, where=where)
     self.bos_id: Optional[int] = tok_lib.BOS
     self.eos_id: Optional[int] = tok_lib.EOS

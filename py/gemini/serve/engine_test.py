@@ -12,6 +12,7 @@ from gemini.serve import engine as E
 from gemini.serve import request as R
 from gemini.serve import scheduler as S
 from gemini.serve import testing
+from gemini.serve import model_backend
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,6 @@ def test_batched_greedy_equals_generate_and_no_recompiles(model):
   # One decode step and one insert compiled; prefill once per chunk bucket at most.
   assert E._generate._cache_size() == 1
   assert E._insert._cache_size() == 1
-  from gemini.serve import model_backend
   assert model_backend.prefill_row._cache_size() <= 3
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from gemini.config import AudioConfig, VisionConfig, get_config
 from gemini.data import tokenizer as sp_tokenizer
+from gemini.export import export, gnb
 from gemini.model import multimodal, transformer
 from gemini.serve import app as app_lib
 from gemini.serve import backends, engine, metrics as metrics_lib
@@ -63,7 +64,6 @@ def tiny_backend(tmp_dir: str, *, n_slots: int = 4, max_len: int = 384, seed: in
 def tiny_gnb(tmp_dir: str, seed: int = 0):
   """(path, tokenizer) of the tiny random model exported to an int4 .gnb with the small
   SentencePiece vocabulary inside (what `--gnb` serves through the native runtime)."""
-  from gemini.export import export, gnb
   path = os.path.join(tmp_dir, f"tiny{seed}.gnb")
   sp = train_small_tokenizer(tmp_dir)
   tok = tokenizer_lib.SentencePieceTokenizer(sp)

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_model_pb2
 
+from gemini.checkpoints import gguf
 from gemini.data import tokenizer as sp_tokenizer
 
 
@@ -171,7 +172,6 @@ class BPETokenizer(ServeTokenizer):
   template; the model's turn ends at <|im_end|>."""
 
   def __init__(self, tok, chat_template: str, bos_id: int, eos_id: int):
-    from gemini.checkpoints import gguf
     self.tok, self.template, self._gguf = tok, chat_template, gguf
     self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
     self.bos_id = None  # ChatML prompts carry no BOS (llama.cpp's add_bos is false for SmolLM2)
