@@ -23,6 +23,11 @@ sorted by group; rows past sum(group_sizes) give zeros). The MoE layer (`gemini.
 impl="tiled") keeps the whole expert FFN in tile layout instead: gather tokens once, three
 tiled dots, gather the outputs once.
 
+bf16 rows and weight tiles are gathered as their uint16 bits (XLA:CPU runs a bf16 gather in
+f32 with a conversion pass each side); `tiled_dot` takes the f32 weight and casts it inside, so
+under the layer scan the backward pass recomputes the cast and the tiles from the scanned f32
+slice instead of stacking a bf16 copy per layer.
+
 Compute cost: S <= A + G (tile - 1) rows instead of A; `choose_tile` trades padding against
 the size of each tile's dot.
 """
@@ -110,7 +115,18 @@ def take_rows(x: jax.Array, idx: jax.Array, inv: jax.Array) -> jax.Array:
   S. It must be idx's exact transpose; the backward pass is then dx[r] = sum_j dy[inv[r, j]]
   (a gather, where autodiff of a gather would give a scatter-add)."""
   del inv
-  return jnp.take(x, idx, axis=0, mode="fill", fill_value=0)
+  return _take(x, idx)
+
+
+def _take(x, idx, in_bounds: bool = False):
+  """jnp.take of rows (zeros for idx == len; in_bounds: every idx is a row, no fill select), a
+  bf16 x moved as its uint16 bits: XLA:CPU has no bf16 gather and ran one as f32 with a
+  conversion pass on each side."""
+  kw = {"mode": "clip"} if in_bounds else {"mode": "fill", "fill_value": 0}
+  if x.dtype != jnp.bfloat16:
+    return jnp.take(x, idx, axis=0, **kw)
+  bits = jnp.take(jax.lax.bitcast_convert_type(x, jnp.uint16), idx, axis=0, **kw)
+  return jax.lax.bitcast_convert_type(bits, jnp.bfloat16)
 
 
 def _take_rows_fwd(x, idx, inv):
@@ -119,7 +135,7 @@ def _take_rows_fwd(x, idx, inv):
 
 def _take_rows_bwd(res, dy):
   idx, inv, _ = res
-  dx = jnp.sum(jnp.take(dy, inv, axis=0, mode="fill", fill_value=0), axis=1)
+  dx = jnp.sum(_take(dy, inv), axis=1)
   return dx, None, None
 
 
@@ -138,12 +154,19 @@ _BATCHED = (((2,), (1,)), ((0,), (0,)))      # [nt,m,K] x [nt,K,N] -> [nt,m,N]
 _BATCHED_T = (((2,), (2,)), ((0,), (0,)))    # [nt,m,N] x [nt,K,N] -> [nt,m,K]
 
 
+def _weight_tiles(w, tile_group, dtype):
+  """[nt, K, N]: w[tile_group[t]] cast to dtype (cast first: the gather moves fewer bytes)."""
+  return _take(w.astype(dtype), tile_group, in_bounds=True)      # tile_group ids are groups.
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _tiled_dot(x, w, tile_group, out_dtype):
-  return _dot_f32(x, jnp.take(w, tile_group, axis=0), _BATCHED).astype(out_dtype)
+  return _dot_f32(x, _weight_tiles(w, tile_group, x.dtype), _BATCHED).astype(out_dtype)
 
 
 def _tiled_dot_fwd(x, w, tile_group, out_dtype):
+  # Residuals are the inputs: under the layer scan w is the scanned f32 slice, so neither its
+  # cast nor its tiles are stacked for the backward pass (both are recomputed there).
   return _tiled_dot(x, w, tile_group, out_dtype), (x, w, tile_group)
 
 
@@ -151,8 +174,7 @@ def _tiled_dot_bwd(out_dtype, res, dy):
   del out_dtype
   x, w, tile_group = res
   dy = dy.astype(x.dtype)
-  w_tiles = jnp.take(w, tile_group, axis=0)                    # [nt, K, N], recomputed
-  dx = _dot_f32(dy, w_tiles, _BATCHED_T).astype(x.dtype)
+  dx = _dot_f32(dy, _weight_tiles(w, tile_group, x.dtype), _BATCHED_T).astype(x.dtype)
   dw = _group_weight_grad(x, dy, tile_group, w.shape)
   return dx, dw.astype(w.dtype), None
 
@@ -176,15 +198,13 @@ _tiled_dot.defvjp(_tiled_dot_fwd, _tiled_dot_bwd)
 
 def tiled_dot(x: jax.Array, w: jax.Array, tile_group: jax.Array,
               preferred_element_type=None) -> jax.Array:
-  """x [nt, tile, K], w [G, K, N] (same dtype), tile_group int32 [nt] -> [nt, tile, N]:
-  out[t] = x[t] @ w[tile_group[t]], accumulated in f32, returned in
-  `preferred_element_type` (default x.dtype)."""
+  """x [nt, tile, K], w [G, K, N] (any float dtype, cast to x.dtype), tile_group int32 [nt]
+  -> [nt, tile, N]: out[t] = x[t] @ w[tile_group[t]], accumulated in f32, returned in
+  `preferred_element_type` (default x.dtype). The weight gradient comes back in w's dtype."""
   if x.ndim != 3 or w.ndim != 3 or x.shape[2] != w.shape[1]:
     raise ValueError(f"tiled_dot: x {x.shape} and w {w.shape} must be [nt,tile,K] and [G,K,N]")
   if tile_group.shape != (x.shape[0],):
     raise ValueError(f"tiled_dot: tile_group shape {tile_group.shape} != ({x.shape[0]},)")
-  if w.dtype != x.dtype:
-    raise ValueError(f"tiled_dot: x is {x.dtype} but w is {w.dtype}")
   return _tiled_dot(x, w, tile_group.astype(jnp.int32),
                     jnp.dtype(preferred_element_type or x.dtype))
 

@@ -107,5 +107,26 @@ def test_bad_shapes_are_named():
     gmm.grouped_matmul(lhs[:, :5], rhs, sizes)
   with pytest.raises(ValueError, match="group_sizes shape"):
     gmm.grouped_matmul(lhs, rhs, sizes[:3])
-  with pytest.raises(ValueError, match="x is float32 but w is bfloat16"):
-    gmm.tiled_dot(jnp.zeros((2, 4, 24)), rhs.astype(jnp.bfloat16), jnp.zeros((2,), jnp.int32))
+  with pytest.raises(ValueError, match="must be"):
+    gmm.tiled_dot(jnp.zeros((2, 4, 23)), rhs, jnp.zeros((2,), jnp.int32))
+
+
+def test_tiled_dot_casts_an_f32_weight_like_a_bf16_one():
+  """An f32 w is cast to x's bf16 inside: values and dx equal those of the pre-cast weight,
+  and dw comes back in f32 unrounded (the pre-cast weight's is rounded to bf16)."""
+  lhs, rhs, _ = _case(m=32, dtype=jnp.float32)
+  x = lhs.reshape(4, 8, 24).astype(jnp.bfloat16)
+  tg = jnp.asarray([0, 0, 3, 4], jnp.int32)
+  probe = jax.random.normal(jax.random.PRNGKey(5), (4, 8, 40))
+
+  def loss(a, b):
+    return jnp.sum(gmm.tiled_dot(a, b, tg, jnp.float32) * probe)
+
+  v32, (dx32, dw32) = jax.value_and_grad(loss, (0, 1))(x, rhs)
+  v16, (dx16, dw16) = jax.value_and_grad(loss, (0, 1))(x, rhs.astype(jnp.bfloat16))
+  assert dw32.dtype == jnp.float32 and dw16.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(v32), np.asarray(v16))
+  np.testing.assert_array_equal(np.asarray(dx32, np.float32), np.asarray(dx16, np.float32))
+  np.testing.assert_array_equal(np.asarray(dw32.astype(jnp.bfloat16), np.float32),
+                                np.asarray(dw16, np.float32))
+  assert np.all(np.asarray(dw32)[[1, 2]] == 0)                 # groups no tile uses

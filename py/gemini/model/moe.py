@@ -172,9 +172,9 @@ def _tiled_ffn(params, xt, routing, act, tile=None):
   xs = gmm.take_rows(xt, token_of_slot, p.slot_of_row.reshape(t, k))
   xs = xs.reshape(p.num_tiles, tile, d)
   dt = xt.dtype
-  g = gmm.tiled_dot(xs, params["w_gate"].astype(dt), p.tile_group)
-  u = gmm.tiled_dot(xs, params["w_up"].astype(dt), p.tile_group)
-  o = gmm.tiled_dot(act(g) * u, params["w_down"].astype(dt), p.tile_group)
+  g = gmm.tiled_dot(xs, params["w_gate"], p.tile_group)             # Weights cast inside.
+  u = gmm.tiled_dot(xs, params["w_up"], p.tile_group)
+  o = gmm.tiled_dot(act(g) * u, params["w_down"], p.tile_group)
   per_assign = gmm.take_rows(o.reshape(p.num_tiles * tile, d), p.slot_of_row,
                              p.row_of_slot[:, None])                 # [T*k, D]
   gates = routing.gates.reshape(t, k, 1).astype(dt)

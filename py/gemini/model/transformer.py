@@ -12,10 +12,14 @@ Rematerialisation (`remat=`) is a named policy applied to each scanned block:
   full                 keep only each block's input; recompute the rest
   save_dots            keep the outputs of weight matmuls (no batch dims), recompute the rest
   save_attention_out   keep only each layer's attention output (named 'attention_out')
+With `none`, the scanned block's bf16 residuals are stacked as uint16 bit patterns
+(`bf16_residuals_as_bits`): XLA:CPU has no bf16 dynamic-update-slice and otherwise rewrote
+each whole bf16 stack through f32 on every layer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Dict, Optional, Tuple, Union
 
 import jax
@@ -35,6 +39,51 @@ REMAT_POLICIES = {
 }
 
 _TEXT_KEYS = ("tokens", "targets", "segment_ids", "positions", "loss_mask")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Bf16Bits:
+  """A bf16 residual held as its uint16 bit pattern (same bytes, an integer dtype)."""
+  bits: jax.Array
+
+
+jax.tree_util.register_dataclass(_Bf16Bits, data_fields=["bits"], meta_fields=[])
+
+
+def _pack(a):
+  if isinstance(a, jax.Array) and a.dtype == jnp.bfloat16:
+    return _Bf16Bits(jax.lax.bitcast_convert_type(a, jnp.uint16))
+  return a
+
+
+def _unpack(a):
+  if isinstance(a, _Bf16Bits):
+    return jax.lax.bitcast_convert_type(a.bits, jnp.bfloat16)
+  return a
+
+
+def bf16_residuals_as_bits(f: Callable) -> Callable:
+  """f with the same values and gradients, its bf16 residuals kept as uint16 bit patterns.
+
+  Under `lax.scan` the residuals of the body are stacked [R, ...] with a dynamic-update-slice
+  per iteration. XLA:CPU has no bf16 dynamic-update-slice: it converted the whole bf16 stack
+  to f32 and back on every iteration (and each stack to f32 again for the backward pass);
+  an integer stack of the same bytes is updated in place."""
+
+  @jax.custom_vjp
+  def g(*args):
+    return f(*args)
+
+  def fwd(*args):
+    out, vjp_fn = jax.vjp(f, *args)
+    return out, jax.tree.map(_pack, vjp_fn)
+
+  def bwd(res, ct):
+    vjp_fn = jax.tree.map(_unpack, res, is_leaf=lambda n: isinstance(n, _Bf16Bits))
+    return vjp_fn(ct)
+
+  g.defvjp(fwd, bwd)
+  return g
 
 
 def has_media(batch: dict) -> bool:
@@ -110,6 +159,8 @@ def scan_decoder(params: dict, x: jax.Array, cfg: ModelConfig, layer_fn: Callabl
     raise ValueError(f"remat={remat!r}: expected one of {tuple(REMAT_POLICIES)}")
   if remat != "none":
     body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
+  else:
+    body = bf16_residuals_as_bits(body)
   (x, state), metrics = jax.lax.scan(body, (x, state),
                                      (params["blocks"], jnp.arange(r, dtype=jnp.int32)),
                                      unroll=unroll)

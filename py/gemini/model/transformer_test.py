@@ -129,3 +129,27 @@ def test_qk_norm_normalises_each_head_before_rope():
   g = jax.grad(lambda p: transformer.loss_fn(p, b, cfg)[0])(params)
   assert float(jnp.abs(g["blocks"][0]["attn"]["q_norm"]["scale"]).max()) > 0
   assert float(jnp.abs(g["blocks"][0]["attn"]["k_norm"]["scale"]).max()) > 0
+
+
+def test_bf16_residuals_as_bits_same_grads_and_integer_stacks():
+  """The scan body's bf16 residuals are stacked as uint16 bits; values and grads are bitwise
+  those of the plain body (also for integer inputs and outputs, which get no gradient)."""
+  def body(x, xs):
+    w, i = xs
+    h = jnp.tanh(x.astype(jnp.bfloat16) @ w.astype(jnp.bfloat16))
+    y = (h @ w.T.astype(jnp.bfloat16)).astype(jnp.float32) * (1.0 + i.astype(jnp.float32))
+    return y, (jnp.argmax(y, axis=-1).astype(jnp.int32), jnp.sum(h.astype(jnp.float32)))
+
+  def loss(ws, x, f):
+    y, (idx, s) = jax.lax.scan(f, x, (ws, jnp.arange(ws.shape[0], dtype=jnp.int32)))
+    return jnp.sum(y ** 2) + jnp.sum(s) + 0.0 * jnp.sum(idx)
+
+  ws = jax.random.normal(jax.random.key(0), (3, 16, 32)) * 0.2
+  x = jax.random.normal(jax.random.key(1), (4, 16))
+  packed = transformer.bf16_residuals_as_bits(body)
+  want = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)(ws, x, body)
+  got = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)(ws, x, packed)
+  for a, c in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss), static_argnums=2)(ws, x, packed))
+  assert "u16[3,4,32]" in jaxpr and "bf16[3,4,32]" not in jaxpr
