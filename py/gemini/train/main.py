@@ -22,7 +22,7 @@ import jax
 from absl import app, flags, logging
 
 from gemini import config_flags, family, sharding
-from gemini.train import corpus, train_flags
+from gemini.train import corpus, host_malloc, train_flags
 from gemini.train.checkpoint import CheckpointError, describe_model
 from gemini.train.data_shards import DataShards, needed_shards
 from gemini.train.memory import StepMemoryError
@@ -46,7 +46,12 @@ _DATA_SHARDS = flags.DEFINE_integer(
     "stream; each process reads only the blocks its devices hold (0: one per process). The "
     "data depends on this number, not on the number of processes.")
 _ATTN = flags.DEFINE_string("attn_impl", "xla", "Attention kernel (xla | flash | ring).")
-_MOE = flags.DEFINE_string("moe_impl", "xla", "MoE kernel.")
+_MOE = flags.DEFINE_string(
+    "moe_impl", "tiled", "MoE implementation (gemini.model.moe.IMPLS): tiled (dense batched "
+    "dots over per-expert row tiles, the CPU choice; equals xla up to f32 summation order), "
+    "xla (lax.ragged_dot, a slow loop on XLA:CPU) or pallas.")
+_MALLOC = flags.DEFINE_bool("tune_malloc", True, "glibc malloc settings at start-up "
+                            "(host_malloc.py: XLA:CPU's per-step buffers reused, not faulted in).")
 _PEAK = flags.DEFINE_bool("measure_peak", True, "Measure the matmul peak for MFU at start-up.")
 _COORD = flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-host).")
 _NPROC = flags.DEFINE_integer("num_processes", 1, "Processes in a multi-host run.")
@@ -82,6 +87,7 @@ def tokenizer_of(data: str, corpus_dir: str):
 
 
 def run(argv) -> None:
+  malloc_note = host_malloc.tune() if _MALLOC.value else "malloc: glibc defaults"
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO.
   if _NPROC.value > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -113,7 +119,8 @@ def run(argv) -> None:
           f"{family.train_flops_per_token(cfg, tc.seq_len) / 1e6:.1f} MFLOP/token; "
           f"mesh {dict(mesh.shape)} on {jax.device_count()} devices / {jax.process_count()} "
           f"process(es); batch {tc.batch_size}x{tc.seq_len}"
-          + (f"; matmul peak {peak / 1e9:.1f} GFLOP/s" if peak else ""), flush=True)
+          + (f"; matmul peak {peak / 1e9:.1f} GFLOP/s" if peak else "") + f"; {malloc_note}",
+          flush=True)
   trainer = Trainer(gemini_model(cfg, tc.seq_len, _ATTN.value, _MOE.value), tc, mesh, loader,
                     _WORKDIR.value, peak_flops=peak, log=lambda s: print(s, flush=True),
                     describe=describe_model(cfg, tokenizer_of(_DATA.value, _CORPUS_DIR.value)))
