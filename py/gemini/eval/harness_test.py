@@ -106,6 +106,13 @@ def test_bos_prefix_not_doubled(lm):
   assert lm._with_prefix([1, 5, 6]) == [1, 5, 6]          # context began with the BOS token
 
 
+def test_generation_without_bos_matches_decode_generate(lm):
+  bare = GeminiLM(lm.params, CFG, lm.tokenizer, batch_size=4, bos_in_generation=False)
+  got = bare.generate_until([GenerateUntil("Once upon", until=(), max_gen_toks=8)])[0]
+  ids = jnp.asarray([lm.tokenizer.encode("Once upon")], jnp.int32)
+  assert got == lm.tokenizer.decode(np.asarray(decode.generate(lm.params, ids, CFG, 8))[0])
+
+
 def test_humaneval_chat_context_written_out():
   template = ("{% for message in messages %}<|im_start|>{{message['role']}}\n"
               "{{message['content']}}<|im_end|>\n{% endfor %}")

@@ -26,9 +26,13 @@ from gemini.eval.requests import GenerateUntil, Loglikelihood, LoglikelihoodRoll
 class GeminiLM:
 
   def __init__(self, params, cfg: ModelConfig, tokenizer, *, batch_size: int = 8,
-               max_len: Optional[int] = None, name: str = "model", chat_template: str = ""):
+               max_len: Optional[int] = None, name: str = "model", chat_template: str = "",
+               bos_in_generation: bool = True):
     self.params, self.cfg, self.tokenizer, self.name = params, cfg, tokenizer, name
     self.chat_template = chat_template
+    # generate_until prefixes BOS unless False (lm-eval's HF models add none by default; for
+    # SmolLM2 the BOS is <|im_start|>, a chat-turn opener in front of bare code).
+    self.bos_in_generation = bos_in_generation
     self.batch_size = batch_size
     self.max_len = min(max_len or cfg.max_seq_len, cfg.max_seq_len)
 
@@ -108,7 +112,9 @@ class GeminiLM:
     for i, r in enumerate(requests):
       groups.setdefault((r.max_gen_toks, r.temperature, r.top_p, r.until, r.seed), []).append(i)
     for (max_new, temp, top_p, until, seed), idx in groups.items():
-      prompts = {i: self._with_prefix(self.tokenizer.encode(requests[i].context)) for i in idx}
+      enc = [self.tokenizer.encode(requests[i].context) for i in idx]
+      prompts = {i: self._with_prefix(e) if self.bos_in_generation or not e else e
+                 for i, e in zip(idx, enc)}
       idx = sorted(idx, key=lambda i: -len(prompts[i]))
       for lo in range(0, len(idx), self.batch_size):
         chunk = idx[lo:lo + self.batch_size]

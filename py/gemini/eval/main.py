@@ -34,6 +34,8 @@ def parse_args(argv):
   p.add_argument("--prompt_style", default="raw", choices=("raw", "strip", "chat"),
                  help="humaneval: the bare prompt, without its trailing whitespace, or in the "
                  "model's chat template (humaneval.py)")
+  p.add_argument("--no_bos_in_generation", action="store_true", help="generate_until "
+                 "contexts without the BOS prefix (loglikelihood keeps it)")
   p.add_argument("--corpus_dir", default="", help="prepared corpus for decontamination "
                  "(default: the bundled sources read directly)")
   p.add_argument("--no_decontam", action="store_true")
@@ -51,7 +53,8 @@ def main(argv=None):
   t0 = time.perf_counter()
   lm = models.load_model(a.model, config=a.config, tokenizer=a.tokenizer,
                          batch_size=a.n if "humaneval" in names and a.n > 1 else a.batch_size,
-                         max_len=a.max_len or None)
+                         max_len=a.max_len or None,
+                         bos_in_generation=not a.no_bos_in_generation)
   print(f"model {a.model}: {lm.cfg.name}, {lm.cfg.n_layers} layers, vocab {lm.cfg.vocab_size} "
         f"(loaded in {time.perf_counter() - t0:.1f}s)", flush=True)
   tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", a.model)

@@ -51,7 +51,8 @@ def params_from_npz(path: str, cfg: ModelConfig) -> dict:
 
 
 def load_model(spec: str, *, config: str = "", tokenizer: str = "", batch_size: int = 8,
-               dtype: str = "float32", max_len: Optional[int] = None) -> GeminiLM:
+               dtype: str = "float32", max_len: Optional[int] = None,
+               bos_in_generation: bool = True) -> GeminiLM:
   kind, _, arg = spec.partition(":")
   template = ""
   if kind == "gguf":
@@ -82,7 +83,7 @@ def load_model(spec: str, *, config: str = "", tokenizer: str = "", batch_size: 
   cfg = cfg.replace(dtype=dtype)
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
   return GeminiLM(params, cfg, tok, batch_size=batch_size, max_len=max_len, name=spec,
-                  chat_template=template)
+                  chat_template=template, bos_in_generation=bos_in_generation)
 
 
 def _fail(spec: str, what: str):
