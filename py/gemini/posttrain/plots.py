@@ -2,34 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Sequence
 
 import matplotlib
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # pylint: disable=wrong-import-position
 
-
-def read_jsonl(path: str):
-  """Records of a JSONL file; a torn last line (a killed writer) is skipped."""
-  out = []
-  if not os.path.exists(path):
-    return out
-  with open(path) as f:
-    for line in f:
-      try:
-        out.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue
-  return out
+from gemini.train.metrics import read_metrics
 
 
 def plot_curves(jsonl: str, png: str, keys: Sequence[str], title: str = "") -> None:
   """One panel per key in `keys` (records without it skipped); the last record of a step
   wins, so a resumed run's repeated steps draw once."""
   by_step = {}
-  for r in read_jsonl(jsonl):
+  for r in read_metrics(jsonl):
     if "step" in r:
       by_step.setdefault(int(r["step"]), {}).update(r)
   steps = sorted(by_step)

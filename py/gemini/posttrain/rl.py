@@ -29,6 +29,7 @@ from gemini.model import spec, transformer
 from gemini.posttrain import chat, generate as gen_lib, grpo, plots, reward as rm_lib, sft
 from gemini.posttrain import tasks as tasks_lib
 from gemini.train import step as step_lib
+from gemini.train.metrics import read_metrics
 from gemini.train.optimizer import lr_schedule, make_optimizer
 from gemini.train.train_config import TrainConfig
 
@@ -195,7 +196,7 @@ def run(args, tok=None, bank=None, log=print) -> dict:
   with open(os.path.join(args.workdir, "student.json"), "w") as f:
     json.dump({"config": json.load(open(os.path.join(args.init, "student.json")))["config"],
                "init": args.init}, f, indent=1)
-  recs = [r for r in plots.read_jsonl(os.path.join(args.workdir, "metrics.jsonl")) if "kl" in r]
+  recs = [r for r in read_metrics(os.path.join(args.workdir, "metrics.jsonl")) if "kl" in r]
   result = {"before": before, "after": after, "steps": args.steps,
             "max_kl": max((r["kl"] for r in recs), default=0.0),
             "group": args.group, "prompts": args.prompts, "kl_beta": args.kl_beta, "lr": args.lr,
