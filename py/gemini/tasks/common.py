@@ -10,6 +10,7 @@ and the results folder.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import os
@@ -25,6 +26,21 @@ from gemini.model import decode, spec, transformer
 from gemini.train import metrics as metrics_lib
 from gemini.train.optimizer import make_optimizer
 from gemini.train.train_config import TrainConfig
+
+
+def task_parser(doc: str, name: str, *, steps: int, batch: int, lr: float,
+                quick: str) -> argparse.ArgumentParser:
+  """The flags every task takes (--steps --batch --lr --quick --out --seed); the task adds
+  its own and applies its --quick settings after parsing."""
+  p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--steps", type=int, default=steps)
+  p.add_argument("--batch", type=int, default=batch)
+  p.add_argument("--lr", type=float, default=lr)
+  p.add_argument("--quick", action="store_true", help=f"CI short form: {quick}")
+  p.add_argument("--out", default="", help="results folder (default $GEMINI_RESULTS or "
+                 f"/tmp/gemini-results)/{name}")
+  p.add_argument("--seed", type=int, default=0)
+  return p
 
 
 def results_dir(name: str, root: str = "") -> str:

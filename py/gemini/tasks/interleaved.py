@@ -17,7 +17,6 @@ ViT on 28x28x1 images (as fashion_mnist.py) and its audio encoder (as spoken_dig
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -89,16 +88,10 @@ def task_config():
 
 
 def parse(argv):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--steps", type=int, default=3000)
-  p.add_argument("--batch", type=int, default=32)
-  p.add_argument("--lr", type=float, default=2e-3)
+  p = common.task_parser(__doc__, "interleaved", steps=3000, batch=32, lr=2e-3,
+                         quick="20 steps, 4 voices, 100 test prompts")
   p.add_argument("--voices_per_question", type=int, default=40)
   p.add_argument("--test", type=int, default=1000)
-  p.add_argument("--quick", action="store_true", help="CI short form: 20 steps, 4 voices, "
-                 "100 test prompts")
-  p.add_argument("--out", default="")
-  p.add_argument("--seed", type=int, default=0)
   a = p.parse_args(argv)
   if a.quick:
     a.steps, a.voices_per_question, a.test = 20, 4, 100

@@ -19,7 +19,6 @@ decodes greedily; exact = the words up to <eos> are the clip's digits.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import hashlib
 import json
@@ -189,18 +188,11 @@ def real_clips() -> List[Tuple[str, np.ndarray, str]]:
 
 
 def parse(argv):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--steps", type=int, default=3000)
-  p.add_argument("--batch", type=int, default=32)
-  p.add_argument("--lr", type=float, default=2e-3)
+  p = common.task_parser(__doc__, "spoken_digits", steps=3000, batch=32, lr=2e-3,
+                         quick="40 steps, 300 train and 100 test clips")
   p.add_argument("--train_clips", type=int, default=12000)
   p.add_argument("--test_clips", type=int, default=1000)
-  p.add_argument("--quick", action="store_true", help="CI short form: 40 steps, 300 train and "
-                 "100 test clips")
   p.add_argument("--cache", default=os.path.expanduser("~/.cache/gemini/spoken_digits"))
-  p.add_argument("--out", default="", help="results folder (default $GEMINI_RESULTS or "
-                 "/tmp/gemini-results)/spoken_digits")
-  p.add_argument("--seed", type=int, default=0)
   a = p.parse_args(argv)
   if a.quick:
     a.steps, a.train_clips, a.test_clips = 40, 300, 100

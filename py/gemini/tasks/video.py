@@ -21,7 +21,6 @@ report's trade. Evaluation decodes greedily after the question; exact match per 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -150,17 +149,10 @@ def evaluate(params, cfg, clips, voc: WordVocab, batch: int = 50) -> dict:
 
 
 def parse(argv):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p = common.task_parser(__doc__, "video<tokens_per_frame>", steps=1500, batch=16, lr=2e-3,
+                         quick="10 steps x 4 clips, 20 test clips")
   p.add_argument("--tokens_per_frame", type=int, default=66)
-  p.add_argument("--steps", type=int, default=1500)
-  p.add_argument("--batch", type=int, default=16)
-  p.add_argument("--lr", type=float, default=2e-3)
   p.add_argument("--test_clips", type=int, default=500)
-  p.add_argument("--quick", action="store_true", help="CI short form: 10 steps x 4 clips, 20 "
-                 "test clips")
-  p.add_argument("--out", default="", help="results folder (default $GEMINI_RESULTS or "
-                 "/tmp/gemini-results)/video<tokens_per_frame>")
-  p.add_argument("--seed", type=int, default=0)
   a = p.parse_args(argv)
   if a.quick:
     a.steps, a.batch, a.test_clips = 10, 4, 20
