@@ -14,6 +14,7 @@ import argparse
 import functools
 import json
 import os
+import sys
 import time
 from typing import Callable, Dict, Optional
 
@@ -29,18 +30,36 @@ from gemini.train.train_config import TrainConfig
 
 
 def task_parser(doc: str, name: str, *, steps: int, batch: int, lr: float,
-                quick: str) -> argparse.ArgumentParser:
-  """The flags every task takes (--steps --batch --lr --quick --out --seed); the task adds
-  its own and applies its --quick settings after parsing."""
+                quick: Dict[str, int]) -> argparse.ArgumentParser:
+  """The flags every task takes (--steps --batch --lr --quick --out --seed); `quick` is the
+  short form's settings, applied by parse_task. The task adds its own flags."""
   p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--steps", type=int, default=steps)
   p.add_argument("--batch", type=int, default=batch)
   p.add_argument("--lr", type=float, default=lr)
-  p.add_argument("--quick", action="store_true", help=f"CI short form: {quick}")
+  p.add_argument("--quick", action="store_true", help="CI short form: " +
+                 ", ".join(f"--{k}={v}" for k, v in quick.items()))
   p.add_argument("--out", default="", help="results folder (default $GEMINI_RESULTS or "
                  f"/tmp/gemini-results)/{name}")
   p.add_argument("--seed", type=int, default=0)
+  p.set_defaults(quick_settings=quick)
   return p
+
+
+def parse_task(p: argparse.ArgumentParser, argv) -> argparse.Namespace:
+  """Parses argv (sys.argv[1:] when None), the short form's settings applied under --quick."""
+  a = p.parse_args(sys.argv[1:] if argv is None else argv)
+  if a.quick:
+    for k, v in a.quick_settings.items():
+      setattr(a, k, v)
+  return a
+
+
+def task_out(a: argparse.Namespace, name: str) -> str:
+  """--out, or the results folder `name` (`name`_quick for the short form), created."""
+  out = a.out or results_dir(name + ("_quick" if a.quick else ""))
+  os.makedirs(out, exist_ok=True)
+  return out
 
 
 def results_dir(name: str, root: str = "") -> str:

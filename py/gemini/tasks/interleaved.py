@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -89,19 +88,15 @@ def task_config():
 
 def parse(argv):
   p = common.task_parser(__doc__, "interleaved", steps=3000, batch=32, lr=2e-3,
-                         quick="20 steps, 4 voices, 100 test prompts")
+                         quick=dict(steps=20, voices_per_question=4, test=100))
   p.add_argument("--voices_per_question", type=int, default=40)
   p.add_argument("--test", type=int, default=1000)
-  a = p.parse_args(argv)
-  if a.quick:
-    a.steps, a.voices_per_question, a.test = 20, 4, 100
-  return a
+  return common.parse_task(p, argv)
 
 
 def run(argv=None, log=print) -> dict:
-  a = parse(sys.argv[1:] if argv is None else argv)
-  out = a.out or common.results_dir("interleaved" + ("_quick" if a.quick else ""))
-  os.makedirs(out, exist_ok=True)
+  a = parse(argv)
+  out = common.task_out(a, "interleaved")
   voc, cfg = vocab(), task_config()
   xtr, ytr = fashion_mnist.load("train", 5000 if a.quick else 0)
   xte, yte = fashion_mnist.load("test")

@@ -23,7 +23,6 @@ import concurrent.futures
 import hashlib
 import json
 import os
-import sys
 import time
 from typing import List, Sequence, Tuple
 
@@ -189,24 +188,20 @@ def real_clips() -> List[Tuple[str, np.ndarray, str]]:
 
 def parse(argv):
   p = common.task_parser(__doc__, "spoken_digits", steps=3000, batch=32, lr=2e-3,
-                         quick="40 steps, 300 train and 100 test clips")
+                         quick=dict(steps=40, train_clips=300, test_clips=100))
   p.add_argument("--train_clips", type=int, default=12000)
   p.add_argument("--test_clips", type=int, default=1000)
   p.add_argument("--cache", default=os.path.expanduser("~/.cache/gemini/spoken_digits"))
-  a = p.parse_args(argv)
-  if a.quick:
-    a.steps, a.train_clips, a.test_clips = 40, 300, 100
-  return a
+  return common.parse_task(p, argv)
 
 
 def run(argv=None, log=print) -> dict:
-  a = parse(sys.argv[1:] if argv is None else argv)
+  a = parse(argv)
   missing = speech_synth.missing_engines()
   if missing:
     raise SystemExit(f"spoken_digits: {', '.join(missing)} not installed (Debian packages "
                      "espeak-ng, flite, festival + festvox voices; see tools/apt-packages.txt)")
-  out = a.out or common.results_dir("spoken_digits" + ("_quick" if a.quick else ""))
-  os.makedirs(out, exist_ok=True)
+  out = common.task_out(a, "spoken_digits")
   voc, cfg = vocab(), task_config()
   xtr, dtr, _ = build("train", a.train_clips, a.seed, a.cache, log)
   xte, dte, ste = build("test", a.test_clips, a.seed, a.cache, log)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -150,20 +149,15 @@ def evaluate(params, cfg, clips, voc: WordVocab, batch: int = 50) -> dict:
 
 def parse(argv):
   p = common.task_parser(__doc__, "video<tokens_per_frame>", steps=1500, batch=16, lr=2e-3,
-                         quick="10 steps x 4 clips, 20 test clips")
+                         quick=dict(steps=10, batch=4, test_clips=20))
   p.add_argument("--tokens_per_frame", type=int, default=66)
   p.add_argument("--test_clips", type=int, default=500)
-  a = p.parse_args(argv)
-  if a.quick:
-    a.steps, a.batch, a.test_clips = 10, 4, 20
-  return a
+  return common.parse_task(p, argv)
 
 
 def run(argv=None, log=print) -> dict:
-  a = parse(sys.argv[1:] if argv is None else argv)
-  name = f"video{a.tokens_per_frame}" + ("_quick" if a.quick else "")
-  out = a.out or common.results_dir(name)
-  os.makedirs(out, exist_ok=True)
+  a = parse(argv)
+  out = common.task_out(a, f"video{a.tokens_per_frame}")
   voc, cfg = vocab(), task_config(a.tokens_per_frame)
   train_bg, test_bg = photos(TRAIN_PHOTOS), photos(TEST_PHOTOS)
   sx, sy = sprites("train", 10000 if a.quick else 0)
