@@ -70,19 +70,22 @@ def results_dir(name: str, root: str = "") -> str:
 
 def train(cfg: ModelConfig, next_batch: Callable[[int], Dict[str, np.ndarray]], steps: int,
           workdir: str, *, lr: float = 2e-3, warmup: int = 50, seed: int = 0,
-          log_every: int = 25, attn_impl: str = "xla", mesh=None, log=print,
-          params=None) -> dict:
-  """Trains from init (or `params`) for `steps` steps; metrics in workdir/metrics.jsonl."""
+          log_every: int = 25, attn_impl: str = "xla", moe_impl: str = "tiled", mesh=None,
+          log=print, params=None) -> dict:
+  """Trains from init (or `params`) for `steps` steps; metrics in workdir/metrics.jsonl.
+  MoE defaults to the tiled grouped matmul: XLA:CPU runs `ragged_dot` as a generic loop
+  (train/README.md), and the state is donated so a step updates it in place."""
   tc = TrainConfig(steps=steps, lr=lr, warmup_steps=min(warmup, steps // 4 + 1),
                    weight_decay=0.05, checkpoint_every=0)
   opt = make_optimizer(tc, spec.decay_mask(cfg))
   params = transformer.init_params(cfg, jax.random.key(seed)) if params is None else params
   opt_state = opt.init(params)
 
-  @jax.jit
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
   def step_fn(params, opt_state, batch):
     def loss(p):
-      return transformer.loss_fn(p, batch, cfg, attn_impl=attn_impl, moe_impl="xla", mesh=mesh)
+      return transformer.loss_fn(p, batch, cfg, attn_impl=attn_impl, moe_impl=moe_impl,
+                                 mesh=mesh)
     (l, m), g = jax.value_and_grad(loss, has_aux=True)(params)
     updates, opt_state = opt.update(g, opt_state, params)
     params = jax.tree.map(lambda p, u: p + u, params, updates)

@@ -23,6 +23,24 @@ def test_idx_reader_matches_raw_bytes_and_counts():
   assert xt.shape == (60000, 28, 28)
 
 
+def test_augment_moves_each_image_by_at_most_two_pixels_or_mirrors_it():
+  rng = np.random.default_rng(0)
+  imgs = np.zeros((200, 28, 28), np.uint8)
+  imgs[:, 10, 7] = 255                                   # one lit pixel, off-centre
+  out = fashion_mnist.augment(imgs, rng)
+  seen_flip = seen_plain = False
+  for o in out:
+    (y,), (x,) = np.nonzero(o)
+    assert abs(y - 10) <= 2
+    if abs(x - 7) <= 2:
+      seen_plain = True
+    else:
+      assert abs(x - (27 - 7)) <= 2                      # mirrored, then shifted
+      seen_flip = True
+  assert seen_flip and seen_plain
+  assert out.dtype == np.uint8 and out.shape == imgs.shape
+
+
 def test_captions_round_trip_through_the_vocabulary():
   voc = fashion_mnist.vocab()
   for c in range(10):
