@@ -357,12 +357,19 @@ const Kernels* ByName(const std::string& name) {
   return nullptr;
 }
 
+// The CPU is asked first: each ISA's table is built inside a function compiled for that ISA
+// (the AMX table copies the AVX-512 one with zmm moves), so even building it is an illegal
+// instruction on a CPU without it.
+const Kernels* Usable(const std::string& name) {
+  return CpuSupports(name) ? ByName(name) : nullptr;
+}
+
 }  // namespace
 
 std::vector<std::string> AvailableKernels() {
   std::vector<std::string> out = {"scalar"};
   for (const char* n : {"avx2", "avxvnni", "avx512", "amx", "neon"})
-    if (ByName(n) != nullptr && CpuSupports(n)) out.push_back(n);
+    if (Usable(n) != nullptr) out.push_back(n);
   return out;
 }
 
@@ -370,14 +377,14 @@ const Kernels& SelectKernels(const std::string& which) {
   if (which == "scalar") return kScalar;
   if (which == "auto") {
     for (const char* n : {"amx", "avx512", "avxvnni", "avx2", "neon"})
-      if (ByName(n) != nullptr && CpuSupports(n)) return *ByName(n);
+      if (const Kernels* k = Usable(n)) return *k;
     return kScalar;
   }
-  const Kernels* k = ByName(which);
   if (which != "avx2" && which != "avxvnni" && which != "avx512" && which != "amx" && which != "neon")
     throw std::invalid_argument("--kernel='" + which + "': expected auto|scalar|avx2|avxvnni|avx512|amx|neon");
-  if (k == nullptr) throw std::invalid_argument("--kernel=" + which + ": not built for this architecture");
   if (!CpuSupports(which)) throw std::invalid_argument("--kernel=" + which + ": this CPU lacks it");
+  const Kernels* k = ByName(which);
+  if (k == nullptr) throw std::invalid_argument("--kernel=" + which + ": not built for this architecture");
   return *k;
 }
 
