@@ -36,6 +36,185 @@ struct Isa {
 
 #include "csrc/runtime/kernels_x86_tiles.h"
 
+// ---- int8 activations on whole 16-row tiles, weights repacked once at load (PackTiles16) ----
+// The layout is QMatrix::tiles' (kernels.h; the AMX kernels' too): per (16-row tile, 32-block)
+// kQ4/kQ4Min 256 bytes, byte 64 g + 4 n + j holding elements 4g+j (low nibble) and 16+4g+j (high
+// nibble) of the tile's row n; kQ8 512 bytes, byte 64 kk + 4 n + j = element 4kk+j of row n as
+// int8 (u - 128). So one 256-bit load holds 4 consecutive elements of each of 8 rows (an
+// "octet": rows 0-7 at bytes 0-31 of each 64, rows 8-15 at 32-63), every 32-bit lane one row,
+// and the activations are 4 bytes broadcast to all lanes: the lane sums of maddubs + madd are
+// the 8 rows' block dots, with no horizontal reduction and the block scales of the 8 rows in
+// one vector. kQ4: the nibbles u (0..15) against q go through maddubs into int16 (8 products of
+// 2 pairs per block: |sum| <= 8 * 2 * 15 * 127 = 30480, no saturation), one madd with ones to
+// int32, minus 8 sum(q) (m = -8 d); kQ4Min: + m dx sum(q) in f32; kQ8: maddubs(|w|, sign(q, w))
+// (|pair| <= 2 * 128 * 127) then madd per 4 elements. Per block and lane: acc = fma(dot, dw * dx,
+// acc) in block order, so a token's result is the same whatever the tile's token count (a
+// batched decode equals each sequence alone, bit for bit).
+
+// The whole 16-row tiles of w in the tile layout (rows past the last whole tile stay unpacked).
+void PackTiles16(QMatrix* w, PackedTiles* out) {
+  const int tiles = w->n / 16, nb = w->kp / 32, spr = w->kp / w->group;
+  w->tiles = nullptr;
+  w->tile_scales = w->tile_mins = nullptr;
+  if (tiles == 0) return;
+  const bool q8 = w->format == WFormat::kQ8, mins = w->format == WFormat::kQ4Min;
+  const size_t rb = w->RowBytes(), tbb = q8 ? 512 : 256;
+  out->tiles.assign(static_cast<size_t>(tiles) * nb * tbb, 0);
+  out->scales.assign(static_cast<size_t>(tiles) * nb * 16, 0);
+  out->mins.assign(mins ? static_cast<size_t>(tiles) * nb * 16 : 0, 0);
+  for (int t = 0; t < tiles; ++t)
+    for (int b = 0; b < nb; ++b) {
+      const size_t tb = static_cast<size_t>(t) * nb + b;
+      uint8_t* dst = out->tiles.data() + tb * tbb;
+      for (int n = 0; n < 16; ++n) {
+        const int r = t * 16 + n;
+        const uint8_t* row = w->packed + static_cast<size_t>(r) * rb;
+        for (int e = 0; e < (q8 ? 32 : 16); ++e)
+          dst[64 * (e / 4) + 4 * n + e % 4] = q8 ? static_cast<uint8_t>(row[b * 32 + e] ^ 0x80) : row[b * 16 + e];
+        out->scales[tb * 16 + n] = w->scales[static_cast<size_t>(r) * spr + (b * 32) / w->group];
+        if (mins) out->mins[tb * 16 + n] = w->mins[static_cast<size_t>(r) * nb + b];
+      }
+    }
+  w->tiles = out->tiles.data();
+  w->tile_scales = out->scales.data();
+  w->tile_mins = mins ? out->mins.data() : nullptr;
+}
+
+// Bytes ahead of the read position the 1-token tiles prefetch (the packed matrix is one
+// sequential stream).
+constexpr int kTilePrefetch = 2048;
+
+inline __m256 Scales8(const uint16_t* s, bool bf16) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s));
+  if (bf16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  return _mm256_cvtph_ps(h);
+}
+
+// Octets h0 .. h0+H-1 of row tile `tile` x tokens i0 .. i0+T-1; y[(i0 + c) * ldy + 16 tile + ...].
+template <WFormat F, bool BF16, int H, int T>
+void OctetTile(const QMatrix& w, const QActs& x, int tile, int h0, int i0, float* y, int ldy) {
+  const int nb = w.kp / 32;
+  constexpr size_t kTbb = F == WFormat::kQ8 ? 512 : 256;
+  const uint8_t* base = w.tiles + static_cast<size_t>(tile) * nb * kTbb;
+  const uint16_t* sc = w.tile_scales + static_cast<size_t>(tile) * nb * 16;
+  const uint16_t* mn = F == WFormat::kQ4Min ? w.tile_mins + static_cast<size_t>(tile) * nb * 16 : nullptr;
+  const __m256i nibble = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  const int32_t* xq[T];
+  const float* xd[T];
+  const float* xs[T];
+  const int32_t* xsum[T];
+  for (int c = 0; c < T; ++c) {
+    xq[c] = reinterpret_cast<const int32_t*>(x.qrow(i0 + c));
+    xd[c] = x.d.data() + static_cast<size_t>(i0 + c) * nb;
+    xs[c] = x.s.data() + static_cast<size_t>(i0 + c) * nb;
+    xsum[c] = x.sumq.data() + static_cast<size_t>(i0 + c) * nb;
+  }
+  __m256 acc[H][T];
+  for (int h = 0; h < H; ++h)
+    for (int c = 0; c < T; ++c) acc[h][c] = _mm256_setzero_ps();
+  for (int b = 0; b < nb; ++b) {
+    const uint8_t* p = base + b * kTbb + 32 * h0;
+    if (T == 1)
+      for (size_t l = 0; l < kTbb; l += 64) _mm_prefetch(reinterpret_cast<const char*>(p + l) + kTilePrefetch, _MM_HINT_T0);
+    __m256i s[H][T];
+    if (F == WFormat::kQ8) {
+      for (int kk = 0; kk < 8; ++kk) {
+        __m256i wv[H], wa[H];
+        for (int h = 0; h < H; ++h) {
+          wv[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * kk + 32 * h));
+          wa[h] = _mm256_abs_epi8(wv[h]);
+        }
+        for (int c = 0; c < T; ++c) {
+          const __m256i xb = _mm256_set1_epi32(xq[c][b * 8 + kk]);
+          for (int h = 0; h < H; ++h) {
+            const __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(wa[h], _mm256_sign_epi8(xb, wv[h])), ones);
+            s[h][c] = kk == 0 ? d : _mm256_add_epi32(s[h][c], d);
+          }
+        }
+      }
+    } else {
+      for (int g = 0; g < 4; ++g) {
+        __m256i lo[H], hi[H];
+        for (int h = 0; h < H; ++h) {
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * g + 32 * h));
+          lo[h] = _mm256_and_si256(v, nibble);
+          hi[h] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+        }
+        for (int c = 0; c < T; ++c) {
+          const __m256i xl = _mm256_set1_epi32(xq[c][b * 8 + g]), xh = _mm256_set1_epi32(xq[c][b * 8 + 4 + g]);
+          for (int h = 0; h < H; ++h) {
+            const __m256i d = _mm256_add_epi16(_mm256_maddubs_epi16(lo[h], xl), _mm256_maddubs_epi16(hi[h], xh));
+            s[h][c] = g == 0 ? d : _mm256_add_epi16(s[h][c], d);
+          }
+        }
+      }
+      for (int h = 0; h < H; ++h)
+        for (int c = 0; c < T; ++c) s[h][c] = _mm256_madd_epi16(s[h][c], ones);
+    }
+    __m256 dw[H], mw[H];
+    for (int h = 0; h < H; ++h) {
+      dw[h] = Scales8(sc + b * 16 + 8 * (h0 + h), BF16);
+      if (F == WFormat::kQ4Min) mw[h] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mn + b * 16 + 8 * (h0 + h))));
+    }
+    for (int c = 0; c < T; ++c) {
+      const __m256 dx = _mm256_set1_ps(xd[c][b]);
+      const __m256i off = _mm256_set1_epi32(8 * xsum[c][b]);
+      for (int h = 0; h < H; ++h) {
+        __m256i dot = s[h][c];
+        if (F == WFormat::kQ4) dot = _mm256_sub_epi32(dot, off);
+        acc[h][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw[h], dx), acc[h][c]);
+        if (F == WFormat::kQ4Min) acc[h][c] = _mm256_fmadd_ps(mw[h], _mm256_set1_ps(xs[c][b]), acc[h][c]);
+      }
+    }
+  }
+  for (int h = 0; h < H; ++h)
+    for (int c = 0; c < T; ++c)
+      _mm256_storeu_ps(y + static_cast<size_t>(i0 + c) * ldy + 16 * tile + 8 * (h0 + h), acc[h][c]);
+}
+
+// Tiles [a, e) (16-row units) x all tokens. Up to 3 tokens (decode, small batches): both octets
+// per pass, one token at a time, so the tile streams from memory in order; more (prefill): one
+// octet x 4 tokens per pass (8 accumulators), the tile staying in L1 across the token groups.
+template <WFormat F, bool BF16>
+void QMatMulTiles(const QMatrix& w, const QActs& x, float* y, int ldy, int a, int e) {
+  for (int tile = a; tile < e; ++tile) {
+    if (x.t < 4) {
+      for (int i = 0; i < x.t; ++i) OctetTile<F, BF16, 2, 1>(w, x, tile, 0, i, y, ldy);
+      continue;
+    }
+    for (int h = 0; h < 2; ++h) {
+      int i = 0;
+      for (; i + 4 <= x.t; i += 4) OctetTile<F, BF16, 1, 4>(w, x, tile, h, i, y, ldy);
+      switch (x.t - i) {
+        case 3: OctetTile<F, BF16, 1, 3>(w, x, tile, h, i, y, ldy); break;
+        case 2: OctetTile<F, BF16, 1, 2>(w, x, tile, h, i, y, ldy); break;
+        case 1: OctetTile<F, BF16, 1, 1>(w, x, tile, h, i, y, ldy); break;
+      }
+    }
+  }
+}
+
+// Rows [r0, r1): the whole 16-row tiles on the packed path, other rows on the 4-row tiles.
+void QMatMulAvx2(const QMatrix& w, const QActs& x, float* y, int ldy, int r0, int r1) {
+  const QMatMulFn rest = QMatMul256<4, 2>;
+  const int a = (r0 + 15) / 16, e = std::min(r1, w.n / 16 * 16) / 16;
+  if (w.tiles == nullptr || a >= e) return rest(w, x, y, ldy, r0, r1);
+  if (r0 < 16 * a) rest(w, x, y, ldy, r0, 16 * a);
+  const bool bf = w.bf16_scales;
+  switch (w.format) {
+    case WFormat::kQ4:
+      (bf ? QMatMulTiles<WFormat::kQ4, true> : QMatMulTiles<WFormat::kQ4, false>)(w, x, y, ldy, a, e);
+      break;
+    case WFormat::kQ4Min:
+      (bf ? QMatMulTiles<WFormat::kQ4Min, true> : QMatMulTiles<WFormat::kQ4Min, false>)(w, x, y, ldy, a, e);
+      break;
+    case WFormat::kQ8:
+      (bf ? QMatMulTiles<WFormat::kQ8, true> : QMatMulTiles<WFormat::kQ8, false>)(w, x, y, ldy, a, e);
+      break;
+  }
+  if (16 * e < r1) rest(w, x, y, ldy, 16 * e, r1);
+}
+
 // ---- f32 activations: 16 bytes -> 32 signed nibbles -> 4 x 8 floats against 32 values. ----
 inline void Nibbles(const uint8_t* pb, __m256* w0, __m256* w1, __m256* w2, __m256* w3) {
   const __m128i mask = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
@@ -201,8 +380,9 @@ void AttendAvx2(const float* q, int nh, int dh, const uint16_t* k, const uint16_
   }
 }
 
-const Kernels kAvx2 = {"avx2", MatVecAvx2, MatMulAvx2, QMatMul256<4, 2>,
-                       DotF16Avx2, AxpyF16Avx2, ToF16Avx2, 4, QuantizeRowAvx2, AttendAvx2};
+const Kernels kAvx2 = {"avx2", MatVecAvx2, MatMulAvx2, QMatMulAvx2,
+                       DotF16Avx2, AxpyF16Avx2, ToF16Avx2, 16, QuantizeRowAvx2, AttendAvx2,
+                       GatedActScalar, PackTiles16};
 
 }  // namespace
 

@@ -431,7 +431,9 @@ const Kernels* Avx512Kernels() {
   static const Kernels k = [] {
     Kernels k = *Avx2Kernels();
     k.name = "avx512";
-    k.qmatmul = QMatMul512;
+    k.qmatmul = QMatMul512;  // on the rows as stored: not AVX2's packed tiles
+    k.row_tile = 4;
+    k.pack = nullptr;
     k.quantize_row = QuantizeRow512;
     k.attend_f16 = Attend512;
     k.gated_act = GatedAct512;

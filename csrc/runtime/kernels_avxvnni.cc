@@ -32,7 +32,9 @@ const Kernels* AvxVnniKernels() {
   static const Kernels k = [] {
     Kernels k = *Avx2Kernels();
     k.name = "avxvnni";
-    k.qmatmul = QMatMul256<4, 2>;
+    k.qmatmul = QMatMul256<4, 2>;  // the 4-row tiles on the rows as stored (no packed copy)
+    k.row_tile = 4;
+    k.pack = nullptr;
     return k;
   }();
   return &k;
