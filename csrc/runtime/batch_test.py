@@ -183,3 +183,68 @@ def test_bad_calls_are_refused(model):
   with pytest.raises(ValueError, match="max_len must be >= 1"):
     rt.new_state(0)
   assert s.length == 4 and t.length == 0
+
+
+def test_prefill_batch_equals_each_prompt_alone(model):
+  """Ragged prompts (and a mix of prompt chunks and single decode tokens) in one forward: each
+  sequence's last-token logits == that sequence prefilled alone, then decoded on == alone."""
+  path, _ = model
+  prompts = _prompts()
+  for kernel in _runtime.available_kernels():
+    for int8, kv_f16 in ((False, False), (True, True)):
+      rt = _runtime.Runtime(path, threads=2, kernel=kernel, int8_activations=int8, kv_f16=kv_f16)
+      states = [rt.new_state(64, kv_f16=kv_f16) for _ in prompts]
+      got = rt.prefill_batch(states, prompts)
+      assert got.shape == (len(prompts), CFG.vocab_size) and got.dtype == np.float32
+      assert [s.length for s in states] == [len(p) for p in prompts]
+      # A second call mixes a chunk for some sequences with one token for others.
+      more = [[(7 * i + j) % CFG.vocab_size for j in range(1 if i % 2 else 4)] for i in range(len(prompts))]
+      got2 = rt.prefill_batch(states, more)
+      alone_tokens = []
+      for i, p in enumerate(prompts):
+        want, want_tokens = _alone(rt, p, STEPS, kv_f16)
+        alone_tokens.append(want_tokens)
+        scale = np.max(np.abs(want[0]))
+        assert np.max(np.abs(got[i] - want[0])) / scale <= 1e-5, (kernel, int8, i)
+        s = rt.new_state(64, kv_f16=kv_f16)
+        want2 = rt.prefill(s, p + more[i])
+        assert np.max(np.abs(got2[i] - want2)) / np.max(np.abs(want2)) <= 1e-5, (kernel, int8, i)
+      # Sequences prefilled together decode on as each alone does.
+      fresh = [rt.new_state(64, kv_f16=kv_f16) for _ in prompts]
+      logits = rt.prefill_batch(fresh, prompts)
+      tokens = [[] for _ in prompts]
+      for _ in range(STEPS):
+        nxt = [int(np.argmax(l)) for l in logits]
+        for i, t in enumerate(nxt):
+          tokens[i].append(t)
+        logits = rt.decode_batch(fresh, nxt)
+      assert tokens == alone_tokens, (kernel, int8)
+
+
+def test_prefill_batch_into_rows_and_refusals(model):
+  path, _ = model
+  rt = _runtime.Runtime(path, threads=2, int8_activations=True, kv_f16=True)
+  prompts = _prompts()[:3]
+  a, b = ([rt.new_state(32) for _ in prompts] for _ in range(2))
+  want = rt.prefill_batch(a, prompts)
+  out = np.full((5, CFG.vocab_size), 3.0, np.float32)
+  assert rt.prefill_batch(b, prompts, out=out, rows=[4, 1, 2]) is out
+  for i, r in enumerate([4, 1, 2]):
+    np.testing.assert_array_equal(out[r], want[i])
+  assert np.all(out[[0, 3]] == 3.0)
+  s, t = rt.new_state(4), rt.new_state(4)
+  with pytest.raises(ValueError, match="same state"):
+    rt.prefill_batch([s, s], [[1], [2]])
+  with pytest.raises(ValueError, match="2 states but 1 token lists"):
+    rt.prefill_batch([s, t], [[1]])
+  with pytest.raises(ValueError, match="has no tokens"):
+    rt.prefill_batch([s, t], [[1], []])
+  with pytest.raises(IndexError, match="outside the vocabulary"):
+    rt.prefill_batch([s, t], [[1], [CFG.vocab_size]])
+  with pytest.raises(IndexError, match="max_len=4"):
+    rt.prefill_batch([s, t], [[1], [1, 2, 3, 4, 5]])
+  with pytest.raises(ValueError, match="at least one"):
+    rt.prefill_batch([], [])
+  with pytest.raises(ValueError, match="rows for"):
+    rt.prefill_batch([s], [[1]], out=out, rows=[0, 1])
+  assert s.length == 0 and t.length == 0  # refused calls change no state

@@ -385,34 +385,65 @@ void Decoder::Forward(KvCache* cache, const int* tokens, int t, float* last_logi
   const int first = all_logits != nullptr ? 0 : t - 1;
   const size_t n = static_cast<size_t>(t - first) * V;
   if (logits_.size() < n) logits_.resize(n);
-  Run(tokens, t, first, logits_.data());
+  if (logit_rows_.size() < static_cast<size_t>(t)) logit_rows_.resize(t);
+  for (int i = first; i < t; ++i) logit_rows_[i - first] = i;
+  Run(tokens, t, logit_rows_.data(), t - first, logits_.data());
   cache->length_ += t;
   if (all_logits != nullptr) all_logits->assign(logits_.begin(), logits_.begin() + n);
   if (last_logits != nullptr) std::memcpy(last_logits, logits_.data() + n - V, V * sizeof(float));
 }
 
-void Decoder::DecodeBatch(KvCache* const* caches, const int* tokens, int b, float* logits) {
-  if (b < 1) throw std::invalid_argument("decode_batch needs at least one sequence");
-  CheckTokens(tokens, b);
-  for (int i = 0; i < b; ++i) {
+void Decoder::CheckCaches(KvCache* const* caches, const int* counts, int n, const char* what) const {
+  const std::string w = what;
+  if (n < 1) throw std::invalid_argument(w + " needs at least one sequence");
+  for (int i = 0; i < n; ++i) {
     const KvCache* c = caches[i];
+    const int count = counts == nullptr ? 1 : counts[i];
+    if (count < 1)
+      throw std::invalid_argument(w + ": sequence " + std::to_string(i) + " has no tokens (at least one each)");
     if (c->layers_ != c_.n_layers || c->width_ != c_.n_kv_heads * c_.head_dim)
-      throw std::invalid_argument("decode_batch: sequence " + std::to_string(i) + "'s state belongs to another model");
-    if (c->length_ + 1 > c->max_len_)
-      throw std::out_of_range("decode_batch: sequence " + std::to_string(i) + " of " + std::to_string(c->length_) +
-                              " tokens is at its max_len=" + std::to_string(c->max_len_));
+      throw std::invalid_argument(w + ": sequence " + std::to_string(i) + "'s state belongs to another model");
+    if (static_cast<int64_t>(c->length_) + count > c->max_len_)
+      throw std::out_of_range(w + ": sequence " + std::to_string(i) + " of " + std::to_string(c->length_) +
+                              " tokens + " + std::to_string(count) + " exceeds its max_len=" +
+                              std::to_string(c->max_len_));
     for (int j = 0; j < i; ++j)
       if (caches[j] == c)
-        throw std::invalid_argument("decode_batch: sequences " + std::to_string(j) + " and " + std::to_string(i) +
-                                    " are the same state (each state advances one token per step)");
+        throw std::invalid_argument(w + ": sequences " + std::to_string(j) + " and " + std::to_string(i) +
+                                    " are the same state (each state advances once per call)");
   }
+}
+
+void Decoder::DecodeBatch(KvCache* const* caches, const int* tokens, int b, float* logits) {
+  CheckCaches(caches, nullptr, b, "decode_batch");
+  CheckTokens(tokens, b);
   if (row_cache_.size() < static_cast<size_t>(b)) { row_cache_.resize(b); row_pos_.resize(b); }
-  for (int i = 0; i < b; ++i) { row_cache_[i] = caches[i]; row_pos_[i] = caches[i]->length_; }
-  Run(tokens, b, 0, logits);
+  if (logit_rows_.size() < static_cast<size_t>(b)) logit_rows_.resize(b);
+  for (int i = 0; i < b; ++i) { row_cache_[i] = caches[i]; row_pos_[i] = caches[i]->length_; logit_rows_[i] = i; }
+  Run(tokens, b, logit_rows_.data(), b, logits);
   for (int i = 0; i < b; ++i) ++caches[i]->length_;
 }
 
-void Decoder::Run(const int* tokens, int t, int first, float* out) {
+void Decoder::ForwardBatch(KvCache* const* caches, const int* tokens, const int* counts, int n,
+                           float* logits) {
+  CheckCaches(caches, counts, n, "prefill_batch");
+  int64_t total = 0;
+  for (int i = 0; i < n; ++i) total += counts[i];
+  if (total > (1 << 24)) throw std::invalid_argument("prefill_batch: " + std::to_string(total) + " tokens in one call");
+  const int t = static_cast<int>(total);
+  CheckTokens(tokens, t);
+  if (row_cache_.size() < static_cast<size_t>(t)) { row_cache_.resize(t); row_pos_.resize(t); }
+  if (logit_rows_.size() < static_cast<size_t>(n)) logit_rows_.resize(n);
+  int r = 0;
+  for (int i = 0; i < n; ++i) {
+    for (int j = 0; j < counts[i]; ++j, ++r) { row_cache_[r] = caches[i]; row_pos_[r] = caches[i]->length_ + j; }
+    logit_rows_[i] = r - 1;
+  }
+  Run(tokens, t, logit_rows_.data(), n, logits);
+  for (int i = 0; i < n; ++i) caches[i]->length_ += counts[i];
+}
+
+void Decoder::Run(const int* tokens, int t, const int* logit_rows, int n_logits, float* out) {
   const int D = c_.d_model, H = c_.n_heads, Dh = c_.head_dim, F = c_.d_ff, V = c_.vocab_size;
   const int half = Dh / 2;
   const float eps = static_cast<float>(c_.norm_eps);
@@ -493,10 +524,11 @@ void Decoder::Run(const int* tokens, int t, int first, float* out) {
     for (int i = 0; i < t; ++i)
       for (int d = 0; d < D; ++d) x_[i * ld_ + d] += h_[i * ld_ + d];
   }
-  // Logits of rows [first, t).
+  // Logits of the asked rows.
   timer.emplace(profile_, OpProfile::kLogits);
-  const int n = t - first;
-  for (int i = first; i < t; ++i) RmsNorm(&x_[i * ld_], m_.final_norm(), D, eps, &h_[(i - first) * ld_]);
+  const int n = n_logits;
+  for (int j = 0; j < n; ++j)
+    RmsNorm(&x_[static_cast<size_t>(logit_rows[j]) * ld_], m_.final_norm(), D, eps, &h_[static_cast<size_t>(j) * ld_]);
   MatMul(m_.unembed(), h_.data(), n, ld_, out, V);
   if (c_.logit_softcap > 0) {
     float cap = static_cast<float>(c_.logit_softcap);

@@ -123,15 +123,25 @@ class Decoder {
   // (row stride V). Throws std::invalid_argument if a cache repeats, std::out_of_range as
   // Forward (no cache is changed then).
   void DecodeBatch(KvCache* const* caches, const int* tokens, int b, float* logits);
+  // Ragged rows of n distinct sequences in one forward (several prompts' prefill chunks, or a
+  // mix of chunks and single decode tokens): sequence i's counts[i] >= 1 tokens are the next
+  // counts[i] of `tokens` (concatenated in sequence order) at positions caches[i]->length()..;
+  // each cache advances by its count and the logits of each sequence's last token go to row i
+  // of `logits` [n, V]. Refusals as DecodeBatch (no cache is changed then).
+  void ForwardBatch(KvCache* const* caches, const int* tokens, const int* counts, int n,
+                    float* logits);
   const SessionOptions& options() const { return opt_; }
   const Model& model() const { return m_; }
   // Times each part of later calls into `p` (nullptr: off, the default).
   void set_profile(OpProfile* p) { profile_ = p; }
 
  private:
-  // The forward of rows_ (row_cache_[i], row_pos_[i], tokens[i]); logits of rows [first, t) go
-  // to `out` with stride V.
-  void Run(const int* tokens, int t, int first, float* out);
+  // The forward of rows (row_cache_[i], row_pos_[i], tokens[i]) for i < t; the logits of rows
+  // logit_rows[j], j < n_logits, go to row j of `out` (stride V).
+  void Run(const int* tokens, int t, const int* logit_rows, int n_logits, float* out);
+  // The checks of DecodeBatch / ForwardBatch (`what` names the call in messages): distinct
+  // caches of this model, each with room for its count (counts == nullptr: 1 each).
+  void CheckCaches(KvCache* const* caches, const int* counts, int n, const char* what) const;
   // y = x W^T over t rows (int8 activations: x quantised once by QuantizeActs).
   void MatMul(const QMatrix& w, const float* x, int t, int ldx, float* y, int ldy);
   // ys[j] = x ws[j]^T for n matrices of one input width, in one parallel job.
@@ -147,6 +157,7 @@ class Decoder {
   int ld_;                                    // scratch row stride (>= every padded K)
   std::vector<KvCache*> row_cache_;           // [t] the sequence of each row
   std::vector<int> row_pos_;                  // [t] its position
+  std::vector<int> logit_rows_;               // rows whose logits a call returns
   int score_stride_ = 0;                      // longest row's attention length this call
   std::vector<float> x_, h_, q_, k_, v_, o_, g_, u_, logits_, embed_row_;
   std::vector<float> scores_;                 // [threads, group, score_stride_] attention scratch

@@ -46,6 +46,58 @@ KvCache* CacheOf(const Runner& r, const State* s, size_t i) {
   return s->cache.get();
 }
 
+std::vector<KvCache*> CachesOf(const Runner& r, const std::vector<State*>& states) {
+  std::vector<KvCache*> caches(states.size());
+  for (size_t i = 0; i < states.size(); ++i) caches[i] = CacheOf(r, states[i], i);
+  return caches;
+}
+
+// Runs `step(logits [b, V])` with the GIL released and the runtime locked; returns a new
+// [b, V] array, or copies row i into out[rows[i]] of a caller's array (a server's per-slot
+// logits: no allocation) and returns out.
+template <typename Step>
+py::object RunInto(Runner& r, int b, py::object out_obj, py::object rows_obj, const char* what, Step step) {
+  const std::string w = what;
+  const int V = r.model->config().vocab_size;
+  if (out_obj.is_none() != rows_obj.is_none())
+    throw std::invalid_argument(w + ": give both out and rows, or neither");
+  if (out_obj.is_none()) {
+    py::array_t<float> out({static_cast<py::ssize_t>(b), static_cast<py::ssize_t>(V)});
+    float* o = out.mutable_data();
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(r.mu);
+      step(o);
+    }
+    return py::object(out);
+  }
+  auto out = py::cast<py::array>(out_obj);
+  if (out.dtype().kind() != 'f' || out.itemsize() != 4 || out.ndim() != 2 || out.shape(1) != V ||
+      !(out.flags() & py::array::c_style) || !out.writeable())
+    throw std::invalid_argument(w + ": out must be a writable C-contiguous float32 [n, " + std::to_string(V) +
+                                "] array");
+  const std::vector<int> rows = py::cast<std::vector<int>>(rows_obj);
+  if (rows.size() != static_cast<size_t>(b))
+    throw std::invalid_argument(w + ": " + std::to_string(rows.size()) + " rows for " + std::to_string(b) +
+                                " states");
+  for (int row : rows)
+    if (row < 0 || row >= out.shape(0))
+      throw std::out_of_range(w + ": row " + std::to_string(row) + " outside out's " +
+                              std::to_string(out.shape(0)) + " rows");
+  float* o = static_cast<float*>(out.mutable_data());
+  {
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(r.mu);
+    const size_t n = static_cast<size_t>(b) * V;
+    if (r.logits.size() < n) r.logits.resize(n);
+    step(r.logits.data());
+    for (int i = 0; i < b; ++i)
+      std::memcpy(o + static_cast<size_t>(rows[i]) * V, r.logits.data() + static_cast<size_t>(i) * V,
+                  V * sizeof(float));
+  }
+  return py::object(out);
+}
+
 py::dict ConfigDict(const ModelConfig& c) {
   py::dict d;
   d["name"] = c.name; d["vocab_size"] = c.vocab_size; d["d_model"] = c.d_model;
@@ -282,51 +334,36 @@ PYBIND11_MODULE(_runtime, m) {
              if (states.size() != tokens.size())
                throw std::invalid_argument("decode_batch: " + std::to_string(states.size()) + " states but " +
                                            std::to_string(tokens.size()) + " tokens");
-             std::vector<KvCache*> caches(states.size());
-             for (size_t i = 0; i < states.size(); ++i) caches[i] = CacheOf(r, states[i], i);
-             const int b = static_cast<int>(states.size());
-             const int V = r.model->config().vocab_size;
-             if (out_obj.is_none() != rows_obj.is_none())
-               throw std::invalid_argument("decode_batch: give both out and rows, or neither");
-             if (out_obj.is_none()) {
-               py::array_t<float> out({static_cast<py::ssize_t>(b), static_cast<py::ssize_t>(V)});
-               float* o = out.mutable_data();
-               {
-                 py::gil_scoped_release release;
-                 std::lock_guard<std::mutex> lock(r.mu);
-                 r.decoder->DecodeBatch(caches.data(), tokens.data(), b, o);
-               }
-               return py::object(out);
-             }
-             // Into rows of a caller's [n, V] array (a server's per-slot logits): no allocation.
-             auto out = py::cast<py::array>(out_obj);
-             if (out.dtype().kind() != 'f' || out.itemsize() != 4 || out.ndim() != 2 || out.shape(1) != V ||
-                 !(out.flags() & py::array::c_style) || !out.writeable())
-               throw std::invalid_argument("decode_batch: out must be a writable C-contiguous float32 [n, " +
-                                           std::to_string(V) + "] array");
-             const std::vector<int> rows = py::cast<std::vector<int>>(rows_obj);
-             if (rows.size() != states.size())
-               throw std::invalid_argument("decode_batch: " + std::to_string(rows.size()) + " rows for " +
-                                           std::to_string(b) + " states");
-             for (int row : rows)
-               if (row < 0 || row >= out.shape(0))
-                 throw std::out_of_range("decode_batch: row " + std::to_string(row) + " outside out's " +
-                                         std::to_string(out.shape(0)) + " rows");
-             float* o = static_cast<float*>(out.mutable_data());
-             {
-               py::gil_scoped_release release;
-               std::lock_guard<std::mutex> lock(r.mu);
-               const size_t n = static_cast<size_t>(b) * V;
-               if (r.logits.size() < n) r.logits.resize(n);
-               r.decoder->DecodeBatch(caches.data(), tokens.data(), b, r.logits.data());
-               for (int i = 0; i < b; ++i)
-                 std::memcpy(o + static_cast<size_t>(rows[i]) * V, r.logits.data() + static_cast<size_t>(i) * V,
-                             V * sizeof(float));
-             }
-             return py::object(out);
+             std::vector<KvCache*> caches = CachesOf(r, states);
+             return RunInto(r, static_cast<int>(states.size()), out_obj, rows_obj, "decode_batch",
+                            [&](float* logits) {
+                              r.decoder->DecodeBatch(caches.data(), tokens.data(), static_cast<int>(caches.size()),
+                                                     logits);
+                            });
            }, py::arg("states"), py::arg("tokens"), py::arg("out") = py::none(), py::arg("rows") = py::none(),
            "Advances each state by its token in one batched step (every weight matrix read once for the "
            "batch); returns logits f32 [B, V], or writes state i's to out[rows[i]] and returns out.")
+      .def("prefill_batch", [](Runner& r, const std::vector<State*>& states,
+                               const std::vector<std::vector<int>>& token_lists, py::object out_obj,
+                               py::object rows_obj) {
+             if (states.size() != token_lists.size())
+               throw std::invalid_argument("prefill_batch: " + std::to_string(states.size()) + " states but " +
+                                           std::to_string(token_lists.size()) + " token lists");
+             std::vector<KvCache*> caches = CachesOf(r, states);
+             std::vector<int> flat, counts;
+             for (const auto& l : token_lists) {
+               counts.push_back(static_cast<int>(l.size()));
+               flat.insert(flat.end(), l.begin(), l.end());
+             }
+             return RunInto(r, static_cast<int>(states.size()), out_obj, rows_obj, "prefill_batch",
+                            [&](float* logits) {
+                              r.decoder->ForwardBatch(caches.data(), flat.data(), counts.data(),
+                                                      static_cast<int>(caches.size()), logits);
+                            });
+           }, py::arg("states"), py::arg("token_lists"), py::arg("out") = py::none(), py::arg("rows") = py::none(),
+           "Appends token_lists[i] (>= 1 tokens each: a prompt chunk, or one decode token) to states[i] for "
+           "every i in one forward (every weight matrix read once for all their tokens); returns each "
+           "sequence's last-token logits f32 [n, V], or writes state i's to out[rows[i]] and returns out.")
       .def("encode", [](Runner& r, const std::string& text) {
              if (!r.tok) throw std::invalid_argument("the file has no tokenizer");
              return r.tok->Encode(text);

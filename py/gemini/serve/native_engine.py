@@ -10,8 +10,10 @@ The decode state is `n_slots` runtime sequence states (None where a slot is free
 slot's next-token logits [n_slots, V] in NumPy. One generate step samples every occupied slot
 (`native_sampling`, the JAX sampler's semantics: masks, forced tokens, per-seed streams), then
 runs one `decode_batch` over those sequences: the runtime reads each weight once for the whole
-batch, releases the GIL while it computes and writes the new logits into the state's rows. Prompts are prefilled `chunk` tokens at a time
-(the generator yields between chunks so running streams keep decoding). There is no padding and
+batch, releases the GIL while it computes and writes the new logits into the state's rows.
+Prompts are prefilled `chunk` tokens at a time (the generator yields between chunks so running
+streams keep decoding); prompts queued together are prefilled together (`prefill_batch_steps`:
+one `prefill_batch` forward over all their chunks, ragged, each sequence its own state). There is no padding and
 nothing compiles, so every cache position is a token position: the prefix cache stores a copy of
 each prompt's state at its end and a later prompt sharing n of its tokens starts from a copy
 truncated to n.
@@ -104,10 +106,7 @@ class NativeEngine:
 
   # -- chunked prefill with the prefix cache ---------------------------------------------
 
-  def prefill_steps(self, params, tokens: Sequence[int]) -> Iterator[None]:
-    """Generator: yields between chunks; its return value is the Prefix (row = the runtime
-    sequence state)."""
-    del params
+  def _checked(self, tokens: Sequence[int]) -> list:
     tokens = [int(t) for t in tokens]
     if not tokens:
       raise ValueError("prefill: empty prompt")
@@ -116,6 +115,11 @@ class NativeEngine:
     bad = [t for t in tokens if not 0 <= t < self.vocab]
     if bad:
       raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.vocab})")
+    return tokens
+
+  def _start(self, tokens: list):
+    """The prefix cache's answer for a prompt: a whole Prefix when all of it is stored, else
+    (sequence state to continue, tokens already in it)."""
     hit, reuse = self.prefix_cache.lookup(tokens)
     if hit is not None and reuse == len(tokens):
       return Prefix(hit.snapshot.copy(), hit.logits.copy(), len(tokens), len(tokens))
@@ -123,9 +127,23 @@ class NativeEngine:
       seq = hit.snapshot.copy()
       if reuse < seq.length:
         seq.truncate(reuse)
-      done = reuse
-    else:
-      seq, done = self.rt.new_state(self.ecfg.max_len, kv_f16=self.kv_f16), 0
+      return seq, reuse
+    return self.rt.new_state(self.ecfg.max_len, kv_f16=self.kv_f16), 0
+
+  def _done(self, tokens: list, seq, logits: np.ndarray, cached: int) -> Prefix:
+    if self.prefix_cache.max_entries > 0:
+      self.prefix_cache.store(tokens, seq.copy(), logits.copy(), len(tokens))
+    return Prefix(seq, logits, len(tokens), cached)
+
+  def prefill_steps(self, params, tokens: Sequence[int]) -> Iterator[None]:
+    """Generator: yields between chunks; its return value is the Prefix (row = the runtime
+    sequence state)."""
+    del params
+    tokens = self._checked(tokens)
+    start = self._start(tokens)
+    if isinstance(start, Prefix):
+      return start
+    seq, done = start
     cached, logits = done, None
     while done < len(tokens):
       part = tokens[done:done + self.ecfg.chunk]
@@ -133,6 +151,49 @@ class NativeEngine:
       done += len(part)
       if done < len(tokens):
         yield                     # between chunks only: the last one inserts in the same turn
-    if self.prefix_cache.max_entries > 0:
-      self.prefix_cache.store(tokens, seq.copy(), logits.copy(), len(tokens))
-    return Prefix(seq, logits, len(tokens), cached)
+    return self._done(tokens, seq, logits, cached)
+
+  def prefill_batch_steps(self, params, prompts: Sequence[Sequence[int]]) -> Iterator[None]:
+    """Several prompts prefilled together. Generator: each round is one `prefill_batch` call
+    (one forward, each weight read once) over the unfinished prompts' next tokens, in order,
+    `chunk * prefill_chunks` tokens in all (the decode stall bound of one scheduler turn);
+    yields between rounds. Returns one entry per prompt: its Prefix, or the ValueError that
+    refused it."""
+    del params
+    results: list = [None] * len(prompts)
+    jobs = []                     # [index, tokens, state, done, cached]
+    for i, p in enumerate(prompts):
+      try:
+        tokens = self._checked(p)
+      except ValueError as e:
+        results[i] = e
+        continue
+      start = self._start(tokens)
+      if isinstance(start, Prefix):
+        results[i] = start
+      else:
+        jobs.append([i, tokens, start[0], start[1], start[1]])
+    budget = self.ecfg.chunk * self.ecfg.prefill_chunks
+    logits = np.empty((len(prompts), self.vocab), np.float32)
+    while jobs:
+      take, parts, used = [], [], 0
+      for job in jobs:
+        n = min(len(job[1]) - job[3], budget - used)
+        if n <= 0:
+          break
+        take.append(job)
+        parts.append(job[1][job[3]:job[3] + n])
+        used += n
+      self.rt.prefill_batch([j[2] for j in take], parts, out=logits, rows=[j[0] for j in take])
+      for job, part in zip(take, parts):
+        job[3] += len(part)
+      left = []
+      for job in jobs:
+        if job[3] < len(job[1]):
+          left.append(job)
+        else:
+          results[job[0]] = self._done(job[1], job[2], logits[job[0]].copy(), job[4])
+      jobs = left
+      if jobs:
+        yield
+    return results

@@ -84,6 +84,48 @@ def test_prefix_cache_reuses_state_and_keeps_logits(gnb):
   assert toks == _greedy_alone(ref, odd, 6)
 
 
+def test_prefill_batch_steps_equal_prefill_one_at_a_time(gnb):
+  """Prompts prefilled together (rounds over a small token budget, a prefix-cache hit and a
+  refused prompt among them) == each prefilled alone: logits, then the same greedy tokens."""
+  path, _ = gnb
+  rt = _rt(path)
+  eng = N.NativeEngine(rt, N.NativeConfig(n_slots=6, max_len=96, chunk=8, prefill_chunks=2,
+                                          prefix_entries=4))
+  ref = _runtime.Runtime(path, 2, int8_activations=True, kv_f16=True)
+  rng = np.random.default_rng(7)
+  prompts = [rng.integers(5, 600, n).tolist() for n in (3, 30, 11, 1, 19)]
+  eng.prefill(None, prompts[2])                     # stored: the third prompt is a whole hit
+  batch = prompts[:3] + [[]] + prompts[3:] + [prompts[1][:12] + [9, 9]]
+  steps = eng.prefill_batch_steps(None, batch)
+  rounds = 0
+  while True:
+    try:
+      next(steps)
+      rounds += 1
+    except StopIteration as done:
+      results = done.value
+      break
+  # 3 + 30 + 1 + 19 + 14 = 67 tokens to run at 16 a round (the hit runs none).
+  assert rounds + 1 == 5
+  assert isinstance(results[3], ValueError) and "empty" in str(results[3])
+  assert results[2].cached == len(prompts[2])
+  good = [(p, r) for p, r in zip(batch, results) if p]
+  for p, got in good:
+    assert got.length == len(p) and got.row.length == len(p)
+    want = ref.logits(p)[-1]
+    np.testing.assert_allclose(got.logits, want, atol=2e-2 * np.abs(want).max())
+  state = eng.init_state()
+  for slot, (_, got) in enumerate(good):
+    state = eng.insert(got, state, slot)
+  toks = []
+  for _ in range(6):
+    state, t = eng.generate(None, state, E.Controls.idle(6, eng.vocab))
+    toks.append(t[:len(good)].copy())
+  toks = np.stack(toks, axis=1)
+  for slot, (p, _) in enumerate(good):
+    assert toks[slot].tolist() == _greedy_alone(ref, p, 6), slot
+
+
 def test_numpy_filter_matches_the_jax_sampler():
   rng = np.random.default_rng(3)
   for k, p in ((0, 1.0), (5, 1.0), (0, 0.7), (9, 0.5), (1, 1.0), (0, 0.05)):
@@ -179,6 +221,20 @@ def test_scheduler_on_native_backend(gnb):
       stop = full[2:4]
       cut, reason = _collect(be, [(prompts[2], R.GenParams(max_tokens=12, stop=(stop,)))])
       assert cut[0] == full[:full.find(stop)] and reason[0] == "stop"
+    # Submitted at once: prefilled together in rounds, each stream still == generate alone.
+    together = [R.Request(p, R.GenParams(max_tokens=7, temperature=0.0), lambda e: None)
+                for p in prompts]
+    outs = [[] for _ in prompts]
+    evs = [threading.Event() for _ in prompts]
+    for i, rq in enumerate(together):
+      rq.emit = (lambda i: lambda e: outs[i].append(e) if e.kind == "delta" else evs[i].set())(i)
+    for rq in together:
+      be.submit(rq)
+    for i, p in enumerate(prompts):
+      assert evs[i].wait(60)
+      ref = _greedy_alone(rt, p, 7)
+      cut = next((k for k, t in enumerate(ref) if t in tok.eos_ids), len(ref))
+      assert "".join(e.text for e in outs[i]) == tok.decode(ref[:cut]), i
     ev = threading.Event()
     got = []
     req = R.Request(prompts[0], R.GenParams(max_tokens=200),

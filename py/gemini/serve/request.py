@@ -82,6 +82,8 @@ class Tracker:
     self.words = sampling.full_mask_words(tok.vocab_size)
     self.banned = ([tok.think_open, tok.think_close]
                    if tok.think_open is not None else [])
+    # False: mask() is None for every token (no thinking, constraint or banned ids).
+    self.masked = bool(self.thinking or p.constraint is not None or self.banned)
 
   def prompt_suffix(self) -> List[int]:
     """Tokens appended to the prompt: <think> opens the thinking section when it is on."""

@@ -1,10 +1,13 @@
 """Continuous batching on one background thread over an engine of the JetStream shape
 (`engine.Engine` for JAX, `native_engine.NativeEngine` for the C++ runtime).
 
-Each loop turn: admit queued requests while a slot is free (one prefill at a time, up to
-`prefill_chunks` chunks per turn so a long prompt never stalls the running streams for more
-than that; several short prompts can join in one turn), then one generate step for all slots; every active slot's token goes through its Tracker, finished or
-cancelled requests leave their slot at once. The queue is bounded: `submit` raises QueueFull
+Each loop turn: admit queued requests while a slot is free, up to `prefill_chunks` prefill
+chunks per turn so a long prompt never stalls the running streams for more than that. An engine
+with `prefill_batch_steps` prefills every text prompt waiting for a free slot together, one
+round (one forward over all their next tokens, the engine's per-turn budget) per turn;
+otherwise prompts are prefilled one at a time. Then
+one generate step for all slots; every active slot's token goes through its Tracker, finished
+or cancelled requests leave their slot at once. The queue is bounded: `submit` raises QueueFull
 (the HTTP layer answers 429 with Retry-After).
 """
 
@@ -30,11 +33,26 @@ class QueueFull(RuntimeError):
 
 
 @dataclasses.dataclass
-class _Prefilling:
+class _Member:
   req: request_lib.Request
   tracker: request_lib.Tracker
-  steps: object
   slot: int
+
+
+@dataclasses.dataclass
+class _Prefilling:
+  members: list                   # [_Member], in the order of the results `steps` returns
+  steps: object                   # generator; returns [Prefix | ValueError] per member
+  batched: bool = False           # steps is the engine's prefill_batch_steps (rounds)
+
+
+def _alone(steps):
+  """A one-prompt prefill generator in the batched form (a list of one result)."""
+  try:
+    prefix = yield from steps
+  except ValueError as e:
+    return [e]
+  return [prefix]
 
 
 class Scheduler:
@@ -94,7 +112,7 @@ class Scheduler:
     return len(self.active)
 
   def queued(self) -> int:
-    return len(self.queue) + (1 if self.prefilling else 0)
+    return len(self.queue) + (len(self.prefilling.members) if self.prefilling else 0)
 
   # -- loop -------------------------------------------------------------------------------
 
@@ -118,56 +136,73 @@ class Scheduler:
       if self.prefilling is None:
         break
       busy = True
+      rounds = self.prefilling.batched
       self._prefill_chunk()
+      if rounds:
+        break                     # a batched round is the whole turn's prefill budget
     if self.active:
       busy = True
       self._step()
     return busy
 
   def _start_prefill(self):
+    batched = hasattr(self.eng, "prefill_batch_steps")
+    members, media = [], ()
     with self.lock:
       while self.queue and self.free:
-        req = self.queue.popleft()
+        req = self.queue[0]
+        if req.media and members:
+          break                   # a media prompt is prefilled on its own, next time
+        self.queue.popleft()
         if req.cancelled.is_set():
           req.emit(request_lib.Event("done", finish_reason="cancelled",
                                      usage={"prompt_tokens": len(req.tokens), "completion_tokens": 0,
                                             "thought_tokens": 0, "cached_tokens": 0}))
           continue
-        tracker = request_lib.Tracker(req, self.tok)
-        prompt = req.tokens + tracker.prompt_suffix()
-        slot = self.free.pop()
-        steps = (self.eng.prefill_steps(self.eng.params, prompt, req.media) if req.media
-                 else self.eng.prefill_steps(self.eng.params, prompt))
-        self.prefilling = _Prefilling(req, tracker, steps, slot)
-        break
+        members.append(_Member(req, request_lib.Tracker(req, self.tok), self.free.pop()))
+        if req.media or not batched:
+          media = req.media
+          break
+    if members:
+      prompts = [m.req.tokens + m.tracker.prompt_suffix() for m in members]
+      if media:
+        steps = _alone(self.eng.prefill_steps(self.eng.params, prompts[0], media))
+      elif batched:
+        steps = self.eng.prefill_batch_steps(self.eng.params, prompts)
+      else:
+        steps = _alone(self.eng.prefill_steps(self.eng.params, prompts[0]))
+      self.prefilling = _Prefilling(members, steps, batched=batched and not media)
     self._gauge()
 
   def _prefill_chunk(self):
     job = self.prefilling
-    try:
-      if job.req.cancelled.is_set():
-        raise _Cancelled()
-      next(job.steps)
-      return
-    except StopIteration as done:
-      prefix = done.value
-    except _Cancelled:
-      job.tracker._finish("cancelled")
-      self._release(job.slot)
-      self.prefilling = None
-      return
-    except ValueError as e:
-      job.tracker.fail(str(e))
-      self._release(job.slot)
-      self.prefilling = None
-      return
-    job.req.cached_tokens = prefix.cached
-    if self.metrics is not None:
-      self.metrics.prefill(prefix.length, prefix.cached)
-    self.state = self.eng.insert(prefix, self.state, job.slot)
-    self.active[job.slot] = job.tracker
-    self._set_controls(job.slot, job.tracker)
+    if all(m.req.cancelled.is_set() for m in job.members):
+      job.steps.close()
+      results = [_Cancelled()] * len(job.members)
+    else:
+      try:
+        next(job.steps)
+        return
+      except StopIteration as done:
+        results = done.value
+      except ValueError as e:     # a refusal the engine raised for the whole batch
+        results = [e] * len(job.members)
     self.prefilling = None
+    for m, prefix in zip(job.members, results):
+      if isinstance(prefix, ValueError):
+        m.tracker.fail(str(prefix))
+        self._release(m.slot)
+        continue
+      if isinstance(prefix, _Cancelled) or m.req.cancelled.is_set():
+        m.tracker._finish("cancelled")
+        self._release(m.slot)
+        continue
+      m.req.cached_tokens = prefix.cached
+      if self.metrics is not None:
+        self.metrics.prefill(prefix.length, prefix.cached)
+      self.state = self.eng.insert(prefix, self.state, m.slot)
+      self.active[m.slot] = m.tracker
+      self._set_controls(m.slot, m.tracker)
 
   def _set_controls(self, slot, tr: request_lib.Tracker):
     c, p = self.controls, tr.req.params
@@ -179,6 +214,16 @@ class Scheduler:
     c.forced[slot] = tr.forced
     m = tr.mask()
     c.mask_bits[slot] = -1 if m is None else m
+
+  def _next_controls(self, slot, tr: request_lib.Tracker):
+    """What changes between a request's tokens: its counter, forced token and (thinking, a
+    constraint or banned ids) its mask; the rest was set when it joined."""
+    c = self.controls
+    c.counters[slot] = tr.count
+    c.forced[slot] = tr.forced
+    if tr.masked:
+      m = tr.mask()
+      c.mask_bits[slot] = -1 if m is None else m
 
   def _step(self):
     t0 = time.monotonic()
@@ -200,7 +245,7 @@ class Scheduler:
         if self.metrics is not None:
           self.metrics.finished(tr)
       else:
-        self._set_controls(slot, tr)
+        self._next_controls(slot, tr)
     if self.metrics is not None:
       self.metrics.step(len(tokens), time.monotonic() - t0, len(self.active))
 
@@ -223,8 +268,9 @@ class Scheduler:
       del self.active[slot]
       self._release(slot)
     if self.prefilling is not None:
-      self.prefilling.tracker.fail(message)
-      self._release(self.prefilling.slot)
+      for m in self.prefilling.members:
+        m.tracker.fail(message)
+        self._release(m.slot)
       self.prefilling = None
     self.state = self.eng.init_state()
 
