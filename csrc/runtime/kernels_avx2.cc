@@ -90,105 +90,171 @@ inline __m256 Scales8(const uint16_t* s, bool bf16) {
   return _mm256_cvtph_ps(h);
 }
 
-// Octets h0 .. h0+H-1 of row tile `tile` x tokens i0 .. i0+T-1; y[(i0 + c) * ldy + 16 tile + ...].
-template <WFormat F, bool BF16, int H, int T>
-void OctetTile(const QMatrix& w, const QActs& x, int tile, int h0, int i0, float* y, int ldy) {
+// An opaque copy of v: keeps GCC from reassociating a chain of integer adds into a tree, which
+// makes every product live at once and spills them (the chains here are short and in order).
+inline __m256i Chain(__m256i v) {
+  asm("" : "+x"(v));
+  return v;
+}
+
+// One block's finish for one octet and token: acc += f32(dot) * (dw * dx) (+ m dx sum(q)).
+template <WFormat F>
+inline __m256 Finish(__m256 acc, __m256i dot, __m256 dw, __m256 mw, float dx, float sx, int32_t sumq) {
+  if (F == WFormat::kQ4) dot = _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * sumq));
+  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(dx)), acc);
+  if (F == WFormat::kQ4Min) acc = _mm256_fmadd_ps(mw, _mm256_set1_ps(sx), acc);
+  return acc;
+}
+
+template <WFormat F>
+inline const uint8_t* TileBase(const QMatrix& w, int tile) {
+  return w.tiles + static_cast<size_t>(tile) * (w.kp / 32) * (F == WFormat::kQ8 ? 512 : 256);
+}
+
+// Both octets of row tile `tile` x token i (decode): the tile's bytes in memory order, prefetched
+// kTilePrefetch ahead; y[i * ldy + 16 tile + 0..15].
+template <WFormat F, bool BF16>
+void TileDecode(const QMatrix& w, const QActs& x, int tile, int i, float* y, int ldy) {
   const int nb = w.kp / 32;
-  constexpr size_t kTbb = F == WFormat::kQ8 ? 512 : 256;
-  const uint8_t* base = w.tiles + static_cast<size_t>(tile) * nb * kTbb;
+  constexpr int kTbb = F == WFormat::kQ8 ? 512 : 256;
+  const uint8_t* p = TileBase<F>(w, tile);
   const uint16_t* sc = w.tile_scales + static_cast<size_t>(tile) * nb * 16;
   const uint16_t* mn = F == WFormat::kQ4Min ? w.tile_mins + static_cast<size_t>(tile) * nb * 16 : nullptr;
   const __m256i nibble = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-  const int32_t* xq[T];
-  const float* xd[T];
-  const float* xs[T];
-  const int32_t* xsum[T];
-  for (int c = 0; c < T; ++c) {
-    xq[c] = reinterpret_cast<const int32_t*>(x.qrow(i0 + c));
-    xd[c] = x.d.data() + static_cast<size_t>(i0 + c) * nb;
-    xs[c] = x.s.data() + static_cast<size_t>(i0 + c) * nb;
-    xsum[c] = x.sumq.data() + static_cast<size_t>(i0 + c) * nb;
-  }
-  __m256 acc[H][T];
-  for (int h = 0; h < H; ++h)
-    for (int c = 0; c < T; ++c) acc[h][c] = _mm256_setzero_ps();
-  for (int b = 0; b < nb; ++b) {
-    const uint8_t* p = base + b * kTbb + 32 * h0;
-    if (T == 1)
-      for (size_t l = 0; l < kTbb; l += 64) _mm_prefetch(reinterpret_cast<const char*>(p + l) + kTilePrefetch, _MM_HINT_T0);
-    __m256i s[H][T];
+  const int32_t* xq = reinterpret_cast<const int32_t*>(x.qrow(i));
+  const size_t o = static_cast<size_t>(i) * nb;
+  const float* xd = x.d.data() + o;
+  const float* xs = x.s.data() + o;
+  const int32_t* xsum = x.sumq.data() + o;
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  for (int b = 0; b < nb; ++b, p += kTbb, sc += 16, xq += 8) {
+#pragma GCC unroll 8
+    for (int l = 0; l < kTbb; l += 64) _mm_prefetch(reinterpret_cast<const char*>(p + l) + kTilePrefetch, _MM_HINT_T0);
+    __m256i s0, s1;
     if (F == WFormat::kQ8) {
+#pragma GCC unroll 8
       for (int kk = 0; kk < 8; ++kk) {
-        __m256i wv[H], wa[H];
-        for (int h = 0; h < H; ++h) {
-          wv[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * kk + 32 * h));
-          wa[h] = _mm256_abs_epi8(wv[h]);
-        }
-        for (int c = 0; c < T; ++c) {
-          const __m256i xb = _mm256_set1_epi32(xq[c][b * 8 + kk]);
-          for (int h = 0; h < H; ++h) {
-            const __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(wa[h], _mm256_sign_epi8(xb, wv[h])), ones);
-            s[h][c] = kk == 0 ? d : _mm256_add_epi32(s[h][c], d);
-          }
-        }
+        const __m256i xb = _mm256_set1_epi32(xq[kk]);
+        const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * kk));
+        const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * kk + 32));
+        const __m256i d0 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w0), _mm256_sign_epi8(xb, w0)), ones);
+        const __m256i d1 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w1), _mm256_sign_epi8(xb, w1)), ones);
+        s0 = kk == 0 ? d0 : Chain(_mm256_add_epi32(s0, d0));
+        s1 = kk == 0 ? d1 : Chain(_mm256_add_epi32(s1, d1));
       }
     } else {
+#pragma GCC unroll 4
       for (int g = 0; g < 4; ++g) {
-        __m256i lo[H], hi[H];
-        for (int h = 0; h < H; ++h) {
-          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * g + 32 * h));
-          lo[h] = _mm256_and_si256(v, nibble);
-          hi[h] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
-        }
-        for (int c = 0; c < T; ++c) {
-          const __m256i xl = _mm256_set1_epi32(xq[c][b * 8 + g]), xh = _mm256_set1_epi32(xq[c][b * 8 + 4 + g]);
-          for (int h = 0; h < H; ++h) {
-            const __m256i d = _mm256_add_epi16(_mm256_maddubs_epi16(lo[h], xl), _mm256_maddubs_epi16(hi[h], xh));
-            s[h][c] = g == 0 ? d : _mm256_add_epi16(s[h][c], d);
-          }
-        }
+        const __m256i xl = _mm256_set1_epi32(xq[g]), xh = _mm256_set1_epi32(xq[4 + g]);
+        const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * g));
+        const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * g + 32));
+        const __m256i d0 = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(v0, nibble), xl),
+                                            _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v0, 4), nibble), xh));
+        const __m256i d1 = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(v1, nibble), xl),
+                                            _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v1, 4), nibble), xh));
+        s0 = g == 0 ? d0 : Chain(_mm256_add_epi16(s0, d0));
+        s1 = g == 0 ? d1 : Chain(_mm256_add_epi16(s1, d1));
       }
-      for (int h = 0; h < H; ++h)
-        for (int c = 0; c < T; ++c) s[h][c] = _mm256_madd_epi16(s[h][c], ones);
+      s0 = _mm256_madd_epi16(s0, ones);
+      s1 = _mm256_madd_epi16(s1, ones);
     }
-    __m256 dw[H], mw[H];
-    for (int h = 0; h < H; ++h) {
-      dw[h] = Scales8(sc + b * 16 + 8 * (h0 + h), BF16);
-      if (F == WFormat::kQ4Min) mw[h] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mn + b * 16 + 8 * (h0 + h))));
+    __m256 m0 = _mm256_setzero_ps(), m1 = m0;
+    if (F == WFormat::kQ4Min) {
+      m0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mn)));
+      m1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mn + 8)));
+      mn += 16;
     }
+    acc0 = Finish<F>(acc0, s0, Scales8(sc, BF16), m0, xd[b], xs[b], xsum[b]);
+    acc1 = Finish<F>(acc1, s1, Scales8(sc + 8, BF16), m1, xd[b], xs[b], xsum[b]);
+  }
+  _mm256_storeu_ps(y + static_cast<size_t>(i) * ldy + 16 * tile, acc0);
+  _mm256_storeu_ps(y + static_cast<size_t>(i) * ldy + 16 * tile + 8, acc1);
+}
+
+// Octet h of row tile `tile` x tokens i0 .. i0+T-1 (prefill, batches): per block the octet's
+// weights are unpacked once into registers (kQ4: 8 of nibbles; kQ8: 8 of |w|, the signs read
+// from L1) and used for each token in turn; y[(i0 + c) * ldy + 16 tile + 8 h + 0..7].
+template <WFormat F, bool BF16, int T>
+void TilePrefill(const QMatrix& w, const QActs& x, int tile, int h, int i0, float* y, int ldy) {
+  const int nb = w.kp / 32;
+  constexpr int kTbb = F == WFormat::kQ8 ? 512 : 256;
+  const uint8_t* p = TileBase<F>(w, tile) + 32 * h;
+  const uint16_t* sc = w.tile_scales + static_cast<size_t>(tile) * nb * 16 + 8 * h;
+  const uint16_t* mn = F == WFormat::kQ4Min ? w.tile_mins + static_cast<size_t>(tile) * nb * 16 + 8 * h : nullptr;
+  const __m256i nibble = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  const int kp4 = x.kp / 4;
+  const int32_t* xq = reinterpret_cast<const int32_t*>(x.qrow(i0));
+  const size_t o = static_cast<size_t>(i0) * nb;
+  const float* xd = x.d.data() + o;
+  const float* xs = x.s.data() + o;
+  const int32_t* xsum = x.sumq.data() + o;
+  __m256 acc[T];
+#pragma GCC unroll 8
+  for (int c = 0; c < T; ++c) acc[c] = _mm256_setzero_ps();
+  for (int b = 0; b < nb; ++b, p += kTbb, sc += 16) {
+    __m256i u[8];
+#pragma GCC unroll 8
+    for (int g = 0; g < 4; ++g) {
+      if (F == WFormat::kQ8) {
+        u[g] = _mm256_abs_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * g)));
+        u[4 + g] = _mm256_abs_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 256 + 64 * g)));
+      } else {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * g));
+        u[g] = _mm256_and_si256(v, nibble);
+        u[4 + g] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+      }
+    }
+    const __m256 dw = Scales8(sc, BF16);
+    __m256 mw = _mm256_setzero_ps();
+    if (F == WFormat::kQ4Min) {
+      mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mn)));
+      mn += 16;
+    }
+#pragma GCC unroll 8
     for (int c = 0; c < T; ++c) {
-      const __m256 dx = _mm256_set1_ps(xd[c][b]);
-      const __m256i off = _mm256_set1_epi32(8 * xsum[c][b]);
-      for (int h = 0; h < H; ++h) {
-        __m256i dot = s[h][c];
-        if (F == WFormat::kQ4) dot = _mm256_sub_epi32(dot, off);
-        acc[h][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw[h], dx), acc[h][c]);
-        if (F == WFormat::kQ4Min) acc[h][c] = _mm256_fmadd_ps(mw[h], _mm256_set1_ps(xs[c][b]), acc[h][c]);
+      const int32_t* q = xq + static_cast<size_t>(c) * kp4 + 8 * b;
+      __m256i s;
+      if (F == WFormat::kQ8) {
+#pragma GCC unroll 8
+        for (int kk = 0; kk < 8; ++kk) {
+          const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 64 * kk));
+          const __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(u[kk], _mm256_sign_epi8(_mm256_set1_epi32(q[kk]), wv)), ones);
+          s = kk == 0 ? d : Chain(_mm256_add_epi32(s, d));
+        }
+      } else {
+        // elements 4g..4g+3 are u[g]'s (low nibbles), 16+4g.. u[4+g]'s (high nibbles)
+#pragma GCC unroll 8
+        for (int g = 0; g < 8; ++g) {
+          const __m256i d = _mm256_maddubs_epi16(u[g], _mm256_set1_epi32(q[g]));
+          s = g == 0 ? d : Chain(_mm256_add_epi16(s, d));
+        }
+        s = _mm256_madd_epi16(s, ones);
       }
+      const size_t ob = static_cast<size_t>(c) * nb + b;
+      acc[c] = Finish<F>(acc[c], s, dw, mw, xd[ob], xs[ob], xsum[ob]);
     }
   }
-  for (int h = 0; h < H; ++h)
-    for (int c = 0; c < T; ++c)
-      _mm256_storeu_ps(y + static_cast<size_t>(i0 + c) * ldy + 16 * tile + 8 * (h0 + h), acc[h][c]);
+#pragma GCC unroll 8
+  for (int c = 0; c < T; ++c) _mm256_storeu_ps(y + static_cast<size_t>(i0 + c) * ldy + 16 * tile + 8 * h, acc[c]);
 }
 
 // Tiles [a, e) (16-row units) x all tokens. Up to 3 tokens (decode, small batches): both octets
 // per pass, one token at a time, so the tile streams from memory in order; more (prefill): one
-// octet x 4 tokens per pass (8 accumulators), the tile staying in L1 across the token groups.
+// octet x 4 tokens per pass, the tile staying in L1 across the token groups.
 template <WFormat F, bool BF16>
 void QMatMulTiles(const QMatrix& w, const QActs& x, float* y, int ldy, int a, int e) {
   for (int tile = a; tile < e; ++tile) {
     if (x.t < 4) {
-      for (int i = 0; i < x.t; ++i) OctetTile<F, BF16, 2, 1>(w, x, tile, 0, i, y, ldy);
+      for (int i = 0; i < x.t; ++i) TileDecode<F, BF16>(w, x, tile, i, y, ldy);
       continue;
     }
     for (int h = 0; h < 2; ++h) {
       int i = 0;
-      for (; i + 4 <= x.t; i += 4) OctetTile<F, BF16, 1, 4>(w, x, tile, h, i, y, ldy);
+      for (; i + 4 <= x.t; i += 4) TilePrefill<F, BF16, 4>(w, x, tile, h, i, y, ldy);
       switch (x.t - i) {
-        case 3: OctetTile<F, BF16, 1, 3>(w, x, tile, h, i, y, ldy); break;
-        case 2: OctetTile<F, BF16, 1, 2>(w, x, tile, h, i, y, ldy); break;
-        case 1: OctetTile<F, BF16, 1, 1>(w, x, tile, h, i, y, ldy); break;
+        case 3: TilePrefill<F, BF16, 3>(w, x, tile, h, i, y, ldy); break;
+        case 2: TilePrefill<F, BF16, 2>(w, x, tile, h, i, y, ldy); break;
+        case 1: TilePrefill<F, BF16, 1>(w, x, tile, h, i, y, ldy); break;
       }
     }
   }
@@ -358,31 +424,126 @@ void QuantizeRowAvx2(const float* x, int nb, int8_t* q, float* d, int32_t* sumq)
   }
 }
 
+// exp(x) for the softmax (x <= 0) and the activations: x = n ln2 + r, a degree-6 polynomial of r
+// (Cephes expf coefficients), times 2^n built in the exponent bits; x clamped to [-87, 88] so 2^n
+// stays a normal float. Relative error ~2e-7.
+inline __m256 Exp256(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+// g = act(g) * u, 8 lanes at a time (tanh(z) = 1 - 2 / (exp(2z) + 1), silu(x) = x / (1 + exp(-x))),
+// the ragged tail by the scalar reference.
+void GatedActAvx2(float* g, const float* u, int n, bool gelu) {
+  const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f), two = _mm256_set1_ps(2.0f);
+  const __m256 c = _mm256_set1_ps(0.7978845608028654f), k = _mm256_set1_ps(0.044715f);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = _mm256_loadu_ps(g + i), uv = _mm256_loadu_ps(u + i);
+    __m256 a;
+    if (gelu) {
+      const __m256 z = _mm256_mul_ps(c, _mm256_fmadd_ps(_mm256_mul_ps(k, x), _mm256_mul_ps(x, x), x));
+      const __m256 th = _mm256_sub_ps(one, _mm256_div_ps(two, _mm256_add_ps(Exp256(_mm256_add_ps(z, z)), one)));
+      a = _mm256_mul_ps(_mm256_mul_ps(half, x), _mm256_add_ps(one, th));
+    } else {
+      a = _mm256_div_ps(x, _mm256_add_ps(one, Exp256(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+    }
+    _mm256_storeu_ps(g + i, _mm256_mul_ps(a, uv));
+  }
+  if (i < n) GatedActScalar(g + i, u + i, n - i, gelu);
+}
+
+// The 8 horizontal sums of v[0..7], in order.
+inline __m256 Reduce8(const __m256* v) {
+  const __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+  const __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+}
+
+// Head sizes that are multiples of 8: scores 8 positions at a time (one f16 key row per
+// accumulator, the 8 sums reduced together), a vector softmax, then o accumulated in registers,
+// 64 features (8 vectors) per pass over the values. Other head sizes: the scalar loops.
 void AttendAvx2(const float* q, int nh, int dh, const uint16_t* k, const uint16_t* v, size_t stride,
                 int len, float scale, float* scores, float* o) {
+  if (dh % 8 != 0) return AttendF16Scalar(q, nh, dh, k, v, stride, len, scale, scores, o);
+  auto f16 = [](const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); };
+  const __m256 vscale = _mm256_set1_ps(scale);
   for (int h = 0; h < nh; ++h) {
     float* s = scores + static_cast<size_t>(h) * len;
     const float* qh = q + h * dh;
-    float mx = -INFINITY;
-    for (int j = 0; j < len; ++j) {
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    int j = 0;
+    for (; j + 8 <= len; j += 8) {
+      __m256 acc[8];
+      const uint16_t* kj = k + j * stride;
+      for (int c = 0; c < 8; ++c) acc[c] = _mm256_mul_ps(_mm256_loadu_ps(qh), f16(kj + c * stride));
+      for (int x = 8; x < dh; x += 8) {
+        const __m256 qv = _mm256_loadu_ps(qh + x);
+        for (int c = 0; c < 8; ++c) acc[c] = _mm256_fmadd_ps(qv, f16(kj + c * stride + x), acc[c]);
+      }
+      const __m256 d = _mm256_mul_ps(Reduce8(acc), vscale);
+      _mm256_storeu_ps(s + j, d);
+      vmax = _mm256_max_ps(vmax, d);
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    float mx = _mm_cvtss_f32(_mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1)));
+    for (; j < len; ++j) {
       s[j] = DotF16Avx2(qh, k + j * stride, dh) * scale;
       mx = std::max(mx, s[j]);
     }
-    float sum = 0.f;
-    for (int j = 0; j < len; ++j) { s[j] = std::exp(s[j] - mx); sum += s[j]; }
+    const __m256 vmx = _mm256_set1_ps(mx);
+    __m256 vsum = _mm256_setzero_ps();
+    j = 0;
+    for (; j + 8 <= len; j += 8) {
+      const __m256 e = Exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), vmx));
+      _mm256_storeu_ps(s + j, e);
+      vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = HSum256(vsum);
+    for (; j < len; ++j) {
+      s[j] = std::exp(s[j] - mx);
+      sum += s[j];
+    }
     const float inv = 1.0f / sum;
+    const __m256 vinv = _mm256_set1_ps(inv);
+    j = 0;
+    for (; j + 8 <= len; j += 8) _mm256_storeu_ps(s + j, _mm256_mul_ps(_mm256_loadu_ps(s + j), vinv));
+    for (; j < len; ++j) s[j] *= inv;
     float* oh = o + h * dh;
-    std::fill(oh, oh + dh, 0.f);
-    for (int j = 0; j < len; ++j) {
-      s[j] *= inv;
-      AxpyF16Avx2(s[j], v + j * stride, oh, dh);
+    for (int c0 = 0; c0 < dh; c0 += 64) {
+      const int nc = std::min(8, (dh - c0) / 8);
+      __m256 a[8];
+      for (int c = 0; c < 8; ++c) a[c] = _mm256_setzero_ps();
+      for (int jj = 0; jj < len; ++jj) {
+        const __m256 pj = _mm256_set1_ps(s[jj]);
+        const uint16_t* vj = v + jj * stride + c0;
+        if (nc == 8) {
+          for (int c = 0; c < 8; ++c) a[c] = _mm256_fmadd_ps(pj, f16(vj + 8 * c), a[c]);
+        } else {
+          for (int c = 0; c < nc; ++c) a[c] = _mm256_fmadd_ps(pj, f16(vj + 8 * c), a[c]);
+        }
+      }
+      for (int c = 0; c < nc; ++c) _mm256_storeu_ps(oh + c0 + 8 * c, a[c]);
     }
   }
 }
 
 const Kernels kAvx2 = {"avx2", MatVecAvx2, MatMulAvx2, QMatMulAvx2,
                        DotF16Avx2, AxpyF16Avx2, ToF16Avx2, 16, QuantizeRowAvx2, AttendAvx2,
-                       GatedActScalar, PackTiles16};
+                       GatedActAvx2, PackTiles16};
 
 }  // namespace
 
