@@ -4,6 +4,7 @@ byte vocabulary (so tests need neither the 135M teacher nor its tokenizer)."""
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -103,3 +104,22 @@ class ChatBytes(ByteTokenizer):
 
   def token_to_id(self, tok):
     return {"<|im_start|>": 257, "<|im_end|>": 258}.get(tok)
+
+
+class ThinkBytes:
+  """UTF-8 bytes as ids, with <|im_start|> 257, <|im_end|> 258, <think> 259, </think> 260
+  parsed atomically; decode drops the specials (as tokenizers' decode does)."""
+  SPECIALS = {"<|im_start|>": 257, "<|im_end|>": 258, "<think>": 259, "</think>": 260}
+  _SPLIT = re.compile("(" + "|".join(re.escape(s) for s in SPECIALS) + ")")
+
+  def encode(self, text):
+    ids = []
+    for piece in self._SPLIT.split(text):
+      ids += [self.SPECIALS[piece]] if piece in self.SPECIALS else list(piece.encode())
+    return type("Enc", (), {"ids": ids})()
+
+  def decode(self, ids):
+    return bytes(i for i in ids if i < 256).decode("utf-8", "replace")
+
+  def token_to_id(self, tok):
+    return self.SPECIALS.get(tok)
