@@ -55,7 +55,7 @@ def test_agent_sft_then_grpo_resumes_bit_identical(tmp_path, monkeypatch):
     return agent_rl.parse_args([f"--workdir={tmp_path}/{name}", f"--init={tmp_path}/sft",
                                 "--kinds=calc", "--prompts=2", "--group=2", "--max_new=8",
                                 "--max_calls=1", "--seq_len=600", "--steps=4",
-                                "--heldout_tasks=2", "--train_tasks=8",
+                                "--train_tasks=8",
                                 "--checkpoint_every=2", "--log_every=0"])
   agent_rl.run(args("ref"), setup=s, log=quiet)
   recs = [json.loads(l) for l in open(tmp_path / "ref" / "metrics.jsonl")]

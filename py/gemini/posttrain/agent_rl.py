@@ -9,8 +9,9 @@ training tasks; reward = 1 iff the final answer passes the task's checker. The G
 (grpo.py: group-normalised advantages, clipped ratio, k3 KL to the frozen `--init` policy)
 is taken over the tokens the policy sampled only (its tool calls and answers; the prompt and
 the tool results are context), with logits computed at those positions only. Held-out
-accuracy with and without tools (and, with --budgets, at each thinking budget) before and
-after goes to `workdir/agent_rl.{json,png}`, per-step reward/KL to `metrics.jsonl`/`rl.png`.
+accuracy with and without tools (and, with --budgets, at each thinking budget) on the SFT
+stage's held-out tasks, before (the SFT report) and after, goes to
+`workdir/agent_rl.{json,png}`, per-step reward/KL to `metrics.jsonl`/`rl.png`.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ def parse_args(argv):
   p.add_argument("--clip_eps", type=float, default=0.2)
   p.add_argument("--kl_beta", type=float, default=0.04)
   p.add_argument("--train_tasks", type=int, default=2000)
-  p.add_argument("--heldout_tasks", type=int, default=75)
   p.add_argument("--budgets", default="", help="thinking budgets to evaluate (default none)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--checkpoint_every", type=int, default=5)
@@ -61,7 +61,8 @@ def episode_batch(eps, seq_len: int, k: int) -> dict:
   """Episodes -> rows [N, seq_len] and the positions whose next token the policy sampled
   (idx [N, k], sel_w [N, k])."""
   n = len(eps)
-  out = {"tokens": np.zeros((n, seq_len), np.int32), "segment_ids": np.zeros((n, seq_len), np.int32),
+  z = lambda: np.zeros((n, seq_len), np.int32)
+  out = {"tokens": z(), "segment_ids": z(),
          "idx": np.zeros((n, k), np.int32), "sel_w": np.zeros((n, k), np.float32)}
   for r, e in enumerate(eps):
     toks = e.tokens[:seq_len]
@@ -88,11 +89,14 @@ def run(args, setup=None, log=print) -> dict:
   ref_params = sft.load_params(args.init, cfg)
   cfg = cfg.replace(max_seq_len=max(cfg.max_seq_len, args.seq_len + args.max_new + 128))
   kinds = [k for k in args.kinds.split(",") if k]
-  train_t, held = agent_tasks.partition(s.bank, kinds, args.train_tasks, args.heldout_tasks,
-                                        seed=args.seed * 2 + 201)
+  train_t, _ = agent_tasks.partition(s.bank, kinds, args.train_tasks, 0, seed=args.seed * 2 + 201)
+  # The held-out tasks are the SFT stage's (same prompts, so its report is the "before").
+  notes = json.load(open(os.path.join(args.init, "student.json")))["data"]
+  sft_held = agent_tasks.partition(s.bank, notes["kinds"], 0, notes["heldout"],
+                                   seed=notes.get("heldout_seed", 101))[1]
+  held = [t for t in sft_held if t.kind in kinds]
   budgets = [int(b) for b in args.budgets.split(",") if b]
-  think_held = (agent_tasks.partition(s.bank, agent_tasks.THINK_KINDS, 0, args.heldout_tasks,
-                                      seed=args.seed * 2 + 203)[1] if budgets else [])
+  think_held = [t for t in sft_held if t.kind in agent_tasks.THINK_KINDS] if budgets else []
   k = (args.max_calls + 1) * args.max_new
   tc = TrainConfig(steps=args.steps, batch_size=args.prompts * args.group, seq_len=args.seq_len,
                    lr=args.lr, warmup_steps=1, seed=args.seed, weight_decay=0.0)
@@ -136,12 +140,11 @@ def run(args, setup=None, log=print) -> dict:
     return ev
 
   os.makedirs(args.workdir, exist_ok=True)
-  before_path = os.path.join(args.workdir, "before.json")
-  if os.path.exists(before_path):
-    before = json.load(open(before_path))
+  sft_report = os.path.join(args.init, "agent_sft.json")
+  if os.path.exists(sft_report):
+    before = json.load(open(sft_report))["eval"]
   else:
     before = evaluate(ref_params)
-    json.dump(before, open(before_path, "w"), indent=1)
   log(f"held-out before agent RL: {json.dumps(before)}")
 
   def on_checkpoint(done, state):

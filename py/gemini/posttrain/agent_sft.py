@@ -99,7 +99,8 @@ def build(args, s: agent_eval.Setup, log=print):
   demos, counts = agent_tasks.demonstrations(train, s.toolbox)
   convs = [s.fmt.encode(episodes.messages(turns, tools)) for turns, tools in demos]
   rows = select_positions(chat.pack(convs, args.seq_len))
-  notes = dict(counts, kinds=kinds, heldout=len(held), packed_rows=int(len(rows["tokens"])),
+  notes = dict(counts, kinds=kinds, heldout=len(held), heldout_seed=args.seed * 2 + 101,
+               packed_rows=int(len(rows["tokens"])),
                selected_per_row=int(rows["idx"].shape[1]),
                tokens=int(sum(len(c[0]) for c in convs)),
                trained_tokens=int(sum(c[1].sum() for c in convs)))
