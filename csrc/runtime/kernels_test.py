@@ -109,6 +109,23 @@ def test_isa_kernel_equals_scalar(isa, fmt, group, bf16):
                                  err_msg=f"{isa} {fmt} n={n} k={k} t={t} int8={int8}")
 
 
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "amx"])
+@pytest.mark.parametrize("fmt", ["q4", "q4min", "q8"])
+def test_token_result_does_not_depend_on_the_batch(isa, fmt):
+  """Serving decodes sequences together: each token's row must equal, bit for bit, the row it
+  gets alone or in any other group (whole 16-row tiles and the ragged rows after them)."""
+  if isa != "scalar":
+    _require(isa)
+  rng = np.random.default_rng(23)
+  for n, k in [(53, 320), (35, 416), (7, 96)]:
+    packed, scales, mins, _, _ = _matrix(fmt, n, k, 32, False, rng)
+    x = (rng.standard_normal((11, k)) * 3).astype(np.float32)
+    full = _runtime.quant_matmul(packed, scales, mins, fmt, n, k, 32, False, x, isa, True)
+    for i0, i1 in [(0, 1), (4, 5), (10, 11), (3, 6), (1, 9)]:
+      part = _runtime.quant_matmul(packed, scales, mins, fmt, n, k, 32, False, x[i0:i1], isa, True)
+      np.testing.assert_array_equal(part, full[i0:i1], err_msg=f"{isa} {fmt} n={n} k={k} rows {i0}:{i1}")
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_isa_activation_quantisation_is_bit_identical(isa):
   _require(isa)

@@ -59,7 +59,9 @@ void Tile(const QMatrix& w, const QActs& x, int r, int i0, float* y, int ldy) {
       for (int a = 0; a < R; ++a) {
         __m256i dot = Isa::template DotF<F>(init, u[a], xv);
         acc[a][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(dw[a] * dx), acc[a][c]);
-        if (F == WFormat::kQ4Min) corr[a][c] += mw[a] * x.s[o];
+        // an explicit fma: a contracted or uncontracted a * b + c could differ between tile
+        // shapes, and a token's result must not depend on the batch around it
+        if (F == WFormat::kQ4Min) corr[a][c] = std::fma(mw[a], x.s[o], corr[a][c]);
       }
     }
   }
