@@ -136,8 +136,9 @@ def jax_rows(params, cfg, tok, levels, n_tokens, log):
   log({"backend": "jax", "streams": "sequential", "tok_s": seq})
   rows = []
   for n in levels:
+    sizes = tuple(b for b in (1, 2, 4, 8, 16) if b <= n)   # queued prompts prefilled together
     ecfg = engine.EngineConfig(n_slots=n, max_len=max_len, chunk=64, chunk_buckets=(16, 32, 64),
-                               prefix_entries=0)
+                               prefix_entries=0, prefill_batch=sizes)
     be = backends.JaxBackend(params, cfg, _NoStop(tok), ecfg, model_id="bench")
     try:
       run_streams(be, plist[:n], 2)                                  # warm the scheduler path

@@ -44,6 +44,9 @@ class EngineConfig:
   chunk_buckets: Tuple[int, ...] = (8, 16, 32, 64)
   prefix_entries: int = 32        # 0 disables the prefix cache
   int4_impl: str = "xla"          # matmul of Int4Weight leaves: "xla" (dequantise) | "pallas"
+  # Batch sizes of the batched prefill of queued prompts (each compiled per chunk bucket);
+  # (1,) = one prompt at a time. A group of prompts is padded up to the smallest size >= it.
+  prefill_batch: Tuple[int, ...] = (1,)
 
   def __post_init__(self):
     if self.chunk_buckets[-1] != self.chunk or list(self.chunk_buckets) != sorted(self.chunk_buckets):
@@ -51,6 +54,9 @@ class EngineConfig:
                        f"at chunk={self.chunk}")
     if self.int4_impl not in ("xla", "pallas"):
       raise ValueError(f"EngineConfig.int4_impl={self.int4_impl!r}: expected 'xla' or 'pallas'")
+    if list(self.prefill_batch) != sorted(set(self.prefill_batch)) or self.prefill_batch[0] < 1:
+      raise ValueError(f"EngineConfig.prefill_batch={self.prefill_batch} must be ascending "
+                       "distinct sizes >= 1")
     if self.n_slots < 1 or self.max_len < self.chunk:
       raise ValueError(f"EngineConfig: n_slots={self.n_slots} must be >= 1 and "
                        f"max_len={self.max_len} >= chunk={self.chunk}")
@@ -184,6 +190,9 @@ class Engine:
     try:
       for b in self.ecfg.chunk_buckets:
         state = self.insert(self.prefill(self.params, [1] * b), state, 0)
+      for n in self.ecfg.prefill_batch[1:]:
+        for b in self.ecfg.chunk_buckets:
+          self._prefill_group([[1] * b] * n, b)
       state, _ = self.generate(self.params, state, Controls.idle(self.ecfg.n_slots, self.vocab))
       if entries > 0:                     # snapshot / restore / truncate shapes
         length = prefix_cache.bucket(1)
@@ -252,6 +261,65 @@ class Engine:
       yield
     return Prefix(row, logits, len(tokens), cached)
 
+
+  @property
+  def batch_prefill(self) -> bool:
+    """True if queued prompts are prefilled together (`prefill_batch_steps`)."""
+    return self.ecfg.prefill_batch[-1] > 1
+
+  def prefill_batch_steps(self, params, prompts: Sequence[Sequence[int]]) -> Iterator[None]:
+    """Several prompts prefilled together. Prompts that fit one chunk and miss the prefix
+    cache are grouped by their chunk bucket and run as one `prefill_rows` forward per group
+    (at most the largest `prefill_batch` size, padded up to a compiled size with empty rows;
+    every prompt gets the cache positions it would alone); the rest go through
+    `prefill_steps` one after another. Generator: yields after every forward; returns one
+    entry per prompt: its Prefix or the ValueError that refused it."""
+    results: list = [None] * len(prompts)
+    single, groups = [], {}
+    for i, p in enumerate(prompts):
+      tokens = [int(t) for t in p]
+      hit = self.prefix_cache.lookup(tokens, record=False)[0] if tokens else None
+      if not tokens or len(tokens) > self.ecfg.chunk or hit is not None:
+        single.append((i, tokens))
+      else:
+        self.prefix_cache.stats.lookups += 1       # a miss, as prefill_steps would count it
+        groups.setdefault(padded_length(len(tokens), self.ecfg), []).append((i, tokens))
+    todo = [(w, members[k:k + self.ecfg.prefill_batch[-1]])
+            for w, members in sorted(groups.items())
+            for k in range(0, len(members), self.ecfg.prefill_batch[-1])]
+    for n, (width, members) in enumerate(todo):
+      for (i, tokens), prefix in zip(members, self._prefill_group([t for _, t in members], width)):
+        results[i] = prefix
+      if n + 1 < len(todo) or single:
+        yield
+    for n, (i, tokens) in enumerate(single):
+      try:
+        results[i] = yield from self.prefill_steps(params, tokens)
+      except ValueError as e:
+        results[i] = e
+    return results
+
+  def _prefill_group(self, prompts, width: int) -> list:
+    """Prompts of at most `width` tokens, each left-padded to `width`, in one forward into
+    fresh rows -> their Prefixes (stored in the prefix cache as prefill_steps stores them)."""
+    size = min(b for b in self.ecfg.prefill_batch if b >= len(prompts))
+    toks, seg, pos = (np.zeros((size, width), np.int32) for _ in range(3))
+    for r, p in enumerate(prompts):
+      pad = width - len(p)
+      toks[r, pad:], seg[r, pad:], pos[r, pad:] = p, 1, np.arange(len(p))
+    rows = model_backend.init_slots(self.cfg, size, self.ecfg.max_len)
+    logits, rows = model_backend.prefill_rows(self.params, jnp.asarray(toks), jnp.asarray(seg),
+                                              jnp.asarray(pos), rows, cfg=self.cfg,
+                                              int4_impl=self.ecfg.int4_impl)
+    out = []
+    for r, (p, row) in enumerate(zip(prompts, model_backend.split_rows(rows))):
+      lg = logits[r]
+      if self.prefix_cache.max_entries > 0:
+        length = min(prefix_cache.bucket(width), self.ecfg.max_len)
+        self.prefix_cache.store(p, model_backend.trim_row(row, length=length), lg,
+                                len(p) if width == len(p) else 0)
+      out.append(Prefix(row, lg, len(p), 0))
+    return out
 
   def media_batch(self, tokens: Sequence[int], media) -> dict:
     """The model batch of one media prompt: build_batch's layout, left-padded to

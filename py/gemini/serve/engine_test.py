@@ -156,3 +156,54 @@ def test_scheduler_stop_sequence_max_tokens_and_cancel(model):
       _run(sched, prompt * 10, max_tokens=8)
   finally:
     sched.stop()
+
+
+def test_batched_prefill_equals_prefill_one_at_a_time(model):
+  """Queued prompts prefilled together (grouped by bucket, batch sizes 2 and 4, a prefix-cache
+  hit and a long prompt on the single path): logits == each prompt prefilled alone, then the
+  slots decode == decode.generate one at a time."""
+  params, cfg = model
+  eng = _engine(model, prefill_batch=(1, 2, 4))
+  rng = np.random.default_rng(4)
+  prompts = [rng.integers(5, 700, n).tolist() for n in (3, 14, 7, 12, 33, 2, 16, 5)]
+  eng.prefill(params, prompts[7])                   # stored: a whole-prompt hit
+  steps = eng.prefill_batch_steps(params, prompts + [[]])
+  while True:
+    try:
+      next(steps)
+    except StopIteration as done:
+      results = done.value
+      break
+  assert isinstance(results[-1], ValueError) and results[7].cached == len(prompts[7])
+  alone = _engine(model, prefix_entries=0)
+  for p, got in zip(prompts, results):
+    want = alone.prefill(params, p)
+    assert got.length == len(p)
+    assert model_backend.row_index(got.row) == E.padded_length(len(p), eng.ecfg)
+    np.testing.assert_allclose(np.asarray(got.logits), np.asarray(want.logits), atol=1e-4)
+  # Buckets 4 (3, 2), 8 (7, 5 is the hit), 16 (14, 12, 16): sizes 2, 1 and 4 compiled.
+  assert model_backend.prefill_rows._cache_size() <= 3
+  refs = [_reference(model, p, 6) for p in prompts]
+  state = eng.init_state()
+  ctl = E.Controls.idle(4, cfg.vocab_size)
+  for group in (range(4), range(4, 8)):
+    for slot, i in enumerate(group):
+      state = eng.insert(results[i], state, slot)
+    toks = []
+    for _ in range(6):
+      state, t = eng.generate(params, state, ctl)
+      toks.append(np.asarray(t))
+    toks = np.stack(toks, axis=1)
+    for slot, i in enumerate(group):
+      assert toks[slot].tolist() == refs[i], i
+  # The scheduler hands the engine every queued prompt at once: the same tokens.
+  sched = S.Scheduler(_engine(model, prefill_batch=(1, 2, 4), prefix_entries=0), _IdTokenizer())
+  try:
+    runs = [_run(sched, p, max_tokens=5) for p in prompts[:6]]
+    for want, (req, events, done) in zip(refs, runs):
+      assert done.wait(60)
+      want = want[:5]
+      cut = next((k for k, t in enumerate(want) if t == 3), 5)
+      assert "".join(e.text for e in events if e.kind == "delta") == _IdTokenizer().decode(want[:cut])
+  finally:
+    sched.stop()

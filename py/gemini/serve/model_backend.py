@@ -10,7 +10,8 @@ a slot. `gemini.model.decode` keeps a per-row `index [B]` with k/v stacked `[L,B
 - list layout: the batched cache is n_slots stacked batch-1 caches (a leading slot axis on every
   leaf) and the batched step is `vmap` of decode_step over it, which gives each row its own index.
 
-Everything else in serve/ calls only `init_slots`, `init_row`, `prefill_row`, `decode_slots`,
+Everything else in serve/ calls only `init_slots`, `init_row`, `prefill_row`, `prefill_rows`
+(several prompts' chunks into a batch of rows, `split_rows` back to batch-1 rows), `decode_slots`,
 `get_row`, `set_row`, `row_index`, `trim_row`/`untrim_row` (the prefix cache's snapshots) and
 `truncate_row` (keep a snapshot's first n tokens).
 """
@@ -62,6 +63,33 @@ def prefill_row(params, tokens, segment_ids, positions, row, cfg: ModelConfig,
   logits, row = decode.prefill(params, {"tokens": tokens, "segment_ids": segment_ids,
                                         "positions": positions}, row, cfg, int4_impl=int4_impl)
   return logits[0, -1], row
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "int4_impl"))
+def prefill_rows(params, tokens, segment_ids, positions, rows, cfg: ModelConfig,
+                 int4_impl: str = "xla"):
+  """One chunk of each of B prompts, tokens/segment_ids/positions int32 [B,S] (each row
+  left-padded), into B cache rows (`init_slots(cfg, B, ...)`-shaped) in one forward.
+  -> (each row's last-column logits f32 [B,V], rows)."""
+  if _is_stacked(rows):
+    logits, rows = decode.prefill(params, {"tokens": tokens, "segment_ids": segment_ids,
+                                           "positions": positions}, rows, cfg,
+                                  int4_impl=int4_impl)
+    return logits[:, -1], rows
+
+  def one(t, s, p, row):
+    logits, row = decode.prefill(params, {"tokens": t[None], "segment_ids": s[None],
+                                          "positions": p[None]}, row, cfg, int4_impl=int4_impl)
+    return logits[0, -1], row
+
+  return jax.vmap(one)(tokens, segment_ids, positions, rows)
+
+
+@jax.jit
+def split_rows(rows):
+  """B cache rows (a batched cache) -> a list of B batch-1 rows."""
+  n = rows["index"].shape[0]
+  return [get_row(rows, i) for i in range(n)]
 
 
 def prefill_row_media(params, batch: dict, row, cfg: ModelConfig, int4_impl: str = "xla"):

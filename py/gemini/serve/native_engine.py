@@ -50,6 +50,7 @@ class NativeEngine:
   cache unless kv_f16=False. Not thread-safe (the scheduler's loop thread owns it)."""
 
   params = None                   # the weights live in the runtime
+  batch_prefill = True            # the scheduler hands it every waiting prompt at once
 
   def __init__(self, rt, ecfg: NativeConfig = NativeConfig(), kv_f16: bool = True):
     limit = int(rt.config["max_seq_len"])

@@ -49,10 +49,12 @@ class PrefixCache:
     self.entries: "collections.OrderedDict[Tuple[int, ...], Entry]" = collections.OrderedDict()
     self.stats = PrefixStats()
 
-  def lookup(self, tokens: Sequence[int]) -> Tuple[Optional[Entry], int]:
+  def lookup(self, tokens: Sequence[int], record: bool = True) -> Tuple[Optional[Entry], int]:
     """(entry, n): reuse the entry's first n tokens (n == len(entry.tokens): all of it, as
-    stored; else truncate to n). (None, 0) if nothing is shared."""
-    self.stats.lookups += 1
+    stored; else truncate to n). (None, 0) if nothing is shared. record=False: a peek that
+    changes neither the stats nor the LRU order."""
+    if record:
+      self.stats.lookups += 1
     if self.max_entries <= 0:
       return None, 0
     best, best_n = None, 0
@@ -62,7 +64,7 @@ class PrefixCache:
       n = common if common == len(key) else min(common, e.aligned, len(t) - 1)
       if n > best_n:
         best, best_n = e, n
-    if best is not None:
+    if best is not None and record:
       self.entries.move_to_end(best.tokens)
       self.stats.hits += 1
       self.stats.tokens_saved += best_n

@@ -3,7 +3,7 @@
 
 Each loop turn: admit queued requests while a slot is free, up to `prefill_chunks` prefill
 chunks per turn so a long prompt never stalls the running streams for more than that. An engine
-with `prefill_batch_steps` prefills every text prompt waiting for a free slot together, one
+with `batch_prefill` set prefills every text prompt waiting for a free slot together, one
 round (one forward over all their next tokens, the engine's per-turn budget) per turn;
 otherwise prompts are prefilled one at a time. Then
 one generate step for all slots; every active slot's token goes through its Tracker, finished
@@ -146,7 +146,7 @@ class Scheduler:
     return busy
 
   def _start_prefill(self):
-    batched = hasattr(self.eng, "prefill_batch_steps")
+    batched = getattr(self.eng, "batch_prefill", False)
     members, media = [], ()
     with self.lock:
       while self.queue and self.free:
