@@ -157,9 +157,10 @@ class NativeEngine:
   def prefill_batch_steps(self, params, prompts: Sequence[Sequence[int]]) -> Iterator[None]:
     """Several prompts prefilled together. Generator: each round is one `prefill_batch` call
     (one forward, each weight read once) over the unfinished prompts' next tokens, in order,
-    `chunk * prefill_chunks` tokens in all (the decode stall bound of one scheduler turn);
-    yields between rounds. Returns one entry per prompt: its Prefix, or the ValueError that
-    refused it."""
+    `chunk` tokens in all (a chunk, as a single prompt's; the scheduler runs `prefill_chunks`
+    rounds a turn); yields between rounds. Returns one entry per prompt: its Prefix, or the
+    ValueError that refused it. (On AVX2 a round of 64-96 rows prefills fastest: 344-359
+    tokens per CPU-second on SmolLM2 against 307 for 276 rows in one forward.)"""
     del params
     results: list = [None] * len(prompts)
     jobs = []                     # [index, tokens, state, done, cached]
@@ -174,7 +175,7 @@ class NativeEngine:
         results[i] = start
       else:
         jobs.append([i, tokens, start[0], start[1], start[1]])
-    budget = self.ecfg.chunk * self.ecfg.prefill_chunks
+    budget = self.ecfg.chunk
     logits = np.empty((len(prompts), self.vocab), np.float32)
     while jobs:
       take, parts, used = [], [], 0

@@ -3,11 +3,10 @@
 
 Each loop turn: admit queued requests while a slot is free, up to `prefill_chunks` prefill
 chunks per turn so a long prompt never stalls the running streams for more than that. An engine
-with `batch_prefill` set prefills every text prompt waiting for a free slot together, one
-round (one forward over all their next tokens, the engine's per-turn budget) per turn;
-otherwise prompts are prefilled one at a time. Then
-one generate step for all slots; every active slot's token goes through its Tracker, finished
-or cancelled requests leave their slot at once. The queue is bounded: `submit` raises QueueFull
+with `batch_prefill` set prefills every text prompt waiting for a free slot together (each
+chunk one forward over several prompts' next tokens); otherwise prompts are prefilled one at
+a time. Then one generate step for all slots; every active slot's token goes through its
+Tracker, finished or cancelled requests leave their slot at once. The queue is bounded: `submit` raises QueueFull
 (the HTTP layer answers 429 with Retry-After).
 """
 
@@ -43,7 +42,6 @@ class _Member:
 class _Prefilling:
   members: list                   # [_Member], in the order of the results `steps` returns
   steps: object                   # generator; returns [Prefix | ValueError] per member
-  batched: bool = False           # steps is the engine's prefill_batch_steps (rounds)
 
 
 def _alone(steps):
@@ -136,10 +134,7 @@ class Scheduler:
       if self.prefilling is None:
         break
       busy = True
-      rounds = self.prefilling.batched
       self._prefill_chunk()
-      if rounds:
-        break                     # a batched round is the whole turn's prefill budget
     if self.active:
       busy = True
       self._step()
@@ -171,7 +166,7 @@ class Scheduler:
         steps = self.eng.prefill_batch_steps(self.eng.params, prompts)
       else:
         steps = _alone(self.eng.prefill_steps(self.eng.params, prompts[0]))
-      self.prefilling = _Prefilling(members, steps, batched=batched and not media)
+      self.prefilling = _Prefilling(members, steps)
     self._gauge()
 
   def _prefill_chunk(self):
