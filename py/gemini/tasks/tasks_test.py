@@ -54,15 +54,17 @@ def test_kv_example_answer_is_the_queried_keys_value(depth):
   lay = kv_retrieval.Layout()
   rng = np.random.default_rng(3)
   for _ in range(20):
-    seq, pos, ans, needle = kv_retrieval.make_example(rng, lay, 256, 8, depth)
-    assert len(seq) == 256 and pos == 255 and seq[-2] == kv_retrieval.QUERY
-    key = seq[-1]
-    where = np.flatnonzero(seq[:-2] == key)
-    assert len(where) == 1                                # keys occur once in the context
-    assert where[0] == needle and seq[needle + 1] == ans
-    assert lay.val0 <= ans < lay.fill0
+    seq, pos, ans, needle = kv_retrieval.make_example(rng, lay, 256, 8, depth, queries=3)
+    assert len(seq) == 256 and pos[-1] == 255 and len(pos) == len(ans) == 3
+    for p, a in zip(pos, ans):
+      assert seq[p - 1] == kv_retrieval.QUERY and (p == 255 or seq[p + 1] == a)
+      where = np.flatnonzero(seq[:pos[0] - 1] == seq[p])
+      assert len(where) == 1                              # each key occurs once in the context
+      assert seq[where[0] + 1] == a and lay.val0 <= a < lay.fill0
+    assert len(set(seq[p] for p in pos)) == 3             # three different pairs are asked
+    assert seq[needle] == seq[pos[-1]]                    # the last question is the needle
     if depth >= 0:
-      assert abs((needle - 1) / (256 - 5) - depth) < 0.02
+      assert abs((needle - 1) / (256 - 9 - 2) - depth) < 0.02
 
 
 @pytest.mark.parametrize("voice", [Voice("espeak-ng", "en-gb+m3", 150, 40), Voice("flite", "rms"),
