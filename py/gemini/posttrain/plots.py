@@ -26,11 +26,7 @@ def plot_curves(jsonl: str, png: str, keys: Sequence[str], title: str = "") -> N
     ax.set_xlabel("step")
     ax.set_title(k)
     ax.grid(alpha=0.3)
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(png, dpi=90)
-  plt.close(fig)
+  _save(fig, png, title)
 
 
 def plot_agent(result: dict, png: str, title: str = "") -> None:
@@ -64,6 +60,10 @@ def plot_agent(result: dict, png: str, title: str = "") -> None:
     axes[1].set_title("accuracy vs thinking budget (held-out)")
   for ax in axes:
     ax.grid(alpha=0.3)
+  _save(fig, png, title)
+
+
+def _save(fig, png: str, title: str) -> None:
   if title:
     fig.suptitle(title)
   fig.tight_layout()
