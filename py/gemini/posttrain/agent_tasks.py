@@ -52,19 +52,8 @@ def sample(bank: tasks_lib.TaskBank, kind: str, rng: np.random.Generator) -> tas
 def partition(bank, kinds: Sequence[str], n_train: int, n_heldout: int, seed: int):
   """(train, held-out) as `TaskBank.partition`: split by prompt CRC, held-out prompts distinct,
   kinds cycled."""
-  rng = np.random.default_rng(seed)
-  train, held, seen = [], [], set()
-  for i in range(50 * (n_train + n_heldout) + 1000):
-    if len(train) >= n_train and len(held) >= n_heldout:
-      break
-    t = sample(bank, kinds[i % len(kinds)], rng)
-    if tasks_lib.is_heldout(t.prompt):
-      if len(held) < n_heldout and t.prompt not in seen:
-        seen.add(t.prompt)
-        held.append(t)
-    elif len(train) < n_train:
-      train.append(t)
-  return train, held
+  return tasks_lib.partition_by_prompt(lambda kind, rng: sample(bank, kind, rng), kinds,
+                                       n_train, n_heldout, seed)
 
 
 def tool_call(task: tasks_lib.Task) -> dict:

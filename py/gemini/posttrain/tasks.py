@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import zlib
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -127,19 +127,26 @@ class TaskBank:
     occur in training however large the training set (small prompt spaces like units' 594
     are covered whole by a few thousand draws). Train tasks may repeat a prompt; held-out
     prompts are distinct. Kinds are cycled in both."""
-    rng = np.random.default_rng(seed)
-    train, held, seen = [], [], set()
-    for i in range(50 * (n_train + n_heldout) + 1000):
-      if len(train) >= n_train and len(held) >= n_heldout:
-        break
-      t = self.sample(kinds[i % len(kinds)], rng)
-      if is_heldout(t.prompt):
-        if len(held) < n_heldout and t.prompt not in seen:
-          seen.add(t.prompt)
-          held.append(t)
-      elif len(train) < n_train:
-        train.append(t)
-    return train, held
+    return partition_by_prompt(self.sample, kinds, n_train, n_heldout, seed)
+
+
+def partition_by_prompt(sample: Callable[[str, np.random.Generator], Task], kinds,
+                        n_train: int, n_heldout: int, seed: int):
+  """(train, held-out) drawn from `sample(kind, rng)` with kinds cycled, split by `is_heldout`;
+  held-out prompts distinct, training prompts may repeat."""
+  rng = np.random.default_rng(seed)
+  train, held, seen = [], [], set()
+  for i in range(50 * (n_train + n_heldout) + 1000):
+    if len(train) >= n_train and len(held) >= n_heldout:
+      break
+    t = sample(kinds[i % len(kinds)], rng)
+    if is_heldout(t.prompt):
+      if len(held) < n_heldout and t.prompt not in seen:
+        seen.add(t.prompt)
+        held.append(t)
+    elif len(train) < n_train:
+      train.append(t)
+  return train, held
 
 
 def is_heldout(prompt: str, percent: int = 20) -> bool:
