@@ -103,17 +103,8 @@ def run(args, setup=None, log=print) -> dict:
   optimizer, schedule = make_optimizer(tc, spec.decay_mask(cfg)), lr_schedule(tc)
   ref_logps = jax.jit(lambda p, b: selected_logps(p, cfg, b))
 
-  def loss_fn(params, batch, rng):
-    del rng
-    lp = selected_logps(params, cfg, batch)
-    return grpo.grpo_loss(lp, jax.lax.stop_gradient(lp), batch["ref_logp"], batch["adv"],
-                          batch["sel_w"], args.clip_eps, args.kl_beta)
-
-  @jax.jit
-  def update(state, batch):
-    grads, m = step_lib.grads_and_metrics(loss_fn, state["params"], batch,
-                                          step_lib.step_rng(state))
-    return step_lib.apply_grads(state, grads, optimizer, schedule)[0], m
+  update = rl.make_update(lambda p, b: selected_logps(p, cfg, b), "sel_w", optimizer,
+                            schedule, args.clip_eps, args.kl_beta)
 
   def step(state, items):
     i = int(state["step"])

@@ -107,19 +107,9 @@ def run(args, tok=None, bank=None, log=print) -> dict:
   optimizer, schedule = make_optimizer(tc, spec.decay_mask(cfg)), lr_schedule(tc)
   logps = jax.jit(lambda p, t, s, q: token_logps(p, cfg, t, s, q))
 
-  def loss_fn(params, batch, rng):
-    del rng
-    lp = token_logps(params, cfg, batch["tokens"], batch["segment_ids"], batch["positions"])
-    # One update per sampled batch: the sampling policy is the one being updated, so
-    # pi_old = stop_gradient(pi) (ratio 1, gradient A * grad log pi) without a second forward.
-    return grpo.grpo_loss(lp, jax.lax.stop_gradient(lp), batch["ref_logp"], batch["adv"],
-                          batch["mask"], args.clip_eps, args.kl_beta)
-
-  @jax.jit
-  def update(state, batch):
-    grads, m = step_lib.grads_and_metrics(loss_fn, state["params"], batch,
-                                          step_lib.step_rng(state))
-    return step_lib.apply_grads(state, grads, optimizer, schedule)[0], m
+  update = make_update(
+      lambda p, b: token_logps(p, cfg, b["tokens"], b["segment_ids"], b["positions"]), "mask",
+      optimizer, schedule, args.clip_eps, args.kl_beta)
 
   def step(state, items):
     i = int(state["step"])
@@ -204,6 +194,28 @@ def run(args, tok=None, bank=None, log=print) -> dict:
   with open(os.path.join(args.workdir, "rl.json"), "w") as f:
     json.dump(result, f, indent=1)
   return result
+
+
+def make_update(logps, mask_key: str, optimizer, schedule, clip_eps: float, kl_beta: float):
+  """The jitted GRPO step `update(state, batch) -> (state, metrics)`: `logps(params, batch)`
+  gives the policy's per-token log-probabilities, `batch[mask_key]` the tokens that count.
+  One update per sampled batch: the sampling policy is the one being updated, so
+  pi_old = stop_gradient(pi) (ratio 1, gradient A * grad log pi) without a second forward."""
+
+  def loss_fn(params, batch, rng):
+    del rng
+    lp = logps(params, batch)
+    return grpo.grpo_loss(lp, jax.lax.stop_gradient(lp), batch["ref_logp"], batch["adv"],
+                          batch[mask_key], clip_eps, kl_beta)
+
+  @jax.jit
+  def update(state, batch):
+    grads, m = step_lib.grads_and_metrics(loss_fn, state["params"], batch,
+                                          step_lib.step_rng(state))
+    return step_lib.apply_grads(state, grads, optimizer, schedule)[0], m
+
+  return update
+
 
 
 def main(argv=None):
