@@ -120,10 +120,12 @@ def _largest_array_file(step_dir):
 
 
 def _flip(path, offset_frac=0.5, n=16):
+  """XORs n bytes at each fraction in offset_frac (one float or several) of the file."""
   b = bytearray(open(path, "rb").read())
-  at = int(len(b) * offset_frac)
-  for i in range(at, min(at + n, len(b))):
-    b[i] ^= 0xA5
+  for frac in ([offset_frac] if isinstance(offset_frac, float) else offset_frac):
+    at = int(len(b) * frac)
+    for i in range(at, min(at + n, len(b))):
+      b[i] ^= 0xA5
   open(path, "wb").write(bytes(b))
 
 
@@ -133,7 +135,9 @@ def test_flipped_array_bytes_are_caught_and_the_older_step_restored(tmp_path, ca
   states = {}
   _run(tmp_path, _tc(), keep_states=states)
   step_dir = os.path.join(tmp_path, "checkpoints", "8")
-  _flip(_largest_array_file(step_dir))
+  # Several places: an OCDBT data file can hold bytes no read touches (a superseded B-tree
+  # node), and one flip landing there alone is rightly harmless (seen 1 run in 4).
+  _flip(_largest_array_file(step_dir), [(k + 0.5) / 8 for k in range(8)])
   if not with_file_record:   # Then only the per-array CRC-32C can catch it.
     os.remove(os.path.join(step_dir, ckpt_lib.FILES))
   logs = []
@@ -142,7 +146,8 @@ def test_flipped_array_bytes_are_caught_and_the_older_step_restored(tmp_path, ca
   _equal(t.state, states[6])
   assert t.loader.i == 6
   msg = "\n".join(logs)
-  assert "checkpoint step 8" in msg and ("CRC-32C" in msg)
+  # A flip in array data fails its CRC-32C; one in a live B-tree node fails Orbax's read.
+  assert "checkpoint step 8" in msg and ("CRC-32C" in msg or "Orbax could not read" in msg)
   assert os.path.isdir(os.path.join(tmp_path, "checkpoints.rejected", "8"))
   t.close()
   err = capfd.readouterr()
