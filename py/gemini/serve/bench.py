@@ -36,6 +36,9 @@ import tempfile
 import threading
 import time
 
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before JAX starts: no accelerator probing
+# pylint: disable=wrong-import-position
+
 import httpx2
 import jax
 import jax.numpy as jnp
