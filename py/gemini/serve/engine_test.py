@@ -15,6 +15,9 @@ from gemini.serve import testing
 from gemini.serve import model_backend
 
 
+_MAX_LEN = 160
+
+
 @pytest.fixture(scope="module")
 def model():
   cfg = testing.tiny_cfg(700)
@@ -23,13 +26,16 @@ def model():
 
 def _engine(model, **kw):
   params, cfg = model
-  ecfg = E.EngineConfig(n_slots=4, max_len=160, chunk=16, chunk_buckets=(4, 8, 16), **kw)
+  ecfg = E.EngineConfig(n_slots=4, max_len=_MAX_LEN, chunk=16, chunk_buckets=(4, 8, 16), **kw)
   return E.Engine(params, cfg, ecfg)
 
 
 def _reference(model, prompt, n):
+  # One cache length for every reference (the engine's): the decode step compiles once, not
+  # once per prompt length + n.
   params, cfg = model
-  return np.asarray(decode.generate(params, jnp.asarray([prompt]), cfg, n))[0].tolist()
+  return np.asarray(decode.generate(params, jnp.asarray([prompt]), cfg, n,
+                                    max_len=_MAX_LEN))[0].tolist()
 
 
 def test_batched_greedy_equals_generate_and_no_recompiles(model):
