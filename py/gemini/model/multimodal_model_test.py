@@ -24,7 +24,9 @@ def _example(cfg, seed=0, frames=4):
           ("text", [10]), ("video", vid), ("text", [11, 12, 13])]
 
 
-@pytest.mark.parametrize("name", ["flash_tiny", "pro_tiny"])
+# flash_tiny has both layer kinds (dense and MoE); the all-MoE pro_tiny gets the same checks
+# on its multimodal batch in multimodal_kernels_test (test_xla_reference_trains_every_part).
+@pytest.mark.parametrize("name", ["flash_tiny"])
 def test_full_model_forward_backward(name):
   cfg = get_config(name).replace(dtype="float32")
   params = jax.jit(functools.partial(transformer.init_params, cfg))(jax.random.PRNGKey(0))
