@@ -2,7 +2,9 @@
 loss curve matches the single-device run (moe_impl="xla", lax.ragged_dot) to 1e-3.
 
 Capacity dispatch with capacity_factor = E/k (C >= tokens per shard: nothing can drop, so
-both runs compute the same function) keeps 50 steps affordable on a 2-core CPU (~7 min).
+both runs compute the same function) keeps the steps affordable on a 2-core CPU. CI runs 20
+steps (every step's loss compared); the 50-step curve is the manual target
+moe_pallas_train_long_test (BUILD).
 The dropless remote-DMA path is covered layer-level (ep_dropless*_test); inside the whole
 model on XLA:CPU the TPU-interpret-mode exchange hung (all device threads idle) when tried
 here, see README "Known limits".
@@ -62,7 +64,8 @@ def _train(cfg, steps, moe_impl, mesh):
   return np.asarray(losses)
 
 
-@pytest.mark.parametrize("dispatch,steps", [("capacity", 50)])
+@pytest.mark.parametrize("dispatch,steps", [("capacity", 20), ("capacity", 50)],
+                         ids=["short", "long"])
 def test_pro_tiny_ep_matches_single_device(dispatch, steps):
   assert len(jax.devices()) >= 8, "needs 8 fake devices"
   cfg = _cfg(dispatch)
