@@ -13,7 +13,7 @@ import pytest
 from gemini import family
 from gemini.config import get_config
 from gemini.train.aot import analyze as an
-from gemini.train.aot import compile_step, figures as fig_lib, main as aot_main
+from gemini.train.aot import compile_step, figures as fig_lib, hardware, main as aot_main
 
 TOPO = "v5e:2x2"
 MESH = {"data": 2, "fsdp": 2}
@@ -67,6 +67,15 @@ def test_counted_iterations_equal_the_unrolled_program(nano_tiny_full):
 
 
 def test_nano1_fits_v5e_2x2():
+  # Memory is the rolled program's own (analyze compiles it too): one compile suffices. The
+  # FLOPs count over every layer needs the second compile: test_long_nano1_... (manual).
+  r = compile_step.compile_train_step(get_config("nano1"), TOPO, {"fsdp": 4}, 4, 1024)
+  f = fig_lib.from_compile(r, 4)
+  assert r.shapes.state_bytes / 4 <= f.argument_bytes
+  assert f.total_bytes <= hardware.parse_topology(TOPO)[0].hbm_bytes, f.total_bytes
+
+
+def test_long_nano1_fits_and_flops_counted_over_every_layer():
   a = an.analyze(get_config("nano1"), TOPO, {"fsdp": 4}, 4, 1024, cache_dir="")
   e = a.estimate()
   assert a.state_bytes / 4 <= a.figures.argument_bytes
