@@ -2,6 +2,8 @@
 chunked prefill, decode_batch over sequences of different lengths, truncate and copy, against
 each sequence decoded alone and against the JAX int4 reference."""
 
+import threading
+
 import jax
 import numpy as np
 import pytest
@@ -248,3 +250,38 @@ def test_prefill_batch_into_rows_and_refusals(model):
   with pytest.raises(ValueError, match="rows for"):
     rt.prefill_batch([s], [[1]], out=out, rows=[0, 1])
   assert s.length == 0 and t.length == 0  # refused calls change no state
+
+
+def test_calls_from_two_threads_equal_the_same_calls_one_after_another(model):
+  """A server's scheduler thread decodes while another thread asks for a one-at-a-time
+  reference (generate, logits): the calls share one thread pool, so each must wait for the
+  other, and every answer equals the same call made alone."""
+  path, _ = model
+  rt = _runtime.Runtime(path, threads=2, int8_activations=True, kv_f16=True)
+  prompts = _prompts()
+  want_batched = _batched(rt, prompts, STEPS, True)
+  want_gen = rt.generate(prompts[1], STEPS)
+  want_logits = rt.logits(prompts[2])
+  got, errors = {}, []
+
+  def run(name, fn, reps=8):
+    try:
+      got[name] = [fn() for _ in range(reps)]
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
+
+  threads = [threading.Thread(target=run, args=("batched", lambda: _batched(rt, prompts, STEPS, True))),
+             threading.Thread(target=run, args=("generate", lambda: rt.generate(prompts[1], STEPS))),
+             threading.Thread(target=run, args=("logits", lambda: rt.logits(prompts[2])))]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(300)
+  assert not errors, errors
+  for logits, tokens in got["batched"]:
+    assert tokens == want_batched[1]
+    for a, b in zip(logits, want_batched[0]):
+      np.testing.assert_array_equal(a, b)
+  assert all(g == want_gen for g in got["generate"])
+  for l in got["logits"]:
+    np.testing.assert_array_equal(l, want_logits)

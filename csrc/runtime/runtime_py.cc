@@ -28,8 +28,11 @@ struct Runner {
   std::unique_ptr<Model> model;
   std::unique_ptr<ThreadPool> pool;
   std::unique_ptr<Tokenizer> tok;
-  std::unique_ptr<Decoder> decoder;  // prefill / decode_batch (one call at a time: mu)
+  std::unique_ptr<Decoder> decoder;  // prefill / decode_batch
   std::vector<float> logits;         // decode_batch(out=...)'s scratch (grows only; under mu)
+  // Held by every call that runs on `pool` (logits, generate, prefill, decode_batch, ...): the
+  // pool runs one job at a time, and a server's scheduler thread and another Python thread
+  // (a test's one-at-a-time reference) may call in together once the GIL is released.
   std::mutex mu;
 };
 
@@ -293,6 +296,7 @@ PYBIND11_MODULE(_runtime, m) {
              std::vector<float> all;
              {
                py::gil_scoped_release release;
+               std::lock_guard<std::mutex> lock(r.mu);
                Session s(*r.model, static_cast<int>(tokens.size()), r.pool.get(), r.options);
                s.Forward(tokens.data(), static_cast<int>(tokens.size()), nullptr, &all);
              }
@@ -305,6 +309,7 @@ PYBIND11_MODULE(_runtime, m) {
              SamplingParams sp{temperature, top_k, top_p, seed};
              Sampler sampler(sp);
              py::gil_scoped_release release;
+             std::lock_guard<std::mutex> lock(r.mu);
              Session s(*r.model, static_cast<int>(prompt.size()) + max_tokens, r.pool.get(), r.options);
              return Generate(&s, prompt, max_tokens, &sampler, stop_at_eos ? r.model->config().eos_id : -1, nullptr);
            }, py::arg("prompt"), py::arg("max_tokens"), py::arg("temperature") = 0.f, py::arg("top_k") = 0,
