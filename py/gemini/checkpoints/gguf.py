@@ -276,16 +276,24 @@ def apply_chat_template(template: str, messages: Sequence[Dict[str, str]],
   return "".join(out)
 
 
-def load(path: Optional[str] = None, name: str = "smollm2_135m") -> GGUFModel:
-  """Reads config, parameters, tokenizer and chat template from a GGUF (default: SmolLM2)."""
-  path = path or find_smollm2_gguf()
-  reader = open_reader(path)
-  cfg = read_config(reader, path, name)
+def read_text_side(reader, cfg: ModelConfig, path: str = ""):
+  """(tokenizer, bos_id, eos_id, chat_template) of an open GGUF: everything but the weights."""
   bos = int_field(reader, "tokenizer.ggml.bos_token_id", path, lo=0, hi=cfg.vocab_size)
   eos = int_field(reader, "tokenizer.ggml.eos_token_id", path, lo=0, hi=cfg.vocab_size)
-  tokenizer = build_tokenizer(reader, path)
   template = field(reader, "tokenizer.chat_template", path, "")
   if not isinstance(template, str):
     raise GGUFError(f"{path}: metadata tokenizer.chat_template is not a string")
-  return GGUFModel(cfg=cfg, params=load_params(reader, cfg, path), tokenizer=tokenizer,
-                   chat_template=template, bos_id=bos, eos_id=eos, path=path)
+  return build_tokenizer(reader, path), bos, eos, template
+
+
+def load(path: Optional[str] = None, name: str = "smollm2_135m",
+         with_params: bool = True) -> GGUFModel:
+  """Reads config, parameters, tokenizer and chat template from a GGUF (default: SmolLM2).
+  with_params=False leaves params empty (a caller that runs the file natively)."""
+  path = path or find_smollm2_gguf()
+  reader = open_reader(path)
+  cfg = read_config(reader, path, name)
+  tokenizer, bos, eos, template = read_text_side(reader, cfg, path)
+  params = load_params(reader, cfg, path) if with_params else {}
+  return GGUFModel(cfg=cfg, params=params, tokenizer=tokenizer, chat_template=template,
+                   bos_id=bos, eos_id=eos, path=path)

@@ -1,4 +1,6 @@
-"""A language model answering lm-evaluation-harness requests: params + config + tokenizer.
+"""Language models answering lm-evaluation-harness requests. RequestLM turns requests into
+scoring items and generation rows; a subclass runs them: GeminiLM (params + config on JAX),
+native_lm.NativeLM (a .gnb or GGUF in the C++ int4 runtime).
 
 loglikelihood: the context and context+continuation are encoded separately and the
 continuation's tokens are those after the context's (trailing spaces of the context move to
@@ -9,6 +11,10 @@ something. Inputs longer than max_seq_len are cut from the left.
 loglikelihood_rolling: log p(text) with windows of at most max_seq_len inputs; each window
 predicts `stride` new tokens (default: max_seq_len, i.e. disjoint windows) with as much
 preceding context as fits.
+
+generate_until: requests with equal (max_gen_toks, temperature, top_p, until, seed) share
+batches of batch_size rows, longest prompt first; row j of such a group samples with the
+group's seed and its batch's offset, so its text does not depend on the other groups.
 """
 
 from __future__ import annotations
@@ -23,18 +29,20 @@ from gemini.eval import scoring
 from gemini.eval.requests import GenerateUntil, Loglikelihood, LoglikelihoodRolling
 
 
-class GeminiLM:
+class RequestLM:
+  """The request logic over a tokenizer; subclasses give `score(items) -> [Score]`,
+  `generate(rows, until, max_new, temperature, top_p, seed, offset) -> [str]` and
+  `describe() -> str`."""
 
-  def __init__(self, params, cfg: ModelConfig, tokenizer, *, batch_size: int = 8,
+  def __init__(self, tokenizer, *, max_seq_len: int, batch_size: int = 8,
                max_len: Optional[int] = None, name: str = "model", chat_template: str = "",
                bos_in_generation: bool = True):
-    self.params, self.cfg, self.tokenizer, self.name = params, cfg, tokenizer, name
-    self.chat_template = chat_template
+    self.tokenizer, self.name, self.chat_template = tokenizer, name, chat_template
     # generate_until prefixes BOS unless False (lm-eval's HF models add none by default; for
     # SmolLM2 the BOS is <|im_start|>, a chat-turn opener in front of bare code).
     self.bos_in_generation = bos_in_generation
     self.batch_size = batch_size
-    self.max_len = min(max_len or cfg.max_seq_len, cfg.max_seq_len)
+    self.max_len = min(max_len or max_seq_len, max_seq_len)
 
   def _prefix(self) -> List[int]:
     bos = self.tokenizer.bos_id
@@ -67,7 +75,7 @@ class GeminiLM:
 
   def loglikelihood(self, requests: Sequence[Loglikelihood]) -> List[Tuple[float, bool]]:
     items = [self._pair_item(*self.encode_pair(r.context, r.continuation)) for r in requests]
-    scores = scoring.score_items(self.params, self.cfg, items, self.batch_size)
+    scores = self.score(items)
     return [(s.logprob, s.greedy) for s in scores]
 
   def rolling_items(self, ids: List[int], stride: Optional[int] = None) -> List[scoring.Item]:
@@ -93,7 +101,7 @@ class GeminiLM:
       its = self.rolling_items(self.tokenizer.encode(r.text), stride)
       per_req.append(len(its))
       items += its
-    scores = scoring.score_items(self.params, self.cfg, items, self.batch_size)
+    scores = self.score(items)
     out, k = [], 0
     for n in per_req:
       part = scores[k:k + n]
@@ -106,7 +114,7 @@ class GeminiLM:
     return [lp for lp, _ in self.rolling_scores(requests, stride)]
 
   def generate_until(self, requests: Sequence[GenerateUntil]) -> List[str]:
-    """Requests with equal (max_gen_toks, temperature, top_p, until, seed) share batches."""
+    """See the module docstring."""
     out: List[Optional[str]] = [None] * len(requests)
     groups = {}
     for i, r in enumerate(requests):
@@ -120,10 +128,30 @@ class GeminiLM:
         chunk = idx[lo:lo + self.batch_size]
         keep = self.max_len - max_new
         rows = [prompts[i][-keep:] for i in chunk]
-        rows += [rows[-1]] * (self.batch_size - len(rows))      # fixed batch shape
-        texts = gen_lib.generate_batch(
-            self.params, self.cfg, self.tokenizer, rows, until, max_new, temperature=temp,
-            top_p=top_p, key=jax.random.fold_in(jax.random.key(seed), lo))
+        texts = self.generate(rows, until, max_new, temp, top_p, seed, lo)
         for i, t in zip(chunk, texts):
           out[i] = t
     return out
+
+
+class GeminiLM(RequestLM):
+  """Our model on JAX: `params` (float or int4 leaves) + `cfg`."""
+
+  def __init__(self, params, cfg: ModelConfig, tokenizer, **kw):
+    super().__init__(tokenizer, max_seq_len=cfg.max_seq_len, **kw)
+    self.params, self.cfg = params, cfg
+
+  def describe(self) -> str:
+    return (f"{self.cfg.name} on JAX, {self.cfg.n_layers} layers, vocab "
+            f"{self.cfg.vocab_size}")
+
+  def score(self, items: Sequence[scoring.Item]) -> List[scoring.Score]:
+    return scoring.score_items(self.params, self.cfg, items, self.batch_size)
+
+  def generate(self, rows, until, max_new, temperature, top_p, seed, offset) -> List[str]:
+    n = len(rows)
+    rows = list(rows) + [rows[-1]] * (self.batch_size - n)      # fixed batch shape
+    texts = gen_lib.generate_batch(
+        self.params, self.cfg, self.tokenizer, rows, until, max_new, temperature=temperature,
+        top_p=top_p, key=jax.random.fold_in(jax.random.key(seed), offset))
+    return texts[:n]

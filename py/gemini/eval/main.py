@@ -21,7 +21,7 @@ from gemini.eval import decontam, models, report, suite
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--model", required=True, help="gguf:smollm2 | checkpoint:DIR | npz:PATH | "
-                 "random:CONFIG")
+                 "random:CONFIG | native:smollm2 | native:FILE.gnb (models.py)")
   p.add_argument("--tasks", default="wordnet_mc,ppl", help=f"comma list of {sorted(suite.TASKS)}")
   p.add_argument("--config", default="", help="preset of a checkpoint/npz model")
   p.add_argument("--tokenizer", default="", help="SentencePiece model of a checkpoint/npz model")
@@ -55,8 +55,8 @@ def main(argv=None):
                          batch_size=a.n if "humaneval" in names and a.n > 1 else a.batch_size,
                          max_len=a.max_len or None,
                          bos_in_generation=not a.no_bos_in_generation)
-  print(f"model {a.model}: {lm.cfg.name}, {lm.cfg.n_layers} layers, vocab {lm.cfg.vocab_size} "
-        f"(loaded in {time.perf_counter() - t0:.1f}s)", flush=True)
+  print(f"model {a.model}: {lm.describe()} (loaded in {time.perf_counter() - t0:.1f}s)",
+        flush=True)
   tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", a.model)
   for name in names:
     t = time.perf_counter()

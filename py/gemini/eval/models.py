@@ -8,6 +8,9 @@
                                replace them)
     npz:PATH                   params written by `train --final_params_npz` (tree-path keys)
     random:CONFIG              freshly initialised params (seed 0), for smoke runs
+    native:smollm2 | native:PATH   a .gnb or llama GGUF run by the C++ int4 runtime
+                               (native_lm.py; a GGUF keeps its own tokenizer and template,
+                               a .gnb the tokenizer inside it)
 Params are cast to `dtype` (f32 by default: XLA's CPU bf16 matmuls are slower than f32).
 """
 
@@ -24,6 +27,7 @@ from gemini.checkpoints import gguf
 from gemini.config import ModelConfig, get_config
 from gemini.eval import tokenizer as tok_lib
 from gemini.eval.lm import GeminiLM
+from gemini.eval.native_lm import NativeLM
 from gemini.model import transformer
 from gemini.train import checkpoint
 
@@ -55,6 +59,9 @@ def load_model(spec: str, *, config: str = "", tokenizer: str = "", batch_size: 
                bos_in_generation: bool = True) -> GeminiLM:
   kind, _, arg = spec.partition(":")
   template = ""
+  if kind == "native":
+    return native_model(spec, arg, batch_size=batch_size, max_len=max_len,
+                        bos_in_generation=bos_in_generation)
   if kind == "gguf":
     m = gguf.load(None if arg in ("", "smollm2") else arg)
     cfg, params = m.cfg, m.params
@@ -79,11 +86,23 @@ def load_model(spec: str, *, config: str = "", tokenizer: str = "", batch_size: 
       _fail(spec, "--tokenizer (the corpus spm.model)")
   else:
     raise ValueError(f"--model={spec!r}: expected gguf:smollm2|gguf:PATH, checkpoint:DIR, "
-                     f"npz:PATH or random:CONFIG")
+                     f"npz:PATH, random:CONFIG or native:smollm2|native:PATH")
   cfg = cfg.replace(dtype=dtype)
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
   return GeminiLM(params, cfg, tok, batch_size=batch_size, max_len=max_len, name=spec,
                   chat_template=template, bos_in_generation=bos_in_generation)
+
+
+def native_model(spec: str, arg: str, **kw) -> NativeLM:
+  """native:smollm2 | native:FILE.gguf (the GGUF's BPE and chat template, as gguf: uses) |
+  native:FILE.gnb (the tokenizer stored in the file)."""
+  if arg in ("", "smollm2") or arg.endswith(".gguf"):
+    m = gguf.load(None if arg in ("", "smollm2") else arg, with_params=False)
+    tok = tok_lib.HFText(m.tokenizer, m.bos_id, m.eos_id)
+    return NativeLM(m.path, tok, name=spec, chat_template=m.chat_template, **kw)
+  if not os.path.exists(arg):
+    raise FileNotFoundError(f"--model={spec}: {arg} does not exist")
+  return NativeLM(arg, name=spec, **kw)
 
 
 def _fail(spec: str, what: str):

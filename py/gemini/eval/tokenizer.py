@@ -1,6 +1,8 @@
 """One text-tokenizer face over our SentencePiece model and the GGUF byte-level BPE.
 
     encode(text) -> [ids] (no BOS/EOS)      decode(ids) -> text      bos_id / eos_id (or None)
+
+and over the tokenizer inside a .gnb, run by the native runtime (RuntimeText).
 """
 
 from __future__ import annotations
@@ -38,6 +40,25 @@ class HFText:
 
   def decode(self, ids: Sequence[int]) -> str:
     return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
+class RuntimeText:
+  """The tokenizer stored in a .gnb (SentencePiece or byte-level BPE), through the native
+  runtime's encode/decode; BOS is the file's bos_id when the file asks for one (add_bos)."""
+
+  def __init__(self, rt):
+    c = rt.config
+    self.rt = rt
+    self.bos_id: Optional[int] = int(c["bos_id"]) if c["add_bos"] else None
+    self.eos_id: Optional[int] = int(c["eos_id"]) if int(c["eos_id"]) >= 0 else None
+    self.vocab_size = int(c["vocab_size"])
+
+  def encode(self, text: str) -> List[int]:
+    return list(self.rt.encode(text))
+
+  def decode(self, ids: Sequence[int]) -> str:
+    keep = [int(i) for i in ids if int(i) not in (self.bos_id, self.eos_id)]
+    return bytes(self.rt.decode(keep)).decode("utf-8", "replace")
 
 
 class WordVocab:

@@ -74,10 +74,12 @@ def vocab() -> WordVocab:
   return WordVocab(["a", "an", "photo", "of"] + [w for n in NAMES for w in n.split()])
 
 
-def task_config(tokens_per_image: int = 16, size: str = "small"):
+def task_config(tokens_per_image: int = 16, size: str = "small", vit_width: int = 64,
+                vit_layers: int = 2):
   """flash_tiny with the task's vocabulary and a 28x28x1 ViT in 4x4 patches. size="small"
   (the default, ~4x cheaper per image) narrows it to what one grey 28x28 image needs: ViT
-  width 64, decoder width 128 in 2 layers with MoE (4 experts top-1) on layer 1."""
+  width `vit_width` (64) in `vit_layers` (2), decoder width 128 in 2 layers with MoE (4
+  experts top-1) on layer 1."""
   base = get_config("flash_tiny")
   v = dataclasses.replace(base.vision, image_size=28, patch_size=4, channels=1,
                           tokens_per_image=tokens_per_image)
@@ -87,16 +89,19 @@ def task_config(tokens_per_image: int = 16, size: str = "small"):
     return cfg
   if size != "small":
     raise ValueError(f"size={size!r}: expected 'small' or 'flash_tiny'")
-  v = dataclasses.replace(v, d_model=64, d_ff=256)
+  v = dataclasses.replace(v, d_model=vit_width, d_ff=4 * vit_width, n_layers=vit_layers)
   moe = dataclasses.replace(cfg.moe, d_ff=256, layers=(1,))
   return cfg.replace(name="flash_tiny_fmnist_small", d_model=128, n_layers=2, head_dim=32,
                      d_ff=512, moe=moe, vision=v)
 
 
-def augment(images: np.ndarray, rng: np.random.Generator, shift: int = 2) -> np.ndarray:
+def augment(images: np.ndarray, rng: np.random.Generator, shift: int = 2,
+            erase: bool = False) -> np.ndarray:
   """uint8 [N,28,28] -> each image moved by up to `shift` pixels each way (the uncovered edge
   is the background, 0) and mirrored left-right half the time: a garment's class survives
-  both, and several epochs over the 60k images otherwise memorise them."""
+  both, and several epochs over the 60k images otherwise memorise them. erase: then, half the
+  time, a random rectangle (2-40 % of the area, aspect 0.3-3.3) filled with uniform noise
+  (random erasing, arXiv 1708.04896): the model cannot lean on any one region."""
   n, h, w = images.shape
   padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift)))
   dy, dx = rng.integers(0, 2 * shift + 1, size=(2, n))
@@ -105,7 +110,21 @@ def augment(images: np.ndarray, rng: np.random.Generator, shift: int = 2) -> np.
   out = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
   flip = rng.random(n) < 0.5
   out[flip] = out[flip, :, ::-1]
+  if erase:
+    erase_rectangles(out, rng)
   return out
+
+
+def erase_rectangles(images: np.ndarray, rng: np.random.Generator, p: float = 0.5) -> None:
+  """In place: each image with probability p gets one rectangle of uniform uint8 noise."""
+  n, h, w = images.shape
+  for i in np.flatnonzero(rng.random(n) < p):
+    area = rng.uniform(0.02, 0.4) * h * w
+    aspect = np.exp(rng.uniform(np.log(0.3), np.log(1 / 0.3)))
+    eh = int(min(h, max(1, round(np.sqrt(area * aspect)))))
+    ew = int(min(w, max(1, round(np.sqrt(area / aspect)))))
+    y, x = rng.integers(0, h - eh + 1), rng.integers(0, w - ew + 1)
+    images[i, y:y + eh, x:x + ew] = rng.integers(0, 256, (eh, ew), dtype=np.uint8)
 
 
 def pixels(x: np.ndarray) -> np.ndarray:
@@ -158,8 +177,12 @@ def parse(argv):
                  "500 test images")
   p.add_argument("--out", default="", help="results folder (default $GEMINI_RESULTS or "
                  "/tmp/gemini-results)/fashion_mnist")
-  p.add_argument("--augment", default="shift_flip", choices=("shift_flip", "none"),
-                 help="training images moved by up to 2 pixels and mirrored half the time")
+  p.add_argument("--augment", default="shift_flip", choices=("shift_flip", "shift_flip_erase",
+                                                             "none"),
+                 help="training images moved by up to 2 pixels and mirrored half the time "
+                 "(+ a random noise rectangle half the time)")
+  p.add_argument("--vit_width", type=int, default=64, help="ViT width of --size=small")
+  p.add_argument("--vit_layers", type=int, default=2, help="ViT layers of --size=small")
   p.add_argument("--seed", type=int, default=0)
   a = p.parse_args(argv)
   if a.quick:
@@ -171,7 +194,7 @@ def run(argv=None, log=print) -> dict:
   a = parse(sys.argv[1:] if argv is None else argv)
   out = a.out or common.results_dir("fashion_mnist" + ("_quick" if a.quick else ""))
   os.makedirs(out, exist_ok=True)
-  voc, cfg = vocab(), task_config(a.tokens_per_image, a.size)
+  voc, cfg = vocab(), task_config(a.tokens_per_image, a.size, a.vit_width, a.vit_layers)
   xtr, ytr = load("train", a.train_limit)
   xte, yte = load("test", a.test_limit)
   log(f"fashion_mnist: {len(xtr)} train / {len(xte)} test images; {cfg.name}: d_model "
@@ -187,7 +210,8 @@ def run(argv=None, log=print) -> dict:
     if len(order) < a.batch:
       order = np.concatenate([order, rng.permutation(len(xtr))])
     idx, order = order[:a.batch], order[a.batch:]
-    imgs = augment(xtr[idx], rng) if a.augment == "shift_flip" else xtr[idx]
+    imgs = (augment(xtr[idx], rng, erase=a.augment == "shift_flip_erase")
+            if a.augment != "none" else xtr[idx])
     return multimodal.build_batch(examples(imgs, ytr[idx], voc, with_answer=True), cfg, seq)
 
   t0 = time.perf_counter()
@@ -205,7 +229,8 @@ def run(argv=None, log=print) -> dict:
          "train_images": int(len(xtr)), "test_images": int(len(xte)),
          "exact": float(exact.mean()), "target": 0.90, "duplicates_of_train": len(dup),
          "clean_exact": float(exact[clean].mean()), "train_seconds": round(train_s, 1),
-         "per_class": dict(zip(NAMES, per_class)), "tokens_per_image": cfg.vision.tokens_per_image}
+         "per_class": dict(zip(NAMES, per_class)), "tokens_per_image": cfg.vision.tokens_per_image,
+         "vit_width": cfg.vision.d_model, "vit_layers": cfg.vision.n_layers}
   common.write_json(os.path.join(out, "results.json"), res)
   with open(os.path.join(out, "predictions.jsonl"), "w") as f:
     for i, (p, ok) in enumerate(zip(preds, exact)):

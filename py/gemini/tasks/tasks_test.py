@@ -41,6 +41,24 @@ def test_augment_moves_each_image_by_at_most_two_pixels_or_mirrors_it():
   assert out.dtype == np.uint8 and out.shape == imgs.shape
 
 
+def test_random_erasing_changes_one_rectangle_in_about_half_the_images():
+  rng = np.random.default_rng(1)
+  imgs = np.zeros((400, 28, 28), np.uint8)
+  out = imgs.copy()
+  fashion_mnist.erase_rectangles(out, rng)
+  changed = 0
+  for o in out:
+    ys, xs = np.nonzero(o)
+    if ys.size == 0:
+      continue
+    changed += 1
+    box = o[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    # Noise is uniform over 0..255, so a few zeros inside the box are expected, not more.
+    assert (box > 0).mean() > 0.9
+    assert box.size <= 0.4 * 784 * 1.15 + 28             # at most 40 % (rounding + clipping)
+  assert 150 < changed < 250                             # p = 0.5 of 400
+
+
 def test_captions_round_trip_through_the_vocabulary():
   voc = fashion_mnist.vocab()
   for c in range(10):
