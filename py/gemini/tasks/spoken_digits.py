@@ -20,6 +20,7 @@ decodes greedily; exact = the words up to <eos> are the clip's digits.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import os
@@ -130,10 +131,43 @@ def build(split: str, n: int, seed: int, cache_dir: str, log=print):
   return arr.astype(np.float32) / 32767.0, digits, who
 
 
-def task_config():
+def task_config(size: str = "flash_tiny"):
+  """flash_tiny with the task's vocabulary; size="small" keeps its audio encoder (width 128, 2
+  layers) and narrows the decoder, which only has to read 63 audio tokens out as at most 5
+  words, to width 128 in 2 layers with MoE (4 experts top-1) on layer 1."""
   base = get_config("flash_tiny")
-  return base.replace(name="flash_tiny_digits", vocab_size=vocab().vocab_size, max_seq_len=96,
-                      dtype="float32")
+  cfg = base.replace(name="flash_tiny_digits", vocab_size=vocab().vocab_size, max_seq_len=96,
+                     dtype="float32")
+  if size == "flash_tiny":
+    return cfg
+  if size != "small":
+    raise ValueError(f"size={size!r}: expected 'small' or 'flash_tiny'")
+  moe = dataclasses.replace(cfg.moe, d_ff=256, layers=(1,))
+  return cfg.replace(name="flash_tiny_digits_small", d_model=128, n_layers=2, head_dim=32,
+                     d_ff=512, moe=moe)
+
+
+def augment(clips: np.ndarray, rng: np.random.Generator, speed=(0.85, 1.15),
+            snr_db=(10.0, 40.0)) -> np.ndarray:
+  """f32 [N, L] padded clips -> each one played at a random speed (linear resampling: tempo
+  and pitch move together, as a longer or shorter vocal tract would), moved to a random start
+  within the padding, scaled by a random gain and given white noise at a random SNR. The
+  training voices are few per engine (4 flite, 2 festival); this stands in for speakers."""
+  n, length = clips.shape
+  out = np.zeros_like(clips)
+  for i in range(n):
+    x = clips[i]
+    loud = np.flatnonzero(x)
+    end = int(loud[-1]) + 1 if loud.size else 1
+    f = rng.uniform(max(speed[0], end / length), speed[1])       # the result still fits
+    y = np.interp(np.arange(0, end, f), np.arange(end), x[:end]).astype(np.float32)
+    start = int(rng.integers(0, length - y.size + 1))
+    y = y * rng.uniform(0.5, 1.0)
+    out[i, start:start + y.size] = y
+    power = float(np.mean(y ** 2)) + 1e-12
+    noise = np.sqrt(power / 10 ** (rng.uniform(*snr_db) / 10))
+    out[i] += rng.normal(0.0, noise, length).astype(np.float32)
+  return out
 
 
 def examples(clips, digits, voc: WordVocab, with_answer: bool):
@@ -192,6 +226,10 @@ def parse(argv):
   p.add_argument("--train_clips", type=int, default=12000)
   p.add_argument("--test_clips", type=int, default=1000)
   p.add_argument("--cache", default=os.path.expanduser("~/.cache/gemini/spoken_digits"))
+  p.add_argument("--size", default="flash_tiny", choices=("flash_tiny", "small"),
+                 help="the model (task_config)")
+  p.add_argument("--augment", default="none", choices=("none", "speed_noise"),
+                 help="training clips: random speed 0.85-1.15, start, gain, noise (augment)")
   return common.parse_task(p, argv)
 
 
@@ -202,7 +240,7 @@ def run(argv=None, log=print) -> dict:
     raise SystemExit(f"spoken_digits: {', '.join(missing)} not installed (Debian packages "
                      "espeak-ng, flite, festival + festvox voices; see tools/apt-packages.txt)")
   out = common.task_out(a, "spoken_digits")
-  voc, cfg = vocab(), task_config()
+  voc, cfg = vocab(), task_config(a.size)
   xtr, dtr, _ = build("train", a.train_clips, a.seed, a.cache, log)
   xte, dte, ste = build("test", a.test_clips, a.seed, a.cache, log)
   log(f"spoken_digits: {len(xtr)} train / {len(xte)} test clips ({CLIP_S} s, "
@@ -214,7 +252,10 @@ def run(argv=None, log=print) -> dict:
 
   def next_batch(step):
     idx = rng.integers(0, len(train_ex), a.batch)
-    return multimodal.build_batch([train_ex[i] for i in idx], cfg, seq)
+    if a.augment == "none":
+      return multimodal.build_batch([train_ex[i] for i in idx], cfg, seq)
+    clips = augment(xtr[idx], rng)
+    return multimodal.build_batch(examples(clips, [dtr[i] for i in idx], voc, True), cfg, seq)
 
   t0 = time.perf_counter()
   params = common.train(cfg, next_batch, a.steps, out, lr=a.lr, seed=a.seed, log=log)
@@ -228,7 +269,8 @@ def run(argv=None, log=print) -> dict:
   real = real_clips()
   real_hyps = transcribe(params, cfg, np.stack([c for _, c, _ in real]), voc)
   errs = sum(word_errors(t, h) for (_, _, t), h in zip(real, real_hyps))
-  res = {"task": "spoken_digits", "model": cfg.name, "steps": a.steps, "batch": a.batch,
+  res = {"task": "spoken_digits", "model": cfg.name, "size": a.size, "augment": a.augment,
+         "steps": a.steps, "batch": a.batch,
          "train_clips": len(xtr), "test_clips": len(xte), "exact": float(exact.mean()),
          "target": 0.95, "per_engine": per_engine, "train_seconds": round(train_s, 1),
          "test_speakers": sorted(set(ste)),

@@ -137,6 +137,29 @@ def test_spoken_text_says_the_digits():
   assert voc.decode(voc.encode("digits one two")) == "digits one two"
 
 
+def test_speed_noise_augment_keeps_each_clip_in_its_frame_and_stretches_it():
+  rng = np.random.default_rng(0)
+  length, n = 16000, 64
+  clips = np.zeros((n, length), np.float32)
+  t = np.arange(8000) / 16000
+  clips[:, :8000] = 0.5 * np.sin(2 * np.pi * 440 * t)          # 0.5 s of 440 Hz, then silence
+  out = spoken_digits.augment(clips, rng, snr_db=(200.0, 200.0))  # no audible noise: measure the tone
+  assert out.shape == clips.shape and out.dtype == np.float32
+  loud = [np.flatnonzero(np.abs(o) > 1e-3) for o in out]
+  spans = np.array([l[-1] - l[0] + 1 for l in loud])
+  assert np.all(spans >= 8000 / 1.15 - 2) and np.all(spans <= 8000 / 0.85 + 2)
+  assert spans.std() > 100                                        # speeds differ clip to clip
+  assert len({int(l[0]) for l in loud}) > n // 2                  # and so do the starts
+  peaks = np.abs(out).max(axis=1)
+  assert np.all(peaks <= 0.5 + 1e-3) and np.all(peaks >= 0.25 - 1e-2)
+  clean = spoken_digits.augment(clips, np.random.default_rng(1), snr_db=(200.0, 200.0))
+  noisy = spoken_digits.augment(clips, np.random.default_rng(1), snr_db=(20.0, 20.0))
+  noise = noisy - clean                                           # same draws: only the noise differs
+  snr = 10 * np.log10(np.sum(clean ** 2, axis=1) / np.sum(noise ** 2, axis=1))
+  spoken = np.array([np.sum(np.abs(c) > 1e-3) for c in clean])
+  np.testing.assert_allclose(snr - 10 * np.log10(spoken / length), 20.0, atol=0.3)
+
+
 def test_word_errors_is_levenshtein_on_words():
   assert spoken_digits.word_errors("one two three", "one two three") == 0
   assert spoken_digits.word_errors("one two three", "one three") == 1
