@@ -26,11 +26,13 @@ from jax.sharding import PartitionSpec as P
 
 from pallas.ring_attention import kernel
 from pallas.ring_attention import layout as layout_lib
+from pallas.ring_attention import reference
 from pallas.ring_attention import ring_kernel
 from pallas.ring_attention.kernel import Tokens
 
 _F32 = jnp.float32
 IMPLS = ("ppermute", "dma")
+BLOCKS = ("pallas", "xla")
 
 
 def _round_up(x: int, m: int) -> int:
@@ -87,6 +89,7 @@ class _Cfg:
   axis_name: Optional[str] = None
   n: int = 1
   impl: str = "ppermute"
+  blocks: str = "pallas"
 
 
 # ---------------------------------------------------------------- single device
@@ -194,6 +197,32 @@ def _ring_bwd(q, k, v, tok: Tokens, o, lse, do, cfg: _Cfg):
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
+def _ring_xla(q, k, v, tok: Tokens, cfg: _Cfg):
+  """The ppermute ring with XLA block attention, in BSHD: the schedule of
+  `_ring_fwd_ppermute` (kv and its tokens passed right, partials merged by log-sum-exp) with
+  `reference.block_attention` for each step, differentiated by JAX (a ppermute's transpose is
+  the reverse ring, so the backward is a ring too). Each step is rematerialised so the
+  backward holds one step's [Sq, Sk] scores at a time. For hosts where interpreted kernels
+  are slow (the CPU): the communication is the same, only the block math differs."""
+  block = jax.checkpoint(functools.partial(reference.block_attention, causal=cfg.causal,
+                                           sm_scale=cfg.sm_scale))
+
+  def partial_attention(k, v, ktok):
+    o, lse = block(q, k, v, tok, ktok)
+    return o, jnp.transpose(lse, (0, 2, 1))[..., None]      # lse as [B,S,H,1], like o
+
+  def step(_, carry):
+    o, lse, k, v, ktok = carry
+    k, v, *ktok = _rotate([k, v, *ktok], cfg)
+    ktok = Tokens(*ktok)
+    o, lse = _merge(o, lse, *partial_attention(k, v, ktok))
+    return o, lse, k, v, ktok
+
+  o, lse = partial_attention(k, v, tok)
+  o, *_ = lax.fori_loop(1, cfg.n, step, (o, lse, k, v, tok))
+  return o.astype(q.dtype)
+
+
 def _ring_forward(q, k, v, tok, cfg):
   if cfg.impl == "dma":
     return ring_kernel.ring_flash_fwd(
@@ -230,7 +259,8 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                    axis_name: str = "context", causal: bool = True,
                    sm_scale: Optional[float] = None, impl: str = "ppermute",
                    layout: str = "zigzag", interpret=None, block_q: int = 128,
-                   block_k: int = 128, batch_axes: Sequence[str] = ()) -> jax.Array:
+                   block_k: int = 128, batch_axes: Sequence[str] = (),
+                   blocks: str = "pallas") -> jax.Array:
   """Context-parallel attention: the sequence is split over mesh axis `axis_name`.
 
   q [B,S,H,Dh], k/v [B,S,K,Dh], segment_ids int32 [B,S] (0 = padding), bidir_ids int32 [B,S]
@@ -243,10 +273,15 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   kv block to its neighbour while computing on the current one. The backward pass (both
   impls) is a ppermute ring of the dq and dk/dv kernels whose dk/dv accumulators travel with
   their kv block. `batch_axes`: mesh axes the batch dim is sharded over (others replicate).
+  blocks="xla" (with impl="ppermute"): each ring step's attention is XLA instead of the flash
+  kernel, differentiated by JAX (`_ring_xla`) — the same ring where interpreted kernels are slow.
   """
   _check_shapes("ring_attention", q, k, v, segment_ids, bidir_ids)
   if impl not in IMPLS:
     raise ValueError(f"ring_attention: impl={impl!r}, expected one of {IMPLS}")
+  if blocks not in BLOCKS or (blocks == "xla" and impl != "ppermute"):
+    raise ValueError(f"ring_attention: blocks={blocks!r} with impl={impl!r}; blocks is one of "
+                     f"{BLOCKS}, and 'xla' rides the ppermute ring")
   if axis_name not in mesh.shape:
     raise ValueError(f"ring_attention: mesh axes {tuple(mesh.shape)} have no {axis_name!r}")
   b, s, _, d = q.shape
@@ -255,7 +290,7 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   bq, bk, chunk = _block_sizes(-(-s // unit), block_q, block_k)
   s_pad = chunk * unit
   cfg = _Cfg(causal, float(d ** -0.5 if sm_scale is None else sm_scale), bq, bk,
-             _resolve_interpret(interpret), axis_name, n, impl)
+             _resolve_interpret(interpret), axis_name, n, impl, blocks)
   bax = tuple(batch_axes) or None
   spec4, spec2 = P(bax, axis_name, None, None), P(bax, axis_name)
   args = [_pad_seq(x, s_pad) for x in (q, k, v, _ids(segment_ids, b, s, 1))]
@@ -272,7 +307,11 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   def local(q, k, v, seg, pos, bid):
     if local_zigzag:
       q, k, v, seg, pos, bid = (_zigzag_enter(x, axis_name, n) for x in (q, k, v, seg, pos, bid))
-    o = _to_bhsd(_ring_local(_to_bhsd(q), _to_bhsd(k), _to_bhsd(v), Tokens(seg, pos, bid), cfg))
+    tok = Tokens(seg, pos, bid)
+    if blocks == "xla":
+      o = _ring_xla(q, k, v, tok, cfg)
+    else:
+      o = _to_bhsd(_ring_local(_to_bhsd(q), _to_bhsd(k), _to_bhsd(v), tok, cfg))
     return _zigzag_leave(o, axis_name, n) if local_zigzag else o
 
   out = jax.shard_map(local, mesh=mesh, in_specs=(spec4, spec4, spec4, spec2, spec2, spec2),

@@ -1,4 +1,5 @@
-"""Reference ring (lax.ppermute between flash kernel calls) on 1, 2, 4 and 8 fake CPU devices.
+"""Reference ring (lax.ppermute between flash kernel calls, or between XLA blocks) on 1, 2, 4
+and 8 fake CPU devices.
 
 Run with 8 host devices (BUILD: devices=8). Forward and the three gradients against the dense
 reference, with the zigzag layout handled inside the op (inputs in natural order), with and
@@ -31,13 +32,14 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("blocks", ops.BLOCKS)
 @pytest.mark.parametrize("shape,names,batch_axes,b,s,h,kh,causal,packed,media,dtype", CASES)
 def test_ppermute_ring_matches_reference(shape, names, batch_axes, b, s, h, kh, causal, packed,
-                                         media, dtype):
+                                         media, dtype, blocks):
   mesh = _mesh(shape, names)
   fn = lambda q, k, v, seg, bid: ops.ring_attention(
       q, k, v, seg, bid, mesh=mesh, causal=causal, impl="ppermute", block_q=16, block_k=16,
-      interpret=True, batch_axes=batch_axes)
+      interpret=True, batch_axes=batch_axes, blocks=blocks)
   testutil.check_against_reference(fn, b, s, h, kh, 32, dtype, packed, causal, media=media)
 
 
@@ -58,6 +60,8 @@ def test_bad_arguments_are_named():
     ops.ring_attention(q, q, q, mesh=mesh, impl="nccl")
   with pytest.raises(ValueError, match="no 'seq'"):
     ops.ring_attention(q, q, q, mesh=mesh, axis_name="seq")
+  with pytest.raises(ValueError, match="blocks='xla' with impl='dma'"):
+    ops.ring_attention(q, q, q, mesh=mesh, impl="dma", blocks="xla")
 
 
 @pytest.mark.parametrize("n", [2, 4, 8])

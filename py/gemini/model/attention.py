@@ -20,7 +20,7 @@ from gemini import sharding
 from gemini.config import ModelConfig
 from gemini.model import dense, norm, rope
 
-IMPLS = ("xla", "flash", "ring")
+IMPLS = ("xla", "flash", "ring", "ring_xla")
 
 
 def make_mask(q_segment_ids: jax.Array, k_segment_ids: jax.Array,
@@ -90,7 +90,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
   q [B,S,H,Dh], k/v [B,S,K,Dh], segment_ids int32 [B,S] (0 = padding), positions int32 [B,S]
   (default arange; causality is by position), bidir_ids int32 [B,S] or None -> [B,S,H,Dh].
   impl: "xla" (reference), "flash" (Pallas flash kernel; with a mesh it runs per shard) or
-  "ring" (context-parallel ring over the mesh axis "context"). The kernels are causal by
+  "ring" (context-parallel ring over the mesh axis "context") or "ring_xla" (the same ring
+  with XLA attention per ring step instead of the flash kernel: fast where kernels are only
+  interpreted, as on the CPU). The kernels are causal by
   index, which equals the position rule when positions increase by one inside each segment
   (how batches are packed); bidir_ids go to them unchanged.
   """
@@ -105,12 +107,13 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
     if mesh is not None:
       return _flash_on_mesh(q, k, v, segment_ids, bidir_ids, mesh, kw)
     return attention_ops.flash_attention(q, k, v, segment_ids, bidir_ids, **kw)
-  if impl == "ring":
+  if impl in ("ring", "ring_xla"):
     if mesh is None or "context" not in mesh.shape:
-      raise ValueError("attention impl='ring' needs a mesh with a 'context' axis")
+      raise ValueError(f"attention impl={impl!r} needs a mesh with a 'context' axis")
     return attention_ops.ring_attention(
         q, k, v, segment_ids, bidir_ids, mesh=mesh, axis_name="context", causal=causal,
-        interpret=sharding.kernel_interpret(mesh), batch_axes=_batch_axes(q.shape[0], mesh))
+        interpret=sharding.kernel_interpret(mesh), batch_axes=_batch_axes(q.shape[0], mesh),
+        blocks="xla" if impl == "ring_xla" else "pallas")
   raise ValueError(f"attention impl={impl!r}: expected one of {IMPLS}")
 
 

@@ -1,4 +1,5 @@
-"""The model with attention impl='ring' on a context=4 mesh equals impl='xla' on one device.
+"""The model with attention impl='ring' (and 'ring_xla') on a context=4 mesh equals impl='xla'
+on one device.
 
 Run with 8 host devices (BUILD: devices=8). Loss and every parameter gradient of a 2-layer
 nano_tiny on a packed batch (two documents and padding).
@@ -7,12 +8,14 @@ nano_tiny on a packed batch (two documents and padding).
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from gemini import config as config_lib
 from gemini.model import transformer
 
 
-def test_model_ring_equals_xla_forward_and_backward():
+@pytest.mark.parametrize("ring", ["ring", "ring_xla"])
+def test_model_ring_equals_xla_forward_and_backward(ring):
   # f32 compute: the test compares the math, not where each path rounds to bf16.
   cfg = config_lib.PRESETS["nano_tiny"].replace(n_layers=2, max_seq_len=64, vocab_size=512,
                                                 d_model=64, d_ff=128, n_heads=4, head_dim=16,
@@ -31,7 +34,7 @@ def test_model_ring_equals_xla_forward_and_backward():
     fn = lambda p: transformer.loss_fn(p, batch, cfg, attn_impl=impl, mesh=mesh)[0]
     return jax.block_until_ready(jax.jit(jax.value_and_grad(fn))(params))
 
-  ring_loss, ring_grads = loss_and_grads("ring", mesh)
+  ring_loss, ring_grads = loss_and_grads(ring, mesh)
   xla_loss, xla_grads = loss_and_grads("xla", None)
   np.testing.assert_allclose(ring_loss, xla_loss, rtol=1e-5)
   flat_ring = jax.tree_util.tree_leaves_with_path(ring_grads)

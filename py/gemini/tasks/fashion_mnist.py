@@ -90,9 +90,7 @@ def task_config(tokens_per_image: int = 16, size: str = "small", vit_width: int 
   if size != "small":
     raise ValueError(f"size={size!r}: expected 'small' or 'flash_tiny'")
   v = dataclasses.replace(v, d_model=vit_width, d_ff=4 * vit_width, n_layers=vit_layers)
-  moe = dataclasses.replace(cfg.moe, d_ff=256, layers=(1,))
-  return cfg.replace(name="flash_tiny_fmnist_small", d_model=128, n_layers=2, head_dim=32,
-                     d_ff=512, moe=moe, vision=v)
+  return common.small_decoder(cfg.replace(vision=v), "flash_tiny_fmnist_small")
 
 
 def augment(images: np.ndarray, rng: np.random.Generator, shift: int = 2,

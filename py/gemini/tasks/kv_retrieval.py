@@ -1,5 +1,6 @@
 """Long-context key-value retrieval (the Gemini 1.0 report's needle test), trained with ring
-attention over a `context` mesh axis (8 fake CPU devices by default).
+attention over a `context` mesh axis (8 fake CPU devices by default; attention impl
+"ring_xla": the ppermute ring with XLA blocks, since interpreted flash kernels are slow here).
 
 Each sequence of length L is filler tokens with P key/value pairs at random positions (keys
 distinct within a sequence), then the query `? key` at the end; the model must emit the key's
@@ -16,7 +17,6 @@ exact-match accuracy per depth and context length (heat-map PNG).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -97,15 +97,10 @@ def make_batch(rng, lay: Layout, batch: int, seq_len: int, pairs: int, depth: fl
 
 
 def task_config(lay: Layout, seq_len: int, preset: str = "small"):
-  """preset "small" (the default): flash_tiny narrowed to what retrieval needs, d_model 128
-  in 2 layers (an induction circuit needs two), 4 heads of 32, MoE (4 experts top-1) on
-  layer 1 — about 8x cheaper a token than flash_tiny at L=1024; else a named preset."""
-  if preset == "small":
-    base = get_config("flash_tiny")
-    moe = dataclasses.replace(base.moe, d_ff=256, layers=(1,))
-    base = base.replace(d_model=128, n_layers=2, head_dim=32, d_ff=512, moe=moe)
-  else:
-    base = get_config(preset)
+  """preset "small" (the default): flash_tiny with `common.small_decoder` (2 layers: an
+  induction circuit needs two); else a named preset."""
+  base = (common.small_decoder(get_config("flash_tiny"), "small") if preset == "small"
+          else get_config(preset))
   return base.replace(name=f"{preset}_kv", vocab_size=lay.vocab, max_seq_len=seq_len,
                       dtype="float32")
 
@@ -150,10 +145,16 @@ def parse(argv):
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--lr", type=float, default=1e-3)
   p.add_argument("--context", type=int, default=8, help="ring size (mesh axis 'context')")
-  p.add_argument("--attn", default="ring", help="ring | xla (training attention)")
+  p.add_argument("--attn", default="ring_xla", choices=("ring_xla", "ring", "xla"),
+                 help="training attention: ring_xla (the ppermute ring over --context devices, "
+                 "XLA blocks), ring (the same ring over the flash kernels, interpreted on a "
+                 "CPU: slow), xla (one device, no ring)")
   p.add_argument("--preset", default="small", help="small | flash_tiny | pro_tiny | ...")
   p.add_argument("--queries", type=int, default=4, help="questions at the end of each "
                  "training context (each answer is a supervised token)")
+  p.add_argument("--short_len", type=int, default=256, help="first stage's context length: "
+                 "the retrieval circuit is learnt on short contexts, then trained at --seq_len")
+  p.add_argument("--short_steps", type=int, default=0, help="steps of the first stage (0: none)")
   p.add_argument("--eval_n", type=int, default=64, help="queries per (length, depth)")
   p.add_argument("--quick", action="store_true", help="CI short form: L=128, 30 steps")
   p.add_argument("--out", default="")
@@ -171,16 +172,21 @@ def run(argv=None, log=print) -> dict:
   lay = Layout()
   cfg = task_config(lay, a.seq_len, a.preset)
   mesh = sharding.make_mesh({"context": a.context}, jax.devices()[:a.context]) \
-      if a.attn == "ring" else None
+      if a.attn.startswith("ring") else None
   log(f"kv_retrieval: L={a.seq_len}, {a.pairs} pairs, {cfg.name} (MoE {cfg.moe.num_experts} "
       f"experts top-{cfg.moe.top_k}), attention {a.attn}"
       + (f" over {a.context} devices" if mesh else "") + f"; {a.steps} steps x {a.batch}")
   rng = np.random.default_rng(a.seed)
   t0 = time.perf_counter()
-  params = common.train(cfg, lambda s: make_batch(rng, lay, a.batch, a.seq_len, a.pairs,
-                                                  queries=a.queries),
-                        a.steps, out, lr=a.lr, seed=a.seed, attn_impl=a.attn, mesh=mesh,
-                        log_every=10, log=log)
+  params = None
+  stages = ([(a.short_len, a.short_steps, os.path.join(out, f"stage1_L{a.short_len}"))]
+            if a.short_steps else []) + [(a.seq_len, a.steps, out)]
+  for length, steps, workdir in stages:
+    log(f"kv_retrieval: training at L={length} for {steps} steps")
+    os.makedirs(workdir, exist_ok=True)
+    params = common.train(cfg, lambda s, length=length: make_batch(
+        rng, lay, a.batch, length, a.pairs, queries=a.queries), steps, workdir, lr=a.lr,
+        seed=a.seed, attn_impl=a.attn, mesh=mesh, log_every=10, log=log, params=params)
   train_s = time.perf_counter() - t0
   lengths = sorted({a.seq_len // 4, a.seq_len // 2, a.seq_len})
   erng = np.random.default_rng(a.seed + 1)
@@ -192,6 +198,7 @@ def run(argv=None, log=print) -> dict:
   full = [acc[(a.seq_len, d)] for d in DEPTHS]
   res = {"task": "kv_retrieval", "model": cfg.name, "seq_len": a.seq_len, "pairs": a.pairs,
          "queries": a.queries, "steps": a.steps, "batch": a.batch, "train_attention": a.attn,
+         "short_stage": {"seq_len": a.short_len, "steps": a.short_steps} if a.short_steps else None,
          "ring_devices": a.context if mesh else 0, "train_seconds": round(train_s, 1),
          "min_depth_accuracy_full_context": min(full), "mean_accuracy_full_context":
          float(np.mean(full)), "target": 0.98, "eval_n": a.eval_n,

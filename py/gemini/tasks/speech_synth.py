@@ -8,7 +8,10 @@ Engines (Debian packages, listed in tools/apt-packages.txt):
              (it starts in milliseconds).
   flite      CMU Flite's built-in voices (kal, kal16, awb, rms, slt); one process per clip.
   festival   the installed festvox voices (kal and ked diphones, slt HTS); festival starts in
-             ~0.4 s, so one `festival --pipe` process per voice synthesises a whole batch.
+             ~0.4 s, so one `festival --pipe` process per speaker synthesises a whole batch.
+             The diphone voices take a rate (Duration_Stretch = 100 / rate) and a pitch (the
+             target F0 mean in Hz, int_lr_params); the HTS voice ignores both, so they are
+             refused for it.
 
 Every engine writes a RIFF WAV file (8-48 kHz); it is averaged to mono, scaled to [-1, 1],
 resampled to 16 kHz by polyphase filtering and trimmed of leading and trailing silence
@@ -23,7 +26,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import numpy as np
 import scipy.io.wavfile
@@ -37,8 +40,8 @@ ENGINES = ("espeak-ng", "flite", "festival")
 class Voice:
   engine: str          # one of ENGINES
   name: str            # espeak-ng "accent+variant", flite voice, festival voice (no "voice_")
-  rate: int = 0        # espeak-ng words per minute (0 = its default)
-  pitch: int = -1      # espeak-ng pitch 0..99 (-1 = its default)
+  rate: int = 0        # espeak-ng words per minute; festival % of speed (0 = the default)
+  pitch: int = -1      # espeak-ng pitch 0..99; festival F0 mean in Hz (-1 = the default)
 
   @property
   def speaker(self) -> str:
@@ -89,30 +92,45 @@ def _flite(voice: Voice, text: str, out: str) -> None:
                  capture_output=True, timeout=60)
 
 
-def _festival(voice: Voice, texts: Sequence[str], outs: Sequence[str]) -> None:
-  script = [f"(voice_{voice.name})"]
-  for text, out in zip(texts, outs):
+def _festival(pairs: Sequence[Tuple[Voice, str]], outs: Sequence[str]) -> None:
+  script = []
+  for (voice, text), out in zip(pairs, outs):
+    if (voice.rate or voice.pitch >= 0) and not voice.name.endswith("_diphone"):
+      raise ValueError(f"speech_synth: {voice}: only festival's diphone voices take a rate "
+                       "or pitch (the HTS voices ignore Duration_Stretch and int_lr_params)")
+    script.append(f"(voice_{voice.name})")           # resets the previous clip's settings
+    if voice.rate:
+      script.append(f"(Parameter.set 'Duration_Stretch {100.0 / voice.rate:.4f})")
+    if voice.pitch >= 0:
+      script.append(f"(set! int_lr_params '((target_f0_mean {voice.pitch}) (target_f0_std 14) "
+                    "(model_f0_mean 170) (model_f0_std 34)))")
     quoted = text.replace("\\", "").replace('"', "")
     script.append(f'(utt.save.wave (utt.synth (Utterance Text "{quoted}")) "{out}" \'riff)')
   subprocess.run(["festival", "--pipe"], input="\n".join(script).encode(), check=True,
-                 capture_output=True, timeout=60 + 5 * len(texts))
+                 capture_output=True, timeout=60 + 5 * len(pairs))
 
 
 def synthesize(voice: Voice, texts: Sequence[str]) -> List[np.ndarray]:
-  """Each text spoken by `voice` -> 16 kHz f32 clips (silence trimmed). Raises
-  RuntimeError naming the voice and text when an engine writes no audio."""
-  if voice.engine not in ENGINES:
-    raise ValueError(f"speech_synth: unknown engine {voice.engine!r}; expected {ENGINES}")
+  """Each text spoken by `voice` -> 16 kHz f32 clips (silence trimmed)."""
+  return speak([(voice, t) for t in texts])
+
+
+def speak(pairs: Sequence[Tuple[Voice, str]]) -> List[np.ndarray]:
+  """(voice, text) pairs of one engine -> 16 kHz f32 clips (silence trimmed); festival runs
+  them in one process. Raises RuntimeError naming the voice and text when an engine writes no
+  audio."""
+  engines = {v.engine for v, _ in pairs}
+  if not engines <= set(ENGINES) or len(engines) > 1:
+    raise ValueError(f"speech_synth: engines {sorted(engines)}: expected one of {ENGINES}")
   with tempfile.TemporaryDirectory(prefix="gemini-tts-") as tmp:
-    outs = [os.path.join(tmp, f"{i}.wav") for i in range(len(texts))]
-    if voice.engine == "festival":
-      _festival(voice, texts, outs)
+    outs = [os.path.join(tmp, f"{i}.wav") for i in range(len(pairs))]
+    if engines == {"festival"}:
+      _festival(pairs, outs)
     else:
-      run = _espeak if voice.engine == "espeak-ng" else _flite
-      for text, out in zip(texts, outs):
-        run(voice, text, out)
+      for (voice, text), out in zip(pairs, outs):
+        (_espeak if voice.engine == "espeak-ng" else _flite)(voice, text, out)
     clips = []
-    for text, out in zip(texts, outs):
+    for (voice, text), out in zip(pairs, outs):
       clip = load_16k(out) if os.path.exists(out) else np.zeros(0, np.float32)
       if clip.size < RATE // 20:
         raise RuntimeError(f"speech_synth: {voice} wrote no audio for {text!r}")

@@ -95,6 +95,31 @@ def test_each_engine_speaks_longer_for_more_words(voice):
   assert 0.3 < clips[1].size / speech_synth.RATE < 1.5
 
 
+def _median_f0(x, rate=speech_synth.RATE):
+  """Median autocorrelation pitch (60-400 Hz) of x's loud 64 ms frames."""
+  f0 = []
+  for i in range(0, x.size - 1024, 512):
+    frame = x[i:i + 1024]
+    if np.abs(frame).max() < 0.2 * np.abs(x).max():
+      continue
+    ac = np.correlate(frame, frame, "full")[1023:]
+    lo, hi = rate // 400, rate // 60
+    f0.append(rate / (lo + np.argmax(ac[lo:hi])))
+  return float(np.median(f0))
+
+
+def test_festival_diphone_rate_and_pitch_change_duration_and_f0_for_one_clip_only():
+  kal = Voice("festival", "kal_diphone")
+  text = "one two three"
+  plain, slow_high, again = speech_synth.speak(
+      [(kal, text), (Voice("festival", "kal_diphone", rate=70, pitch=150), text), (kal, text)])
+  assert slow_high.size > 1.25 * plain.size                 # Duration_Stretch 1/0.7
+  assert _median_f0(slow_high) > 1.2 * _median_f0(plain)    # F0 mean 150 Hz vs 105
+  np.testing.assert_array_equal(again, plain)               # the next clip is back to defaults
+  with pytest.raises(ValueError, match="cmu_us_slt_arctic_hts"):
+    speech_synth.speak([(Voice("festival", "cmu_us_slt_arctic_hts", rate=90), text)])
+
+
 @pytest.mark.parametrize("rate", [8000, 22050, 32000, 48000])
 def test_wav_loads_at_16k_with_its_pitch_and_duration(rate, tmp_path):
   """A 440 Hz tone written by the stdlib wave module at `rate` comes back at 16 kHz with the

@@ -12,9 +12,10 @@ clips use training sprites over TRAIN_PHOTOS, test clips test sprites over TEST_
       which first  -> the class name of the first sprite
       which way    -> left | right | up | down          (of the first sprite)
 
-Model: flash_tiny (MoE on layers 1 and 3) with its ViT on 64x64x1 frames in 4x4 patches (a
-16x16 grid) pooled to tokens_per_frame: 66 (8x8 + 2 bands) or 258 (16x16 + 2 bands), the 2.5
-report's trade. Evaluation decodes greedily after the question; exact match per question.
+Model (--size=small, the default): a ViT of width 64 in 2 layers on 64x64x1 frames in 4x4
+patches (a 16x16 grid) and the tasks' small decoder (MoE on layer 1); --size=flash_tiny keeps
+flash_tiny's (MoE on layers 1 and 3). The ViT output is pooled to tokens_per_frame: 66 (8x8
++ 2 bands) or 258 (16x16 + 2 bands), the 2.5 report's trade. Evaluation decodes greedily after the question; exact match per question.
 
     tools/bazel run //py/gemini/tasks:video -- [--tokens_per_frame=66|258] [--steps=N] [--quick]
 """
@@ -114,12 +115,21 @@ def vocab() -> WordVocab:
   return WordVocab(words + [w for n in fashion_mnist.NAMES for w in n.split()])
 
 
-def task_config(tokens_per_frame: int):
+def task_config(tokens_per_frame: int, size: str = "small"):
+  """flash_tiny with a 64x64x1 ViT in 4x4 patches pooled to tokens_per_frame; size="small"
+  (the default) narrows the ViT to width 64 in 2 layers and the decoder to
+  `common.small_decoder`, flash_tiny keeps both."""
   base = get_config("flash_tiny")
   v = dataclasses.replace(base.vision, image_size=SIZE, patch_size=4, channels=1,
                           tokens_per_frame=tokens_per_frame)
-  return base.replace(name=f"flash_tiny_video{tokens_per_frame}", vocab_size=vocab().vocab_size,
-                      max_seq_len=FRAMES * tokens_per_frame + 16, dtype="float32", vision=v)
+  cfg = base.replace(name=f"flash_tiny_video{tokens_per_frame}", vocab_size=vocab().vocab_size,
+                     max_seq_len=FRAMES * tokens_per_frame + 16, dtype="float32", vision=v)
+  if size == "flash_tiny":
+    return cfg
+  if size != "small":
+    raise ValueError(f"size={size!r}: expected 'small' or 'flash_tiny'")
+  v = dataclasses.replace(v, d_model=64, d_ff=256, n_layers=2)
+  return common.small_decoder(cfg.replace(vision=v), f"flash_tiny_video{tokens_per_frame}_small")
 
 
 def example(clip: Clip, question: str, voc: WordVocab, with_answer: bool):
@@ -152,13 +162,15 @@ def parse(argv):
                          quick=dict(steps=10, batch=4, test_clips=20))
   p.add_argument("--tokens_per_frame", type=int, default=66)
   p.add_argument("--test_clips", type=int, default=500)
+  p.add_argument("--size", default="small", choices=("small", "flash_tiny"),
+                 help="the model (task_config)")
   return common.parse_task(p, argv)
 
 
 def run(argv=None, log=print) -> dict:
   a = parse(argv)
   out = common.task_out(a, f"video{a.tokens_per_frame}")
-  voc, cfg = vocab(), task_config(a.tokens_per_frame)
+  voc, cfg = vocab(), task_config(a.tokens_per_frame, a.size)
   train_bg, test_bg = photos(TRAIN_PHOTOS), photos(TEST_PHOTOS)
   sx, sy = sprites("train", 10000 if a.quick else 0)
   tx, ty = sprites("test", 2000)
@@ -181,7 +193,7 @@ def run(argv=None, log=print) -> dict:
   train_s = time.perf_counter() - t0
   exact = evaluate(params, cfg, test, voc)
   counts = np.asarray([c.count for c in test])
-  res = {"task": "video", "model": cfg.name, "tokens_per_frame": a.tokens_per_frame,
+  res = {"task": "video", "model": cfg.name, "size": a.size, "tokens_per_frame": a.tokens_per_frame,
          "tokens_per_clip": FRAMES * a.tokens_per_frame, "steps": a.steps, "batch": a.batch,
          "test_clips": len(test), "train_seconds": round(train_s, 1), "target_count": 0.90,
          "exact": {q: float(v.mean()) for q, v in exact.items()},
