@@ -51,20 +51,27 @@ class Layout:
 
 
 def make_example(rng: np.random.Generator, lay: Layout, seq_len: int, pairs: int,
-                 depth: float = -1.0, queries: int = 1):
-  """-> (tokens [seq_len], answer positions [queries], answer ids [queries], needle position).
+                 depth: float = -1.0, queries: int = 1, repeats: int = 1):
+  """-> (tokens [seq_len], supervised positions, answer ids [queries], needle position).
 
   The context ends in `queries` questions about distinct pairs, `? k v ? k v ... ? k`, each
   answer the next token: training gets `queries` answers from one long context instead of
   one. The last question is the needle: depth >= 0 places its pair at that depth, and the
-  sequence's last position predicts its value (what evaluation reads)."""
+  sequence's last position predicts its value (what evaluation reads). repeats > 1 (training)
+  writes every pair that many times in the filler and also supervises each value after its
+  first occurrence: the same copy-the-value-after-this-key circuit, from many more tokens a
+  context, which shortens the plateau before retrieval is learnt."""
   body = seq_len - 3 * queries                     # bos, body, then 3 tokens a question but the last
-  if body < 2 * pairs:
-    raise ValueError(f"seq_len={seq_len} holds no {pairs} pairs and {queries} questions")
+  if body < 2 * pairs * repeats:
+    raise ValueError(f"seq_len={seq_len} holds no {pairs} pairs x {repeats} and {queries} "
+                     "questions")
+  if depth >= 0 and repeats > 1:
+    raise ValueError("a needle at a depth is written once (repeats=1)")
   toks = rng.integers(lay.fill0, lay.fill0 + lay.n_filler, body)
   keys = rng.choice(lay.n_keys, pairs, replace=False) + lay.key0
   vals = rng.integers(0, lay.n_values, pairs) + lay.val0
-  slots = rng.choice(body // 2, pairs, replace=False) * 2       # even offsets: pairs disjoint
+  slots = rng.choice(body // 2, pairs * repeats, replace=False) * 2   # even offsets: disjoint
+  owner = np.tile(np.arange(pairs), repeats)
   asked = rng.choice(pairs, queries, replace=False)
   j = int(asked[-1])
   if depth >= 0:
@@ -73,20 +80,22 @@ def make_example(rng: np.random.Generator, lay: Layout, seq_len: int, pairs: int
     if clash.size and clash[0] != j:
       slots[clash[0]] = slots[j]
     slots[j] = want
-  for k, v, s in zip(keys, vals, slots):
-    toks[s], toks[s + 1] = k, v
+  for i, s in zip(owner, slots):
+    toks[s], toks[s + 1] = keys[i], vals[i]
   tail = np.stack([np.full(queries, QUERY), keys[asked], vals[asked]], 1).reshape(-1)[:-1]
   seq = np.concatenate([[BOS], toks, tail]).astype(np.int32)
   positions = [1 + body + 3 * i + 1 for i in range(queries)]
+  for i in range(pairs if repeats > 1 else 0):
+    positions += [1 + int(s) for s in np.sort(slots[owner == i])[1:]]   # keys seen before
   return seq, positions, [int(v) for v in vals[asked]], int(slots[j]) + 1
 
 
 def make_batch(rng, lay: Layout, batch: int, seq_len: int, pairs: int, depth: float = -1.0,
-               queries: int = 1):
+               queries: int = 1, repeats: int = 1):
   toks = np.zeros((batch, seq_len + 1), np.int32)
   mask = np.zeros((batch, seq_len), np.float32)
   for b in range(batch):
-    seq, pos, ans, _ = make_example(rng, lay, seq_len, pairs, depth, queries)
+    seq, pos, ans, _ = make_example(rng, lay, seq_len, pairs, depth, queries, repeats)
     toks[b, :seq_len] = seq
     toks[b, seq_len] = ans[-1]
     mask[b, pos] = 1.0
@@ -105,11 +114,13 @@ def task_config(lay: Layout, seq_len: int, preset: str = "small"):
                       dtype="float32")
 
 
-def accuracy_at(params, cfg, lay, seq_len, pairs, depth, n, rng, batch=8) -> float:
+def accuracy_at(params, cfg, lay, seq_len, pairs, depth, n, rng, batch=8, queries=1) -> float:
+  """Exact answers to the needle, the last of `queries` questions (as in training), its pair
+  at `depth` of the context."""
   fwd = jax.jit(lambda p, b: transformer.forward(p, b, cfg)[0][:, -1])
   hits = 0
   for lo in range(0, n, batch):
-    b = make_batch(rng, lay, batch, seq_len, pairs, depth)
+    b = make_batch(rng, lay, batch, seq_len, pairs, depth, queries)
     pred = np.asarray(jax.numpy.argmax(fwd(params, {k: b[k] for k in ("tokens", "segment_ids",
                                                                       "positions")}), -1))
     hits += int(np.sum((pred == b["targets"][:, -1])[:min(batch, n - lo)]))
@@ -141,6 +152,8 @@ def parse(argv):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--seq_len", type=int, default=1024)
   p.add_argument("--pairs", type=int, default=16)
+  p.add_argument("--keys", type=int, default=128, help="key vocabulary (distinct keys)")
+  p.add_argument("--values", type=int, default=32, help="value vocabulary")
   p.add_argument("--steps", type=int, default=600)
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--lr", type=float, default=1e-3)
@@ -155,6 +168,8 @@ def parse(argv):
   p.add_argument("--short_len", type=int, default=256, help="first stage's context length: "
                  "the retrieval circuit is learnt on short contexts, then trained at --seq_len")
   p.add_argument("--short_steps", type=int, default=0, help="steps of the first stage (0: none)")
+  p.add_argument("--repeats", type=int, default=1, help="training: each pair written this "
+                 "many times, every value after its key's first occurrence supervised")
   p.add_argument("--eval_n", type=int, default=64, help="queries per (length, depth)")
   p.add_argument("--quick", action="store_true", help="CI short form: L=128, 30 steps")
   p.add_argument("--out", default="")
@@ -169,7 +184,7 @@ def run(argv=None, log=print) -> dict:
   a = parse(sys.argv[1:] if argv is None else argv)
   out = a.out or common.results_dir("kv_retrieval" + ("_quick" if a.quick else ""))
   os.makedirs(out, exist_ok=True)
-  lay = Layout()
+  lay = Layout(a.keys, a.values)
   cfg = task_config(lay, a.seq_len, a.preset)
   mesh = sharding.make_mesh({"context": a.context}, jax.devices()[:a.context]) \
       if a.attn.startswith("ring") else None
@@ -179,25 +194,29 @@ def run(argv=None, log=print) -> dict:
   rng = np.random.default_rng(a.seed)
   t0 = time.perf_counter()
   params = None
-  stages = ([(a.short_len, a.short_steps, os.path.join(out, f"stage1_L{a.short_len}"))]
-            if a.short_steps else []) + [(a.seq_len, a.steps, out)]
-  for length, steps, workdir in stages:
-    log(f"kv_retrieval: training at L={length} for {steps} steps")
+  # The short stage runs on one device: at a few hundred tokens a ring of 8 is all overhead.
+  stages = ([(a.short_len, a.short_steps, os.path.join(out, f"stage1_L{a.short_len}"), "xla",
+              None)] if a.short_steps else []) + [(a.seq_len, a.steps, out, a.attn, mesh)]
+  for length, steps, workdir, attn, on in stages:
+    log(f"kv_retrieval: training at L={length} for {steps} steps, attention {attn}")
     os.makedirs(workdir, exist_ok=True)
     params = common.train(cfg, lambda s, length=length: make_batch(
-        rng, lay, a.batch, length, a.pairs, queries=a.queries), steps, workdir, lr=a.lr,
-        seed=a.seed, attn_impl=a.attn, mesh=mesh, log_every=10, log=log, params=params)
+        rng, lay, a.batch, length, a.pairs, queries=a.queries, repeats=a.repeats), steps,
+        workdir, lr=a.lr, seed=a.seed, attn_impl=attn, mesh=on, log_every=10, log=log,
+        params=params)
   train_s = time.perf_counter() - t0
-  lengths = sorted({a.seq_len // 4, a.seq_len // 2, a.seq_len})
+  lengths = sorted({l for l in (a.seq_len // 4, a.seq_len // 2, a.seq_len)
+                    if l - 3 * a.queries >= 2 * a.pairs})      # lengths that hold the pairs
   erng = np.random.default_rng(a.seed + 1)
   acc = {}
   for l in lengths:
     for d in DEPTHS:
-      acc[(l, d)] = accuracy_at(params, cfg, lay, l, a.pairs, d, a.eval_n, erng)
+      acc[(l, d)] = accuracy_at(params, cfg, lay, l, a.pairs, d, a.eval_n, erng,
+                                queries=a.queries)
     log(f"eval L={l}: " + " ".join(f"{d:.0%}:{acc[(l, d)]:.2f}" for d in DEPTHS))
   full = [acc[(a.seq_len, d)] for d in DEPTHS]
   res = {"task": "kv_retrieval", "model": cfg.name, "seq_len": a.seq_len, "pairs": a.pairs,
-         "queries": a.queries, "steps": a.steps, "batch": a.batch, "train_attention": a.attn,
+         "queries": a.queries, "repeats": a.repeats, "steps": a.steps, "batch": a.batch, "train_attention": a.attn,
          "short_stage": {"seq_len": a.short_len, "steps": a.short_steps} if a.short_steps else None,
          "ring_devices": a.context if mesh else 0, "train_seconds": round(train_s, 1),
          "min_depth_accuracy_full_context": min(full), "mean_accuracy_full_context":

@@ -85,6 +85,24 @@ def test_kv_example_answer_is_the_queried_keys_value(depth):
       assert abs((needle - 1) / (256 - 9 - 2) - depth) < 0.02
 
 
+def test_kv_repeats_supervise_each_value_whose_key_came_before():
+  lay = kv_retrieval.Layout()
+  rng = np.random.default_rng(4)
+  for _ in range(20):
+    seq, pos, ans, _ = kv_retrieval.make_example(rng, lay, 256, 8, queries=2, repeats=3)
+    body_end = pos[0] - 1                                 # where the questions start
+    assert len(pos) == 2 + 8 * 2                          # two questions, two repeats a pair
+    for p in pos:
+      assert lay.key0 <= seq[p] < lay.val0                # a key, predicting the value after it
+      earlier = np.flatnonzero(seq[:min(p, body_end)] == seq[p])
+      assert earlier.size >= 1 and all(seq[e + 1] == (seq[p + 1] if p + 1 < 256 else ans[-1])
+                                        for e in earlier)
+    keys = seq[1:body_end][(seq[1:body_end] >= lay.key0) & (seq[1:body_end] < lay.val0)]
+    assert sorted(np.unique(keys, return_counts=True)[1]) == [3] * 8
+  with pytest.raises(ValueError, match="repeats=1"):
+    kv_retrieval.make_example(rng, lay, 256, 8, depth=0.5, repeats=2)
+
+
 @pytest.mark.parametrize("voice", [Voice("espeak-ng", "en-gb+m3", 150, 40), Voice("flite", "rms"),
                                    Voice("festival", "ked_diphone")])
 def test_each_engine_speaks_longer_for_more_words(voice):
