@@ -33,8 +33,8 @@ from gemini.train.train_config import TrainConfig
 
 def small_decoder(cfg: ModelConfig, name: str) -> ModelConfig:
   """cfg's decoder narrowed to what a task's short answer needs: width 128 in 2 layers (two,
-  so an induction circuit fits), 4 heads of 32, MoE (cfg's experts, top-k) on layer 1 only;
-  its encoders are kept. About 8x cheaper a token than flash_tiny."""
+  so an induction circuit fits), cfg's heads at 32 dims each, MoE (cfg's experts, top-k) on
+  layer 1 only; its encoders are kept."""
   moe = dataclasses.replace(cfg.moe, d_ff=256, layers=(1,))
   return cfg.replace(name=name, d_model=128, n_layers=2, head_dim=32, d_ff=512, moe=moe)
 

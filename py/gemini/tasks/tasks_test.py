@@ -186,7 +186,8 @@ def test_speed_noise_augment_keeps_each_clip_in_its_frame_and_stretches_it():
   clips = np.zeros((n, length), np.float32)
   t = np.arange(8000) / 16000
   clips[:, :8000] = 0.5 * np.sin(2 * np.pi * 440 * t)          # 0.5 s of 440 Hz, then silence
-  out = spoken_digits.augment(clips, rng, snr_db=(200.0, 200.0))  # no audible noise: measure the tone
+  # No audible noise: the tone itself is measured.
+  out = spoken_digits.augment(clips, rng, snr_db=(200.0, 200.0))
   assert out.shape == clips.shape and out.dtype == np.float32
   loud = [np.flatnonzero(np.abs(o) > 1e-3) for o in out]
   spans = np.array([l[-1] - l[0] + 1 for l in loud])
@@ -197,7 +198,7 @@ def test_speed_noise_augment_keeps_each_clip_in_its_frame_and_stretches_it():
   assert np.all(peaks <= 0.5 + 1e-3) and np.all(peaks >= 0.25 - 1e-2)
   clean = spoken_digits.augment(clips, np.random.default_rng(1), snr_db=(200.0, 200.0))
   noisy = spoken_digits.augment(clips, np.random.default_rng(1), snr_db=(20.0, 20.0))
-  noise = noisy - clean                                           # same draws: only the noise differs
+  noise = noisy - clean                          # the same draws: only the noise differs
   snr = 10 * np.log10(np.sum(clean ** 2, axis=1) / np.sum(noise ** 2, axis=1))
   spoken = np.array([np.sum(np.abs(c) > 1e-3) for c in clean])
   np.testing.assert_allclose(snr - 10 * np.log10(spoken / length), 20.0, atol=0.3)

@@ -15,7 +15,8 @@ clips use training sprites over TRAIN_PHOTOS, test clips test sprites over TEST_
 Model (--size=small, the default): a ViT of width 64 in 2 layers on 64x64x1 frames in 4x4
 patches (a 16x16 grid) and the tasks' small decoder (MoE on layer 1); --size=flash_tiny keeps
 flash_tiny's (MoE on layers 1 and 3). The ViT output is pooled to tokens_per_frame: 66 (8x8
-+ 2 bands) or 258 (16x16 + 2 bands), the 2.5 report's trade. Evaluation decodes greedily after the question; exact match per question.
++ 2 bands) or 258 (16x16 + 2 bands), the 2.5 report's trade. Evaluation decodes greedily
+after the question; exact match per question.
 
     tools/bazel run //py/gemini/tasks:video -- [--tokens_per_frame=66|258] [--steps=N] [--quick]
 """
