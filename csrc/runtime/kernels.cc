@@ -109,6 +109,10 @@ void QuantizeActs(const float* x, int t, int ldx, int kp, QActs* out, QuantizeRo
   grow(out->d4, static_cast<size_t>(t) * nb4 * 4);
   grow(out->b4, static_cast<size_t>(t) * nb4 * 4);
   grow(out->s4, static_cast<size_t>(t) * nb4 * 4);
+  grow(out->qb, static_cast<size_t>(t) * kp);
+  grow(out->db, static_cast<size_t>(t) * nb);
+  grow(out->sb, static_cast<size_t>(t) * nb);
+  grow(out->ob, static_cast<size_t>(t) * nb);
   for (int i = 0; i < t; ++i) {
     int8_t* qi = out->q.data() + static_cast<size_t>(i) * kp;
     const size_t o0 = static_cast<size_t>(i) * nb;
@@ -122,6 +126,11 @@ void QuantizeActs(const float* x, int t, int ldx, int kp, QActs* out, QuantizeRo
         out->dexp[o * 8 + j] = d;
         out->bexp[o * 8 + j] = -sum;
       }
+      const size_t ob = static_cast<size_t>(b) * t + i;  // the block-major copies
+      std::memcpy(out->qb.data() + ob * 32, qi + b * 32, 32);
+      out->db[ob] = d;
+      out->sb[ob] = out->s[o];
+      out->ob[ob] = -8 * sum;
     }
     // The 4-block regrouping (kernels.h), padding blocks zero.
     int8_t* q4 = out->q4.data() + static_cast<size_t>(i) * nb4 * 32;

@@ -77,6 +77,13 @@ struct QActs {
   std::vector<float> d4;       // [t, nb4, 4] dx repeated 4x (one 128-bit lane per block)
   std::vector<int32_t> b4;     // [t, nb4, 4] -2 sum(q) (4 lanes: -8 sum(q), m = -8 d)
   std::vector<float> s4;       // [t, nb4, 4] dx sum(q) / 4 (4 lanes: the m term of kQ4Min)
+  // Block-major copies for kernels that run one weight block against every token in turn (the
+  // AVX-512 tile kernels): block b of token i at [b * t + i], so a block's tokens sit at fixed
+  // offsets from one pointer.
+  std::vector<int8_t> qb;      // [kp/32, t, 32] q
+  std::vector<float> db;       // [kp/32, t] dx
+  std::vector<float> sb;       // [kp/32, t] dx * sum(q)
+  std::vector<int32_t> ob;     // [kp/32, t] -8 sum(q) (kQ4's offset term, m = -8 d)
   const int8_t* qrow(int i) const { return q.data() + static_cast<size_t>(i) * kp; }
   int blocks() const { return kp / 32; }
 };

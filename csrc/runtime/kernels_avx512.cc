@@ -272,6 +272,136 @@ void QMatMulQ4Any(const QMatrix& w, const QActs& x, float* y, int ldy, int r0, i
   return QMatMulQ4<F, ScaleKind::kGeneric>(w, x, y, ldy, r0, r1);
 }
 
+// ---- Whole 16-row tiles in the packed layout (kernels.h, QMatrix::tiles; the AVX2 kernels'
+// PackTiles16 makes it): per 32-block, 8 registers hold 4 elements of each of the 16 rows, a
+// lane per row, unpacked once and run against every token of the call with its 4 activation
+// bytes broadcast (vpdpbusd), so the unpack, the scale conversion and the weight stream are paid
+// once per block for the batch and only 8 vpdpbusd + 3 f32 ops per token. The int32 block dot
+// is exact (sum u q plus the offset term -8 / -128 sum(q), kQ4 / kQ8), then acc = fma(dot,
+// dw * dx, acc) (+ fma(m, dx sum(q), acc) for kQ4Min) per block in block order: the AMX
+// kernels' TileVec op for op, so a token's result is the same in any batch or prompt chunk. ----
+
+constexpr int kTileTokens = 8;  // accumulators per pass: 8 + 8 weight registers + scales fit in 32
+
+// Block b's 16 scales (f16 or bf16 bits, the tile layout) in f32.
+template <bool BF16>
+inline __m512 TileScales(const uint16_t* s) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s));
+  if (BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  return _mm512_cvtph_ps(h);
+}
+
+// One block's 8 weight registers, unsigned: register j holds elements 4j..4j+3 of every row
+// (kQ4: j < 4 the low nibbles of group j, j >= 4 the high nibbles, elements 16 + 4(j - 4)..).
+template <WFormat F>
+inline void UnpackTileBlock(const uint8_t* p, __m512i u[8]) {
+  if (F == WFormat::kQ8) {
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));  // int8 w -> u = w + 128
+    for (int kk = 0; kk < 8; ++kk) u[kk] = _mm512_xor_si512(_mm512_loadu_si512(p + 64 * kk), flip);
+    return;
+  }
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  for (int g = 0; g < 4; ++g) {
+    const __m512i v = _mm512_loadu_si512(p + 64 * g);
+    u[g] = _mm512_and_si512(v, nibble);
+    u[4 + g] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+  }
+}
+
+// acc + per-lane sums of u (u8) x 4 bytes of q (s8) broadcast, as one instruction with an
+// embedded-broadcast memory operand: GCC 12 does not fold _mm512_set1_epi32 of a load into
+// vpdpbusd, and the separate vpbroadcastd per 4 elements per token was a third of the batched
+// kernel's instructions.
+inline __m512i DotBcast(__m512i acc, __m512i u, const int8_t* q) {
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u), "m"(*reinterpret_cast<const int32_t*>(q)));
+  return acc;
+}
+
+// The exact block dot of 16 rows with one token's block q (32 bytes), starting from `init` (the
+// offset term). Integer sums are exact in any order, so a short call (1-2 tokens, where one
+// token's chain is the critical path) splits it into two chains.
+template <bool kTwoChains>
+inline __m512i TileBlockDot(const __m512i u[8], const int8_t* q, __m512i init) {
+  __m512i d0 = init, d1 = _mm512_setzero_si512();
+  for (int j = 0; j < 4; ++j) {
+    d0 = DotBcast(d0, u[j], q + 4 * j);
+    if (kTwoChains) d1 = DotBcast(d1, u[4 + j], q + 16 + 4 * j);
+    else d0 = DotBcast(d0, u[4 + j], q + 16 + 4 * j);
+  }
+  return kTwoChains ? _mm512_add_epi32(d0, d1) : d0;
+}
+
+// The offset term of a block's dot: kQ4 -8 sum(q), kQ8 -128 sum(q), kQ4Min none (its m term is
+// added in f32).
+template <WFormat F>
+inline __m512i DotInit(const int32_t* ob) {
+  if (F == WFormat::kQ4Min) return _mm512_setzero_si512();
+  const __m512i v = _mm512_set1_epi32(*ob);
+  return F == WFormat::kQ8 ? _mm512_slli_epi32(v, 4) : v;
+}
+
+// Row tile `tile` x tokens i0 .. i0+T-1: y[(i0 + c) * ldy + 16 tile + 0..15]. The activations
+// are QActs' block-major copies: block b's T tokens at fixed offsets from one pointer each.
+template <WFormat F, bool BF16, int T>
+void TileTokens(const QMatrix& w, const QActs& x, int tile, int i0, float* y, int ldy) {
+  const int nb = w.kp / 32, t = x.t;
+  constexpr int kTbb = F == WFormat::kQ8 ? 512 : 256;
+  const size_t tb0 = static_cast<size_t>(tile) * nb;
+  const uint8_t* p = w.tiles + tb0 * kTbb;
+  const uint16_t* sc = w.tile_scales + tb0 * 16;
+  const uint16_t* mn = F == WFormat::kQ4Min ? w.tile_mins + tb0 * 16 : nullptr;
+  const int8_t* xq = x.qb.data() + static_cast<size_t>(i0) * 32;
+  const float* xd = x.db.data() + i0;
+  const float* xs = x.sb.data() + i0;
+  const int32_t* xo = x.ob.data() + i0;
+  __m512 acc[T];
+  for (int c = 0; c < T; ++c) acc[c] = _mm512_setzero_ps();
+  for (int b = 0; b < nb; ++b, p += kTbb, sc += 16, xq += 32 * t, xd += t, xs += t, xo += t) {
+    // the tiles are one stream in memory order: prefetch what is read kPrefetchBytes later
+    for (int l = 0; l < kTbb; l += 64) _mm_prefetch(reinterpret_cast<const char*>(p + l) + kPrefetchBytes, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(sc) + kPrefetchBytes / 8, _MM_HINT_T0);
+    __m512i u[8];
+    UnpackTileBlock<F>(p, u);
+    const __m512 dw = TileScales<BF16>(sc);
+    __m512 mw = _mm512_setzero_ps();
+    if (F == WFormat::kQ4Min) mw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mn + 16 * b)));
+    for (int c = 0; c < T; ++c) {
+      const __m512i dot = TileBlockDot<(T <= 2)>(u, xq + 32 * c, DotInit<F>(xo + c));
+      acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, _mm512_set1_ps(xd[c])), acc[c]);
+      if (F == WFormat::kQ4Min) acc[c] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xs[c]), acc[c]);
+    }
+  }
+  for (int c = 0; c < T; ++c) _mm512_storeu_ps(y + static_cast<size_t>(i0 + c) * ldy + 16 * tile, acc[c]);
+}
+
+template <WFormat F, bool BF16>
+void TileTokensN(int n, const QMatrix& w, const QActs& x, int tile, int i0, float* y, int ldy) {
+  switch (n) {
+    case 1: return TileTokens<F, BF16, 1>(w, x, tile, i0, y, ldy);
+    case 2: return TileTokens<F, BF16, 2>(w, x, tile, i0, y, ldy);
+    case 3: return TileTokens<F, BF16, 3>(w, x, tile, i0, y, ldy);
+    case 4: return TileTokens<F, BF16, 4>(w, x, tile, i0, y, ldy);
+    case 5: return TileTokens<F, BF16, 5>(w, x, tile, i0, y, ldy);
+    case 6: return TileTokens<F, BF16, 6>(w, x, tile, i0, y, ldy);
+    case 7: return TileTokens<F, BF16, 7>(w, x, tile, i0, y, ldy);
+    case 8: return TileTokens<F, BF16, 8>(w, x, tile, i0, y, ldy);
+  }
+}
+
+// Tiles [a, e) x all tokens, kTileTokens per pass (a tile's later passes read it from L1).
+template <WFormat F, bool BF16>
+void QMatMulTiles(const QMatrix& w, const QActs& x, float* y, int ldy, int a, int e) {
+  for (int tile = a; tile < e; ++tile)
+    for (int i = 0; i < x.t; i += kTileTokens)
+      TileTokensN<F, BF16>(std::min(kTileTokens, x.t - i), w, x, tile, i, y, ldy);
+}
+
+template <WFormat F>
+void QMatMulTilesAny(const QMatrix& w, const QActs& x, float* y, int ldy, int a, int e) {
+  if (w.bf16_scales) return QMatMulTiles<F, true>(w, x, y, ldy, a, e);
+  QMatMulTiles<F, false>(w, x, y, ldy, a, e);
+}
+
 template <WFormat F>
 void QMatMulFormat(const QMatrix& w, const QActs& x, float* y, int ldy, int r0, int r1) {
   constexpr int R = 4, T = 4;
@@ -289,7 +419,8 @@ void QMatMulFormat(const QMatrix& w, const QActs& x, float* y, int ldy, int r0, 
   }
 }
 
-void QMatMul512(const QMatrix& w, const QActs& x, float* y, int ldy, int r0, int r1) {
+// Rows [r0, r1) on the rows as stored (4-row tiles; the rows outside whole 16-row tiles).
+void QMatMulRows(const QMatrix& w, const QActs& x, float* y, int ldy, int r0, int r1) {
   switch (w.format) {
     case WFormat::kQ4: return QMatMulQ4Any<WFormat::kQ4>(w, x, y, ldy, r0, r1);
     case WFormat::kQ4Min: return QMatMulQ4Any<WFormat::kQ4Min>(w, x, y, ldy, r0, r1);
@@ -297,6 +428,20 @@ void QMatMul512(const QMatrix& w, const QActs& x, float* y, int ldy, int r0, int
       if (w.group == 32 && !w.bf16_scales) return QMatMulQ8(w, x, y, ldy, r0, r1);
       return QMatMulFormat<WFormat::kQ8>(w, x, y, ldy, r0, r1);
   }
+}
+
+// Rows [r0, r1): the whole 16-row tiles on the packed tiles, other rows as stored. Which path a
+// row takes depends on the row range only, never on the token count.
+void QMatMul512(const QMatrix& w, const QActs& x, float* y, int ldy, int r0, int r1) {
+  const int a = (r0 + 15) / 16, e = std::min(r1, w.n / 16 * 16) / 16;
+  if (w.tiles == nullptr || a >= e) return QMatMulRows(w, x, y, ldy, r0, r1);
+  if (r0 < 16 * a) QMatMulRows(w, x, y, ldy, r0, 16 * a);
+  switch (w.format) {
+    case WFormat::kQ4: QMatMulTilesAny<WFormat::kQ4>(w, x, y, ldy, a, e); break;
+    case WFormat::kQ4Min: QMatMulTilesAny<WFormat::kQ4Min>(w, x, y, ldy, a, e); break;
+    case WFormat::kQ8: QMatMulTilesAny<WFormat::kQ8>(w, x, y, ldy, a, e); break;
+  }
+  if (16 * e < r1) QMatMulRows(w, x, y, ldy, 16 * e, r1);
 }
 
 // QuantizeRowScalar's arithmetic 16 lanes at a time: bit-identical (see kernels_avx2.cc).
@@ -431,9 +576,9 @@ const Kernels* Avx512Kernels() {
   static const Kernels k = [] {
     Kernels k = *Avx2Kernels();
     k.name = "avx512";
-    k.qmatmul = QMatMul512;  // on the rows as stored: not AVX2's packed tiles
-    k.row_tile = 4;
-    k.pack = nullptr;
+    k.qmatmul = QMatMul512;
+    k.row_tile = 16;  // thread parts keep the 16-row tiles whole
+    k.pack = Avx2Kernels()->pack;  // the same tile layout (PackTiles16)
     k.quantize_row = QuantizeRow512;
     k.attend_f16 = Attend512;
     k.gated_act = GatedAct512;

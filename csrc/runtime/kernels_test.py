@@ -109,7 +109,7 @@ def test_isa_kernel_equals_scalar(isa, fmt, group, bf16):
                                  err_msg=f"{isa} {fmt} n={n} k={k} t={t} int8={int8}")
 
 
-@pytest.mark.parametrize("isa", ["scalar", "avx2", "amx"])
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512", "amx"])
 @pytest.mark.parametrize("fmt", ["q4", "q4min", "q8"])
 def test_token_result_does_not_depend_on_the_batch(isa, fmt):
   """Serving decodes sequences together: each token's row must equal, bit for bit, the row it
