@@ -126,6 +126,23 @@ def test_token_result_does_not_depend_on_the_batch(isa, fmt):
       np.testing.assert_array_equal(part, full[i0:i1], err_msg=f"{isa} {fmt} n={n} k={k} rows {i0}:{i1}")
 
 
+@pytest.mark.parametrize("fmt,group,bf16", [("q4", 32, False), ("q4", 64, True), ("q4min", 32, False),
+                                            ("q8", 32, False)])
+def test_avx512_tiles_equal_amx_bit_for_bit(fmt, group, bf16):
+  """The AVX-512 tile kernel repeats the AMX kernels' arithmetic (exact integer block dots, the
+  same f32 accumulation per block), so on a CPU with both their results are the same bits, for
+  1-3 tokens (AMX's vector path) and 4+ (its tile unit) alike."""
+  _require("avx512")
+  _require("amx")
+  rng = np.random.default_rng(31)
+  for n, k, t in [(48, 320, 1), (53, 416, 3), (35, 96, 4), (48, 1056, 17)]:
+    packed, scales, mins, _, _ = _matrix(fmt, n, k, group, bf16, rng)
+    x = (rng.standard_normal((t, k)) * 3).astype(np.float32)
+    a = _runtime.quant_matmul(packed, scales, mins, fmt, n, k, group, bf16, x, "avx512", True)
+    b = _runtime.quant_matmul(packed, scales, mins, fmt, n, k, group, bf16, x, "amx", True)
+    np.testing.assert_array_equal(a, b, err_msg=f"{fmt} n={n} k={k} t={t}")
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_isa_activation_quantisation_is_bit_identical(isa):
   _require(isa)
