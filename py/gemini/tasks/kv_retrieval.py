@@ -3,15 +3,24 @@ attention over a `context` mesh axis (8 fake CPU devices by default; attention i
 "ring_xla": the ppermute ring with XLA blocks, since interpreted flash kernels are slow here).
 
 Each sequence of length L is filler tokens with P key/value pairs at random positions (keys
-distinct within a sequence), then the query `? key` at the end; the model must emit the key's
-value. The loss is on that answer token only. Evaluation forces the queried pair to sit at
-each depth d in {0, 0.1, ..., 1.0} of the context (d = pair position / L) and reports
-exact-match accuracy per depth and context length (heat-map PNG).
+distinct within a sequence), then `--queries` questions `? key` at the end; the model must
+emit each key's value. The loss is on the answers only. Evaluation forces the last queried
+pair to sit at each depth d in {0, 0.1, ..., 1.0} of the context (d = pair position / L) and
+reports exact-match accuracy per depth and context length (heat-map PNG).
 
     tokens: 0 pad, 1 bos, 2 query '?', then keys, values, filler
     [bos] f f k1 v1 f f f k2 v2 ... f f [?] k_j  ->  v_j
 
-    tools/bazel run //py/gemini/tasks:kv_retrieval -- [--seq_len=1024] [--steps=N] [--quick]
+Training is a curriculum (`--stages`, then the main stage at --seq_len with ring attention):
+  copy@64   spans copied to random later places, loss on every copied token (make_copy_batch):
+            dense supervision that forms the content-matched (induction) attention retrieval
+            needs; retrieval alone, with a few answers a context, never left the plateau
+  kv@64     retrieval at a short length, where that circuit takes over in a few hundred steps
+  kv@256    a longer context (a model trained at 64 retrieves poorly at 256 and 1,024)
+  kv@1024   the same again, still on one device
+  main      retrieval at --seq_len (4,096) over the ring
+
+    tools/bazel run //py/gemini/tasks:kv_retrieval -- [--seq_len=4096] [--steps=N] [--quick]
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -36,6 +46,7 @@ from gemini.model import transformer  # noqa: E402
 from gemini.tasks import common  # noqa: E402
 
 BOS, QUERY = 1, 2
+DEFAULT_STAGES = "copy@64:3000x16,kv@64:500x16,kv@256:300,kv@1024:200"
 DEPTHS = tuple(round(0.1 * i, 1) for i in range(11))
 
 
@@ -105,6 +116,37 @@ def make_batch(rng, lay: Layout, batch: int, seq_len: int, pairs: int, depth: fl
           "loss_mask": mask}
 
 
+def make_copy_batch(rng, lay: Layout, batch: int, seq_len: int):
+  """The induction stage's batch: a run of h distinct key/value tokens (h random, 4 up to half
+  the context) written twice at random offsets in filler; the loss is on every token of the
+  second copy after its first, each predicted from what followed the same token in the first.
+
+  Why it comes first: retrieval is the same two-head circuit (an earlier head writes "the
+  token before me" into each position, a later head matches the current token against it and
+  copies what it finds), but a retrieval context supervises only its few answers, and every
+  run trained on retrieval alone stayed on the plateau where the model picks one of the
+  context's values (eval/README.md). Here up to half of each context is supervised, and the
+  offsets vary, so copying by position does not pass (a fixed-offset copy was learnt by
+  position in 150 steps and did not transfer)."""
+  toks = np.zeros((batch, seq_len + 1), np.int32)
+  mask = np.zeros((batch, seq_len), np.float32)
+  pool = lay.n_keys + lay.n_values
+  for b in range(batch):
+    h = int(rng.integers(4, min(seq_len // 2, pool) + 1))
+    run = rng.choice(pool, h, replace=False) + lay.key0
+    fill = rng.integers(lay.fill0, lay.vocab, seq_len + 1)
+    gap = int(rng.integers(0, seq_len - 2 * h + 1))          # filler tokens outside the copies
+    g0, g1 = np.sort(rng.integers(0, gap + 1, 2))            # before, between, after
+    row = np.concatenate([[BOS], fill[:g0], run, fill[g0:g1], run, fill[g1:]])[:seq_len + 1]
+    toks[b] = row
+    second = 1 + g0 + h + (g1 - g0)                          # where the second copy starts
+    mask[b, second:second + h - 1] = 1.0                     # each predicts run[1:]
+  return {"tokens": toks[:, :-1], "targets": toks[:, 1:],
+          "segment_ids": np.ones((batch, seq_len), np.int32),
+          "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch, seq_len)).copy(),
+          "loss_mask": mask}
+
+
 def task_config(lay: Layout, seq_len: int, preset: str = "small"):
   """preset "small" (the default): flash_tiny with `common.small_decoder` (2 layers: an
   induction circuit needs two); else a named preset."""
@@ -150,11 +192,11 @@ def heatmap(acc: dict, lengths, png: str, title: str):
 
 def parse(argv):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--seq_len", type=int, default=1024)
+  p.add_argument("--seq_len", type=int, default=4096)
   p.add_argument("--pairs", type=int, default=16)
   p.add_argument("--keys", type=int, default=128, help="key vocabulary (distinct keys)")
   p.add_argument("--values", type=int, default=32, help="value vocabulary")
-  p.add_argument("--steps", type=int, default=600)
+  p.add_argument("--steps", type=int, default=100)
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--lr", type=float, default=1e-3)
   p.add_argument("--context", type=int, default=8, help="ring size (mesh axis 'context')")
@@ -165,9 +207,9 @@ def parse(argv):
   p.add_argument("--preset", default="small", help="small | flash_tiny | pro_tiny | ...")
   p.add_argument("--queries", type=int, default=4, help="questions at the end of each "
                  "training context (each answer is a supervised token)")
-  p.add_argument("--short_len", type=int, default=256, help="first stage's context length "
-                 "(cheap steps on one device before --seq_len)")
-  p.add_argument("--short_steps", type=int, default=0, help="steps of the first stage (0: none)")
+  p.add_argument("--stages", default=DEFAULT_STAGES, help="stages before the main one, "
+                 "KIND@LENGTH:STEPS comma-separated, KIND copy (make_copy_batch) or kv; on one "
+                 "device, XLA attention ('' for none)")
   p.add_argument("--repeats", type=int, default=1, help="training: each pair written this "
                  "many times, every value after its key's first occurrence supervised")
   p.add_argument("--eval_n", type=int, default=64, help="queries per (length, depth)")
@@ -177,7 +219,22 @@ def parse(argv):
   a = p.parse_args(argv)
   if a.quick:
     a.seq_len, a.steps, a.pairs, a.eval_n, a.batch = 128, 30, 4, 8, 8
+    a.stages = "copy@32:10,kv@64:10"
+  a.stage_list = parse_stages(a.stages, p.error, a.batch)
   return a
+
+
+def parse_stages(spec: str, error, batch: int) -> list:
+  """'copy@64:2000x16,kv@256:300' -> [("copy", 64, 2000, 16), ("kv", 256, 300, batch)];
+  error(msg) on a malformed entry (argparse's: exits naming the flag)."""
+  out = []
+  for item in filter(None, spec.split(",")):
+    m = re.fullmatch(r"(copy|kv)@(\d+):(\d+)(?:x(\d+))?", item)
+    if not m:
+      error(f"--stages: {item!r} is not KIND@LENGTH:STEPS[xBATCH] with KIND copy or kv")
+    kind, length, steps, b = m.groups()
+    out.append((kind, int(length), int(steps), int(b or batch)))
+  return out
 
 
 def run(argv=None, log=print) -> dict:
@@ -194,16 +251,27 @@ def run(argv=None, log=print) -> dict:
   rng = np.random.default_rng(a.seed)
   t0 = time.perf_counter()
   params = None
-  # The short stage runs on one device: at a few hundred tokens a ring of 8 is all overhead.
-  stages = ([(a.short_len, a.short_steps, os.path.join(out, f"stage1_L{a.short_len}"), "xla",
-              None)] if a.short_steps else []) + [(a.seq_len, a.steps, out, a.attn, mesh)]
-  for length, steps, workdir, attn, on in stages:
-    log(f"kv_retrieval: training at L={length} for {steps} steps, attention {attn}")
+  # The stages before the main one run on one device: at a few hundred tokens a ring of 8 is
+  # all overhead.
+  def batches(kind, length, batch):
+    if kind == "copy":
+      return lambda s: make_copy_batch(rng, lay, batch, length)
+    pairs = min(a.pairs, (length - 3 * a.queries) // (2 * a.repeats))  # what the length holds
+    return lambda s: make_batch(rng, lay, batch, length, pairs, queries=a.queries,
+                                repeats=a.repeats)
+
+  stages = [(f"{i}_{kind}", length, steps, batches(kind, length, b), "xla", None)
+            for i, (kind, length, steps, b) in enumerate(a.stage_list)]
+  stages.append(("main", a.seq_len, a.steps, batches("kv", a.seq_len, a.batch), a.attn, mesh))
+  for name, length, steps, next_batch, attn, on in stages:
+    if not steps:
+      continue
+    workdir = out if name == "main" else os.path.join(out, f"stage{name}_L{length}")
+    log(f"kv_retrieval: {name} stage at L={length} for {steps} steps, attention {attn}")
     os.makedirs(workdir, exist_ok=True)
-    params = common.train(cfg, lambda s, length=length: make_batch(
-        rng, lay, a.batch, length, a.pairs, queries=a.queries, repeats=a.repeats), steps,
-        workdir, lr=a.lr, seed=a.seed, attn_impl=attn, mesh=on, log_every=10, log=log,
-        params=params)
+    params = common.train(cfg, next_batch, steps, workdir, lr=a.lr, seed=a.seed,
+                          attn_impl=attn, mesh=on, log_every=10 if name == "main" else 100,
+                          log=log, params=params)
   train_s = time.perf_counter() - t0
   lengths = sorted({l for l in (a.seq_len // 4, a.seq_len // 2, a.seq_len)
                     if l - 3 * a.queries >= 2 * a.pairs})      # lengths that hold the pairs
@@ -218,8 +286,8 @@ def run(argv=None, log=print) -> dict:
   res = {"task": "kv_retrieval", "model": cfg.name, "seq_len": a.seq_len, "pairs": a.pairs,
          "queries": a.queries, "repeats": a.repeats, "steps": a.steps, "batch": a.batch,
          "train_attention": a.attn,
-         "short_stage": ({"seq_len": a.short_len, "steps": a.short_steps} if a.short_steps
-                         else None),
+         "stages_before": [{"kind": k, "seq_len": l, "steps": n, "batch": b}
+                           for k, l, n, b in a.stage_list],
          "ring_devices": a.context if mesh else 0, "train_seconds": round(train_s, 1),
          "min_depth_accuracy_full_context": min(full), "mean_accuracy_full_context":
          float(np.mean(full)), "target": 0.98, "eval_n": a.eval_n,

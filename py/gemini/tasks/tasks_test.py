@@ -103,6 +103,22 @@ def test_kv_repeats_supervise_each_value_whose_key_came_before():
     kv_retrieval.make_example(rng, lay, 256, 8, depth=0.5, repeats=2)
 
 
+def test_kv_copy_batch_supervises_only_what_content_matching_predicts():
+  lay = kv_retrieval.Layout()
+  b = kv_retrieval.make_copy_batch(np.random.default_rng(5), lay, 64, 64)
+  offsets = set()
+  for toks, tgt, mask in zip(b["tokens"], b["targets"], b["loss_mask"]):
+    assert toks[0] == kv_retrieval.BOS and np.array_equal(toks[1:], tgt[:-1])
+    sup = np.flatnonzero(mask)
+    assert sup.size >= 3 and np.all(np.diff(sup) == 1)  # one contiguous run: run[1:] of copy 2
+    for p in sup:
+      earlier = np.flatnonzero(toks[:sup[0]] == toks[p])  # the same token before the copy
+      assert earlier.size == 1 and lay.key0 <= toks[p] < lay.fill0
+      assert tgt[earlier[0]] == tgt[p]                    # what followed it then follows now
+      offsets.add(int(p - earlier[0]))
+  assert len(offsets) > 10                                # the copy distance varies
+
+
 @pytest.mark.parametrize("voice", [Voice("espeak-ng", "en-gb+m3", 150, 40), Voice("flite", "rms"),
                                    Voice("festival", "ked_diphone")])
 def test_each_engine_speaks_longer_for_more_words(voice):
