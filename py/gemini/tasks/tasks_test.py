@@ -268,6 +268,21 @@ def test_video_answers_cover_every_count_and_round_trip():
     assert voc.decode(voc.encode(q)) == q
 
 
+def test_video_training_example_answers_every_question_each_ended_by_eos():
+  sx, sy = video.sprites("test", 50)
+  clip = video.make_clip(np.random.default_rng(0), [np.zeros((64, 64), np.float32)], sx, sy)
+  voc = video.vocab()
+  qs = ["which way", "how many", "which first"]
+  parts = video.example(clip, qs, voc, True)
+  assert [k for k, _ in parts] == ["text", "video", "text"] and parts[0][1] == [voc.bos_id]
+  tail = parts[2][1]
+  ends = [i for i, t in enumerate(tail) if t == voc.eos_id]
+  assert len(ends) == 3 and ends[-1] == len(tail) - 1
+  for q, lo, hi in zip(qs, [0] + [e + 1 for e in ends[:-1]], ends):
+    assert voc.decode(tail[lo:hi]) == f"{q} {video.answer(clip, q)}"
+  assert video.example(clip, ["how many"], voc, False)[2][1] == voc.encode("how many")
+
+
 def test_interleaved_answers_need_the_image_and_the_question():
   """yes/no questions name the image's class half the time; the answer is yes exactly then;
   every answer is in the vocabulary."""

@@ -7,7 +7,7 @@ maximum) each moving left, right, up or down at 2-4 pixels a frame. The first sp
 from frame 0; the others appear at frames 1..3, so "first" is always unambiguous. Training
 clips use training sprites over TRAIN_PHOTOS, test clips test sprites over TEST_PHOTOS.
 
-    <bos> [T x tokens_per_frame video tokens] <question> <answer> <eos>
+    <bos> [T x tokens_per_frame video tokens] <question> <answer> <eos> [<question> ...]
       how many     -> one | two | three | four
       which first  -> the class name of the first sprite
       which way    -> left | right | up | down          (of the first sprite)
@@ -15,8 +15,9 @@ clips use training sprites over TRAIN_PHOTOS, test clips test sprites over TEST_
 Model (--size=small, the default): a ViT of width 64 in 2 layers on 64x64x1 frames in 4x4
 patches (a 16x16 grid) and the tasks' small decoder (MoE on layer 1); --size=flash_tiny keeps
 flash_tiny's (MoE on layers 1 and 3). The ViT output is pooled to tokens_per_frame: 66 (8x8
-+ 2 bands) or 258 (16x16 + 2 bands), the 2.5 report's trade. Evaluation decodes greedily
-after the question; exact match per question.
++ 2 bands) or 258 (16x16 + 2 bands), the 2.5 report's trade. Training asks each clip
+--questions of the three in random order; evaluation asks one right after the clip and
+decodes greedily to <eos>; exact match per question.
 
     tools/bazel run //py/gemini/tasks:video -- [--tokens_per_frame=66|258] [--steps=N] [--quick]
 """
@@ -133,9 +134,13 @@ def task_config(tokens_per_frame: int, size: str = "small"):
   return common.small_decoder(cfg.replace(vision=v), f"flash_tiny_video{tokens_per_frame}_small")
 
 
-def example(clip: Clip, question: str, voc: WordVocab, with_answer: bool):
-  tail = voc.encode(question) + (voc.encode(answer(clip, question)) + [voc.eos_id]
-                                 if with_answer else [])
+def example(clip: Clip, questions, voc: WordVocab, with_answer: bool):
+  """<bos> clip, then each question (with its answer and <eos> when with_answer). Training
+  asks several questions of one clip: the clip's ~400 tokens are most of a step's cost, and
+  each answer is supervised, so the encoder gets one gradient per question for one pass."""
+  tail = []
+  for q in questions:
+    tail += voc.encode(q) + (voc.encode(answer(clip, q)) + [voc.eos_id] if with_answer else [])
   return [("text", [voc.bos_id]), ("video", (clip.frames - 0.5) / 0.5), ("text", tail)]
 
 
@@ -143,7 +148,7 @@ def evaluate(params, cfg, clips, voc: WordVocab, batch: int = 50) -> dict:
   """-> {question: exact [N] bool} (each clip asked every question)."""
   out = {}
   for q in QUESTIONS:
-    exs = [example(c, q, voc, False) for c in clips]
+    exs = [example(c, [q], voc, False) for c in clips]
     seq = multimodal.sequence_length(exs[0], cfg)
     exact = []
     for lo in range(0, len(exs), batch):
@@ -163,6 +168,9 @@ def parse(argv):
                          quick=dict(steps=10, batch=4, test_clips=20))
   p.add_argument("--tokens_per_frame", type=int, default=66)
   p.add_argument("--test_clips", type=int, default=500)
+  p.add_argument("--questions", type=int, default=3, choices=(1, 2, 3),
+                 help="questions asked of each training clip, in random order (evaluation "
+                 "asks one, right after the clip, as the first of these)")
   p.add_argument("--size", default="small", choices=("small", "flash_tiny"),
                  help="the model (task_config)")
   return common.parse_task(p, argv)
@@ -178,14 +186,15 @@ def run(argv=None, log=print) -> dict:
   rng = np.random.default_rng(a.seed)
   test = [make_clip(np.random.default_rng([a.seed, 1, i]), test_bg, tx, ty)
           for i in range(a.test_clips)]
-  # <bos>, the clip, a two-word question, an answer of at most two words, <eos>.
-  seq = 1 + FRAMES * a.tokens_per_frame + 2 + 2 + 1
+  # <bos>, the clip, per question: two words, an answer of at most two words, <eos>.
+  seq = 1 + FRAMES * a.tokens_per_frame + (2 + 2 + 1) * a.questions
   log(f"video: {FRAMES} frames of {SIZE}x{SIZE}, {a.tokens_per_frame} tokens/frame "
       f"({FRAMES * a.tokens_per_frame} per clip, sequence {seq}); {cfg.name}; "
       f"{a.steps} steps x {a.batch}; {len(test)} test clips x {len(QUESTIONS)} questions")
 
   def next_batch(step):
-    exs = [example(make_clip(rng, train_bg, sx, sy), QUESTIONS[rng.integers(3)], voc, True)
+    exs = [example(make_clip(rng, train_bg, sx, sy),
+                   [QUESTIONS[i] for i in rng.permutation(3)[:a.questions]], voc, True)
            for _ in range(a.batch)]
     return multimodal.build_batch(exs, cfg, seq)
 
@@ -196,6 +205,7 @@ def run(argv=None, log=print) -> dict:
   counts = np.asarray([c.count for c in test])
   res = {"task": "video", "model": cfg.name, "size": a.size, "tokens_per_frame": a.tokens_per_frame,
          "tokens_per_clip": FRAMES * a.tokens_per_frame, "steps": a.steps, "batch": a.batch,
+         "questions_per_training_clip": a.questions,
          "test_clips": len(test), "train_seconds": round(train_s, 1), "target_count": 0.90,
          "exact": {q: float(v.mean()) for q, v in exact.items()},
          "count_by_truth": {COUNTS[k - 1]: float(exact["how many"][counts == k].mean())
