@@ -26,6 +26,7 @@ Training is a curriculum (`--stages`, then the main stage at --seq_len with ring
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -156,15 +157,21 @@ def task_config(lay: Layout, seq_len: int, preset: str = "small"):
                       dtype="float32")
 
 
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _last_argmax(params, batch, cfg):
+  """The prediction at each row's last position; one compile per (cfg, shape), shared by
+  every depth evaluated."""
+  return jax.numpy.argmax(transformer.forward(params, batch, cfg)[0][:, -1], -1)
+
+
 def accuracy_at(params, cfg, lay, seq_len, pairs, depth, n, rng, batch=8, queries=1) -> float:
   """Exact answers to the needle, the last of `queries` questions (as in training), its pair
   at `depth` of the context."""
-  fwd = jax.jit(lambda p, b: transformer.forward(p, b, cfg)[0][:, -1])
   hits = 0
   for lo in range(0, n, batch):
     b = make_batch(rng, lay, batch, seq_len, pairs, depth, queries)
-    pred = np.asarray(jax.numpy.argmax(fwd(params, {k: b[k] for k in ("tokens", "segment_ids",
-                                                                      "positions")}), -1))
+    pred = np.asarray(_last_argmax(params, {k: b[k] for k in ("tokens", "segment_ids",
+                                                             "positions")}, cfg))
     hits += int(np.sum((pred == b["targets"][:, -1])[:min(batch, n - lo)]))
   return hits / n
 
