@@ -161,7 +161,8 @@ def task_config(lay: Layout, seq_len: int, preset: str = "small"):
 def _last_argmax(params, batch, cfg):
   """The prediction at each row's last position; one compile per (cfg, shape), shared by
   every depth evaluated."""
-  return jax.numpy.argmax(transformer.forward(params, batch, cfg)[0][:, -1], -1)
+  logits = transformer.forward(params, batch, cfg, moe_impl="tiled")[0]   # as in training
+  return jax.numpy.argmax(logits[:, -1], -1)
 
 
 def accuracy_at(params, cfg, lay, seq_len, pairs, depth, n, rng, batch=8, queries=1) -> float:
@@ -280,6 +281,9 @@ def run(argv=None, log=print) -> dict:
                           attn_impl=attn, mesh=on, log_every=10 if name == "main" else 100,
                           log=log, params=params)
   train_s = time.perf_counter() - t0
+  # Off the mesh: parameters the ring step returns are replicated on all its devices, and a
+  # jitted forward of them runs on every one (8 copies of the work on this CPU's 2 cores).
+  params = jax.device_put(params, jax.devices()[0])
   lengths = sorted({l for l in (a.seq_len // 4, a.seq_len // 2, a.seq_len)
                     if l - 3 * a.queries >= 2 * a.pairs})      # lengths that hold the pairs
   erng = np.random.default_rng(a.seed + 1)
