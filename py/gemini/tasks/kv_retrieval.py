@@ -216,8 +216,8 @@ def parse(argv):
   p.add_argument("--queries", type=int, default=4, help="questions at the end of each "
                  "training context (each answer is a supervised token)")
   p.add_argument("--stages", default=DEFAULT_STAGES, help="stages before the main one, "
-                 "KIND@LENGTH:STEPS comma-separated, KIND copy (make_copy_batch) or kv; on one "
-                 "device, XLA attention ('' for none)")
+                 "KIND@LENGTH:STEPS[xBATCH] comma-separated, KIND copy (make_copy_batch) or kv, "
+                 "BATCH default --batch; on one device, XLA attention ('' for none)")
   p.add_argument("--repeats", type=int, default=1, help="training: each pair written this "
                  "many times, every value after its key's first occurrence supervised")
   p.add_argument("--eval_n", type=int, default=64, help="queries per (length, depth)")
