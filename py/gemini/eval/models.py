@@ -30,6 +30,7 @@ from gemini.eval.lm import GeminiLM
 from gemini.eval.native_lm import NativeLM
 from gemini.model import transformer
 from gemini.train import checkpoint
+from gemini.train.trainer import load_params_npz
 
 
 def _abstract_params(cfg: ModelConfig):
@@ -37,21 +38,8 @@ def _abstract_params(cfg: ModelConfig):
 
 
 def params_from_npz(path: str, cfg: ModelConfig) -> dict:
-  """The init_params tree filled from an .npz keyed by jax.tree_util.keystr paths."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"npz params {path} do not exist")
-  data = np.load(path)
-  flat, treedef = jax.tree_util.tree_flatten_with_path(_abstract_params(cfg))
-  leaves = []
-  for p, want in flat:
-    key = jax.tree_util.keystr(p)
-    if key not in data:
-      raise ValueError(f"{path}: missing parameter {key} for config {cfg.name!r}")
-    if data[key].shape != want.shape:
-      raise ValueError(f"{path}: parameter {key} has shape {data[key].shape}, config "
-                       f"{cfg.name!r} wants {want.shape}")
-    leaves.append(data[key])
-  return jax.tree_util.tree_unflatten(treedef, leaves)
+  """The init_params tree of `cfg` filled from an .npz keyed by jax.tree_util.keystr paths."""
+  return load_params_npz(path, _abstract_params(cfg), f" for config {cfg.name!r}")
 
 
 def load_model(spec: str, *, config: str = "", tokenizer: str = "", batch_size: int = 8,

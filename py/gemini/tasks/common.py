@@ -7,6 +7,9 @@ and the results folder.
     greedy_answers(params, cfg, batch, prompt_len, max_new, eos_id) -> [B, max_new] ids
       prefill of a (multimodal) prompt batch, then argmax decode steps
     small_decoder(cfg) -> cfg with the tasks' narrow decoder (--size=small)
+    save_params(params, workdir) / load_params(path, cfg)
+      the trained weights as workdir/params.npz (tree-path keys: `eval --model=npz:PATH`
+      reads them too), so a task's evaluation can be rerun without training again
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from gemini.config import ModelConfig
 from gemini.model import decode, spec, transformer
 from gemini.train import metrics as metrics_lib
 from gemini.train.optimizer import make_optimizer
+from gemini.train.trainer import load_params_npz, save_params_npz
 from gemini.train.train_config import TrainConfig
 
 
@@ -147,6 +151,19 @@ def greedy_answers(params, cfg: ModelConfig, batch: Dict[str, np.ndarray], max_n
   of equal length). -> int32 [B, max_new]."""
   keys = [k for k in batch if k not in ("targets", "loss_mask")]
   return np.asarray(_greedy(params, {k: batch[k] for k in keys}, cfg, max_new))
+
+
+def save_params(params, workdir: str) -> str:
+  """Writes params (any placement) to workdir/params.npz -> its path."""
+  path = os.path.join(workdir, "params.npz")
+  save_params_npz(jax.device_get(params), path)
+  return path
+
+
+def load_params(path: str, cfg: ModelConfig) -> dict:
+  """params.npz of save_params for `cfg`; names the file and the parameter that does not fit."""
+  abstract = jax.eval_shape(lambda k: transformer.init_params(cfg, k), jax.random.key(0))
+  return jax.tree.map(jnp.asarray, load_params_npz(path, abstract, f" for config {cfg.name!r}"))
 
 
 def write_json(path: str, obj) -> None:

@@ -20,6 +20,9 @@ Training is a curriculum (`--stages`, then the main stage at --seq_len with ring
   kv@1024   the same again, still on one device
   main      retrieval at --seq_len (4,096) over the ring
 
+The trained weights go to OUT/params.npz; `--params=OUT/params.npz` evaluates them again
+without training.
+
     tools/bazel run //py/gemini/tasks:kv_retrieval -- [--seq_len=4096] [--steps=N] [--quick]
 """
 
@@ -204,7 +207,7 @@ def parse(argv):
   p.add_argument("--pairs", type=int, default=16)
   p.add_argument("--keys", type=int, default=128, help="key vocabulary (distinct keys)")
   p.add_argument("--values", type=int, default=32, help="value vocabulary")
-  p.add_argument("--steps", type=int, default=100)
+  p.add_argument("--steps", type=int, default=160)
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--lr", type=float, default=1e-3)
   p.add_argument("--context", type=int, default=8, help="ring size (mesh axis 'context')")
@@ -222,6 +225,8 @@ def parse(argv):
                  "many times, every value after its key's first occurrence supervised")
   p.add_argument("--eval_n", type=int, default=64, help="queries per (length, depth)")
   p.add_argument("--quick", action="store_true", help="CI short form: L=128, 30 steps")
+  p.add_argument("--params", default="", help="params.npz of an earlier run (its out "
+                 "folder): skip training, evaluate these")
   p.add_argument("--out", default="")
   p.add_argument("--seed", type=int, default=0)
   a = p.parse_args(argv)
@@ -245,19 +250,9 @@ def parse_stages(spec: str, error, batch: int) -> list:
   return out
 
 
-def run(argv=None, log=print) -> dict:
-  a = parse(sys.argv[1:] if argv is None else argv)
-  out = a.out or common.results_dir("kv_retrieval" + ("_quick" if a.quick else ""))
-  os.makedirs(out, exist_ok=True)
-  lay = Layout(a.keys, a.values)
-  cfg = task_config(lay, a.seq_len, a.preset)
-  mesh = sharding.make_mesh({"context": a.context}, jax.devices()[:a.context]) \
-      if a.attn.startswith("ring") else None
-  log(f"kv_retrieval: L={a.seq_len}, {a.pairs} pairs, {cfg.name} (MoE {cfg.moe.num_experts} "
-      f"experts top-{cfg.moe.top_k}), attention {a.attn}"
-      + (f" over {a.context} devices" if mesh else "") + f"; {a.steps} steps x {a.batch}")
+def train_curriculum(a, lay: Layout, cfg, mesh, out: str, log) -> dict:
+  """The --stages curriculum, then the main stage at --seq_len; writes out/params.npz."""
   rng = np.random.default_rng(a.seed)
-  t0 = time.perf_counter()
   params = None
   # The stages before the main one run on one device: at a few hundred tokens a ring of 8 is
   # all overhead.
@@ -280,6 +275,24 @@ def run(argv=None, log=print) -> dict:
     params = common.train(cfg, next_batch, steps, workdir, lr=a.lr, seed=a.seed,
                           attn_impl=attn, mesh=on, log_every=10 if name == "main" else 100,
                           log=log, params=params)
+  log(f"kv_retrieval: parameters in {common.save_params(params, out)}")
+  return params
+
+
+def run(argv=None, log=print) -> dict:
+  a = parse(sys.argv[1:] if argv is None else argv)
+  out = a.out or common.results_dir("kv_retrieval" + ("_quick" if a.quick else ""))
+  os.makedirs(out, exist_ok=True)
+  lay = Layout(a.keys, a.values)
+  cfg = task_config(lay, a.seq_len, a.preset)
+  mesh = sharding.make_mesh({"context": a.context}, jax.devices()[:a.context]) \
+      if a.attn.startswith("ring") else None
+  log(f"kv_retrieval: L={a.seq_len}, {a.pairs} pairs, {cfg.name} (MoE {cfg.moe.num_experts} "
+      f"experts top-{cfg.moe.top_k}), attention {a.attn}"
+      + (f" over {a.context} devices" if mesh else "") + f"; {a.steps} steps x {a.batch}")
+  t0 = time.perf_counter()
+  params = common.load_params(a.params, cfg) if a.params else \
+      train_curriculum(a, lay, cfg, mesh, out, log)
   train_s = time.perf_counter() - t0
   # Off the mesh: parameters the ring step returns are replicated on all its devices, and a
   # jitted forward of them runs on every one (8 copies of the work on this CPU's 2 cores).
@@ -296,7 +309,7 @@ def run(argv=None, log=print) -> dict:
   full = [acc[(a.seq_len, d)] for d in DEPTHS]
   res = {"task": "kv_retrieval", "model": cfg.name, "seq_len": a.seq_len, "pairs": a.pairs,
          "queries": a.queries, "repeats": a.repeats, "steps": a.steps, "batch": a.batch,
-         "train_attention": a.attn,
+         "train_attention": a.attn, "params_from": a.params or "this run",
          "stages_before": [{"kind": k, "seq_len": l, "steps": n, "batch": b}
                            for k, l, n, b in a.stage_list],
          "ring_devices": a.context if mesh else 0, "train_seconds": round(train_s, 1),

@@ -7,7 +7,10 @@ import wave
 import numpy as np
 import pytest
 
-from gemini.tasks import (fashion_mnist, interleaved, kv_retrieval, speech_synth, spoken_digits,
+import jax
+
+from gemini.model import transformer
+from gemini.tasks import (common, fashion_mnist, interleaved, kv_retrieval, speech_synth, spoken_digits,
                           video)
 from gemini.tasks.speech_synth import Voice
 
@@ -117,6 +120,18 @@ def test_kv_copy_batch_supervises_only_what_content_matching_predicts():
       assert tgt[earlier[0]] == tgt[p]                    # what followed it then follows now
       offsets.add(int(p - earlier[0]))
   assert len(offsets) > 10                                # the copy distance varies
+
+
+def test_saved_params_reload_exactly_and_another_config_is_refused_by_name(tmp_path):
+  lay = kv_retrieval.Layout()
+  cfg = kv_retrieval.task_config(lay, 128)
+  params = transformer.init_params(cfg, jax.random.key(3))
+  path = common.save_params(params, str(tmp_path))
+  back = common.load_params(path, cfg)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(ValueError, match=r"params\.npz: parameter .* has shape"):
+    common.load_params(path, kv_retrieval.task_config(kv_retrieval.Layout(n_keys=64), 128))
 
 
 @pytest.mark.parametrize("voice", [Voice("espeak-ng", "en-gb+m3", 150, 40), Voice("flite", "rms"),

@@ -111,6 +111,25 @@ def save_params_npz(params: Any, path: str) -> None:
   np.savez(path, **{jax.tree_util.keystr(p): np.asarray(v) for p, v in flat})
 
 
+def load_params_npz(path: str, abstract: Any, what: str = "") -> Any:
+  """The tree of `abstract` (shapes, e.g. from jax.eval_shape) filled from an .npz of
+  save_params_npz; names the file and the parameter that is missing or has another shape."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"npz params {path} do not exist")
+  data = np.load(path)
+  flat, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+  leaves = []
+  for p, want in flat:
+    key = jax.tree_util.keystr(p)
+    if key not in data:
+      raise ValueError(f"{path}: missing parameter {key}{what}")
+    if data[key].shape != want.shape:
+      raise ValueError(f"{path}: parameter {key} has shape {data[key].shape}, not the "
+                       f"{want.shape}{what}")
+    leaves.append(data[key])
+  return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
 class Trainer:
   """Drives training of `model` with `tc` on `mesh`, reading `loader`, writing `workdir`."""
 
