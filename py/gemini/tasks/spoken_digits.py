@@ -265,8 +265,12 @@ def run(argv=None, log=print) -> dict:
   t0 = time.perf_counter()
   params = common.train(cfg, next_batch, a.steps, out, lr=a.lr, seed=a.seed, log=log)
   train_s = time.perf_counter() - t0
+  log(f"spoken_digits: parameters in {common.save_params(params, out)}")
   hyps = transcribe(params, cfg, xte, voc)
   refs = [" ".join(WORDS[d] for d in ds) for ds in dte]
+  with open(os.path.join(out, "hypotheses.jsonl"), "w") as f:   # every test clip, for analysis
+    for who, r, h in zip(ste, refs, hyps):
+      f.write(json.dumps({"speaker": who, "ref": r, "hyp": h}) + "\n")
   exact = np.asarray([h == r for h, r in zip(hyps, refs)])
   engines = [s.split(":")[0] for s in ste]
   per_engine = {e: float(exact[[x == e for x in engines]].mean()) for e in ENGINE_SHARE

@@ -200,6 +200,7 @@ def run(argv=None, log=print) -> dict:
 
   t0 = time.perf_counter()
   params = common.train(cfg, next_batch, a.steps, out, lr=a.lr, seed=a.seed, log=log)
+  log(f"video: parameters in {common.save_params(params, out)}")
   train_s = time.perf_counter() - t0
   exact = evaluate(params, cfg, test, voc)
   counts = np.asarray([c.count for c in test])
