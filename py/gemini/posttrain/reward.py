@@ -10,7 +10,9 @@ row. Pairs (pairs.py) are the programs' answers against wrong answers the progra
 chosen and rejected scored by the same function (so a pair's order carries nothing);
 held-out pair accuracy (per kind, ties count as half) on disjoint prompts is written to
 `workdir/reward.json`, with `metrics.jsonl`/`loss.png` (held-out accuracy logged every
-`--eval_every` steps). Starts from `--init` (an sft or distill:train workdir) or from scratch.
+`--eval_every` steps). Starts from `--init`: an sft or distill:train workdir, `teacher` (the
+pre-trained SmolLM2-135M-Instruct itself, the usual recipe of a reward model fine-tuned from a
+pre-trained LM), or nothing (from scratch).
 """
 
 from __future__ import annotations
@@ -187,7 +189,7 @@ class RewardModel:
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--workdir", required=True)
-  p.add_argument("--init", default="")
+  p.add_argument("--init", default="", help="sft/distill workdir | teacher | '' (scratch)")
   p.add_argument("--kinds", default=",".join(tasks_lib.KINDS))
   p.add_argument("--train_pairs", type=int, default=6000)
   p.add_argument("--heldout_pairs", type=int, default=500)
@@ -226,7 +228,11 @@ def run(args, tok=None, bank=None, log=print) -> dict:
   if tok is None:
     from gemini.distill import teacher as teacher_lib  # pylint: disable=import-outside-toplevel
     tok = teacher_lib.load_teacher().tokenizer
-  if args.init:
+  if args.init == "teacher":
+    from gemini.distill import teacher as teacher_lib  # pylint: disable=import-outside-toplevel
+    t = teacher_lib.load_teacher()
+    cfg, lm = t.cfg, t.params
+  elif args.init:
     cfg = sft.load_student_config(args.init)
     lm = sft.load_params(args.init, cfg)
   else:
