@@ -271,9 +271,11 @@ def run(args, tok=None, bank=None, log=print) -> dict:
                "score_id": args.score_id}, f, indent=1)
   heldout_path = os.path.join(args.workdir, "heldout.jsonl")
 
+  reported = {}                 # step -> held-out accuracy, so the last step is scored once
+
   def on_checkpoint(done, state):
     if args.eval_every and done % args.eval_every == 0:
-      acc = report(state["params"])
+      acc = reported[done] = report(state["params"])
       with open(heldout_path, "a") as f:
         f.write(json.dumps(dict({"step": done}, **{f"heldout_{k}": v for k, v in acc.items()}))
                 + "\n")
@@ -287,7 +289,7 @@ def run(args, tok=None, bank=None, log=print) -> dict:
                    PairData(train, args.batch_size, args.seed), args.steps,
                    checkpoint_every=args.checkpoint_every, log=log, log_every=args.log_every,
                    name="reward step", on_checkpoint=on_checkpoint)
-  after = report(state["params"])
+  after = reported.get(args.steps) or report(state["params"])
   log(f"held-out pair accuracy after: {after}")
   result = {"before": before["all"], "after": after["all"], "before_per_kind": before,
             "after_per_kind": after, "train_pairs": int(len(train["last"])),
